@@ -1,0 +1,24 @@
+#!/usr/bin/env python3
+"""Sums the outcome counters of every TRX file under a directory and prints the CI summary line.
+Exit status 1 if any test failed or no results were found."""
+import sys, pathlib, xml.etree.ElementTree as ET
+
+ns = {"t": "http://microsoft.com/schemas/VisualStudio/TeamTest/2010"}
+passed = failed = skipped = 0
+files = list(pathlib.Path(sys.argv[1]).rglob("*.trx")) if len(sys.argv) > 1 else []
+for f in files:
+    for r in ET.parse(f).getroot().iterfind(".//t:UnitTestResult", ns):
+        outcome = r.get("outcome")
+        if outcome == "Passed":
+            passed += 1
+        elif outcome == "NotExecuted":
+            skipped += 1
+        else:
+            failed += 1
+if not files:
+    failed += 1
+line = f"tests: {passed} passed, {failed} failed"
+if skipped:
+    line += f", {skipped} skipped"
+print(line)
+sys.exit(1 if failed else 0)

@@ -1,0 +1,122 @@
+using System.Text;
+using System.Text.Json;
+using Weft.Cni.Commands;
+using Weft.Cni.Config;
+using Weft.Datastore;
+using Weft.Ipam;
+using Weft.Netlink;
+
+namespace Weft.Cni.Skeleton;
+
+/// <summary>
+/// Owns everything the spec asks of every plugin: reading CNI_* and stdin, version negotiation, dispatch to the
+/// verbs, and turning any failure into the spec's error JSON and a non-zero exit. The one place exceptions
+/// become error codes.
+/// </summary>
+public static class CniSkeleton
+{
+    public static int Run(Func<string, string?> getenv, Stream stdin, Stream stdout)
+    {
+        var requestedVersion = CniVersions.Latest;
+        try
+        {
+            var env = CniEnvironment.FromProcess(getenv);
+            var input = ReadAll(stdin);
+            if (env.Command == "VERSION")
+            {
+                var asked = input.Length == 0 ? CniVersions.Latest : NetConf.Parse(input, "VERSION").CniVersion;
+                WriteVersion(stdout, CniVersions.IsSupported(asked) ? asked : CniVersions.Latest);
+                return 0;
+            }
+            var conf = NetConf.Parse(input, env.Command);
+            requestedVersion = conf.CniVersion;
+            RequireVersionFor(env.Command, conf.CniVersion);
+            var plugin = new Plugin(env, conf);
+            using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+            switch (env.Command)
+            {
+                case "ADD":
+                    var args = CniArgs.Parse(env.Args);
+                    var result = plugin.AddAsync(args, cts.Token).GetAwaiter().GetResult();
+                    stdout.Write(result.ToJson(conf.CniVersion));
+                    break;
+                case "DEL":
+                    CniArgs.Parse(env.Args);
+                    plugin.DelAsync(cts.Token).GetAwaiter().GetResult();
+                    break;
+                case "CHECK":
+                    plugin.CheckAsync(cts.Token).GetAwaiter().GetResult();
+                    break;
+                case "STATUS":
+                    plugin.StatusAsync(cts.Token).GetAwaiter().GetResult();
+                    break;
+                case "GC":
+                    plugin.GcAsync(cts.Token).GetAwaiter().GetResult();
+                    break;
+            }
+            return 0;
+        }
+        catch (Exception e)
+        {
+            var (code, msg, details) = Classify(e);
+            WriteError(stdout, requestedVersion, code, msg, details);
+            return 1;
+        }
+        finally
+        {
+            stdout.Flush();
+        }
+    }
+
+    private static void RequireVersionFor(string command, string version)
+    {
+        if (command == "CHECK" && CniVersions.Compare(version, "0.4.0") < 0)
+            throw new CniException(CniCodes.IncompatibleVersion, $"CHECK needs cniVersion 0.4.0 or later; the configuration says {version}");
+        if (command is "STATUS" or "GC" && CniVersions.Compare(version, "1.1.0") < 0)
+            throw new CniException(CniCodes.IncompatibleVersion, $"{command} needs cniVersion 1.1.0 or later; the configuration says {version}");
+    }
+
+    internal static (int Code, string Message, string? Details) Classify(Exception e) => e switch
+    {
+        CniException c => (c.Code, c.Message, c.Details),
+        IpamException i => (i.CniCode, i.Message, null),
+        DatastoreUnavailableException d => (CniCodes.TryAgainLater, d.Message, null),
+        NetlinkException n => (CniCodes.InterfaceSetup, $"kernel refused: {n.Message}", null),
+        AggregateException { InnerExceptions.Count: 1 } a => Classify(a.InnerExceptions[0]),
+        OperationCanceledException => (CniCodes.TryAgainLater, "timed out; try again", null),
+        _ => (CniCodes.Internal, $"internal error: {e.Message}", e.GetType().Name),
+    };
+
+    private static byte[] ReadAll(Stream stdin)
+    {
+        using var ms = new MemoryStream();
+        stdin.CopyTo(ms);
+        if (ms.Length > 16 * 1024 * 1024)
+            throw new CniException(CniCodes.DecodeFailure, "network configuration on stdin is larger than 16 MiB");
+        return ms.ToArray();
+    }
+
+    private static void WriteVersion(Stream stdout, string version)
+    {
+        using var w = new Utf8JsonWriter(stdout);
+        w.WriteStartObject();
+        w.WriteString("cniVersion", version);
+        w.WriteStartArray("supportedVersions");
+        foreach (var v in CniVersions.Supported) w.WriteStringValue(v);
+        w.WriteEndArray();
+        w.WriteEndObject();
+    }
+
+    private static void WriteError(Stream stdout, string version, int code, string msg, string? details)
+    {
+        using var w = new Utf8JsonWriter(stdout, new JsonWriterOptions { Indented = true });
+        w.WriteStartObject();
+        w.WriteString("cniVersion", CniVersions.IsSupported(version) ? version : CniVersions.Latest);
+        w.WriteNumber("code", code);
+        w.WriteString("msg", msg);
+        if (details is not null) w.WriteString("details", details);
+        w.WriteEndObject();
+        w.Flush();
+        stdout.Write(Encoding.UTF8.GetBytes("\n"));
+    }
+}

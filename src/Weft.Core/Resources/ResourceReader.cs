@@ -1,0 +1,196 @@
+using System.Text.Json.Nodes;
+using Weft.Model;
+using Weft.Model.Selectors;
+
+namespace Weft.Resources;
+
+/// <summary>A document that cannot be accepted; the message names the document and the field.</summary>
+public sealed class ResourceException(string message) : Exception(message);
+
+/// <summary>Where a document came from, for error messages: "pools.yaml, document 2 (IPPool default-ipv4)".</summary>
+public sealed record DocumentSource(string File, int Index)
+{
+    public override string ToString() => $"{File}, document {Index}";
+}
+
+/// <summary>A parsed, validated resource of a kind Weft understands.</summary>
+public abstract record Resource(string Kind, string Name, DocumentSource Source);
+public sealed record IPPoolResource(IPPool Pool, DocumentSource Source) : Resource("IPPool", Pool.Name, Source);
+public sealed record IPReservationResource(IPReservation Reservation, DocumentSource Source) : Resource("IPReservation", Reservation.Name, Source);
+
+/// <summary>
+/// Reads Calico's projectcalico.org/v3 documents as written (already decoded from YAML or JSON into a JSON tree)
+/// into Weft's records, refusing unknown fields and invalid values with the document and field named.
+/// </summary>
+public static class ResourceReader
+{
+    public const string CalicoApiVersion = "projectcalico.org/v3";
+    public static readonly string[] Kinds = ["IPPool", "IPReservation"];
+
+    public static Resource Read(JsonObject doc, DocumentSource source)
+    {
+        var apiVersion = OptString(doc, "apiVersion", source, "") ?? throw new ResourceException($"{source}: apiVersion is missing");
+        var kind = OptString(doc, "kind", source, "") ?? throw new ResourceException($"{source}: kind is missing");
+        var meta = doc["metadata"] as JsonObject ?? throw new ResourceException($"{source} ({kind}): metadata.name is missing");
+        var name = OptString(meta, "name", source, "metadata.") ?? throw new ResourceException($"{source} ({kind}): metadata.name is missing");
+        var where = $"{source} ({kind} {name})";
+        ValidateName(name, where);
+        foreach (var key in doc.Select(p => p.Key))
+            if (key is not ("apiVersion" or "kind" or "metadata" or "spec" or "status"))
+                throw new ResourceException($"{where}: unknown top-level field '{key}'");
+        switch (kind)
+        {
+            case "IPPool":
+                RequireApi(apiVersion, where);
+                return new IPPoolResource(ReadPool(name, Spec(doc, where), where), source);
+            case "IPReservation":
+                RequireApi(apiVersion, where);
+                return new IPReservationResource(ReadReservation(name, Spec(doc, where), where), source);
+            default:
+                throw new ResourceException($"{where}: kind '{kind}' ({apiVersion}) is not one weft understands here; known kinds: {string.Join(", ", Kinds)}");
+        }
+    }
+
+    private static void RequireApi(string apiVersion, string where)
+    {
+        if (apiVersion is not (CalicoApiVersion or "crd.projectcalico.org/v1"))
+            throw new ResourceException($"{where}: apiVersion '{apiVersion}' is not supported for this kind; use {CalicoApiVersion}");
+    }
+
+    private static JsonObject Spec(JsonObject doc, string where) =>
+        doc["spec"] as JsonObject ?? throw new ResourceException($"{where}: spec is missing or not a mapping");
+
+    private static readonly HashSet<string> ReservationFields = ["reservedCIDRs"];
+
+    private static readonly HashSet<string> PoolFields =
+    [
+        "cidr", "blockSize", "ipipMode", "vxlanMode", "natOutgoing", "disabled", "disableBGPExport", "nodeSelector",
+        "allowedUses", "assignmentMode", "namespaceSelector", "ipip", "nat-outgoing",
+    ];
+
+    private static IPPool ReadPool(string name, JsonObject spec, string where)
+    {
+        RejectUnknown(spec, PoolFields, where);
+        if (spec.ContainsKey("ipip") || spec.ContainsKey("nat-outgoing"))
+            throw new ResourceException($"{where}: spec.ipip and spec.nat-outgoing are Calico v1 fields; use spec.ipipMode and spec.natOutgoing");
+        var cidrText = OptString(spec, "cidr", where, "spec.") ?? throw new ResourceException($"{where}: spec.cidr is required");
+        if (!Cidr.TryParse(cidrText, out var cidr, out var err)) throw new ResourceException($"{where}: spec.cidr: {err}");
+        if (!cidr.NetworkAddress.Equals(System.Net.IPAddress.Parse(cidrText.Split('/')[0])))
+            throw new ResourceException($"{where}: spec.cidr '{cidrText}' has host bits set; did you mean {cidr}?");
+        var blockSize = OptInt(spec, "blockSize", where) ?? IPPool.DefaultBlockSize(cidr.Family);
+        var (min, max) = cidr.IsIPv4 ? (20, 32) : (116, 128);
+        if (blockSize < min || blockSize > max)
+            throw new ResourceException($"{where}: spec.blockSize {blockSize} is out of range for {Cidr.FamilyName(cidr.Family)} ({min}-{max})");
+        if (blockSize < cidr.PrefixLength)
+            throw new ResourceException($"{where}: spec.blockSize {blockSize} is larger than the pool itself ({cidr}); use a blockSize of at least {cidr.PrefixLength}");
+        var ipip = OptEnum(spec, "ipipMode", ["Never", "Always", "CrossSubnet"], "Never", where);
+        var vxlan = OptEnum(spec, "vxlanMode", ["Never", "Always", "CrossSubnet"], "Never", where);
+        if (ipip != "Never" && vxlan != "Never")
+            throw new ResourceException($"{where}: spec.ipipMode and spec.vxlanMode cannot both be enabled");
+        if (ipip != "Never" && !cidr.IsIPv4)
+            throw new ResourceException($"{where}: spec.ipipMode: IPIP is IPv4-only; use vxlanMode for {cidr}");
+        var selector = OptString(spec, "nodeSelector", where, "spec.") ?? "all()";
+        if (!Selector.TryParse(selector, out _, out var selErr))
+            throw new ResourceException($"{where}: spec.nodeSelector: {selErr}");
+        if (OptString(spec, "namespaceSelector", where, "spec.") is { } nsSel && !Selector.TryParse(nsSel, out _, out var nsErr))
+            throw new ResourceException($"{where}: spec.namespaceSelector: {nsErr}");
+        var uses = new List<string>();
+        if (spec["allowedUses"] is { } au)
+        {
+            if (au is not JsonArray arr) throw new ResourceException($"{where}: spec.allowedUses must be a list");
+            foreach (var u in arr)
+            {
+                var text = u?.GetValueKind() == System.Text.Json.JsonValueKind.String ? u.GetValue<string>() : null;
+                if (text is not ("Workload" or "Tunnel" or "LoadBalancer"))
+                    throw new ResourceException($"{where}: spec.allowedUses: '{u}' is not one of Workload, Tunnel, LoadBalancer");
+                uses.Add(text);
+            }
+        }
+        else uses.AddRange(["Workload", "Tunnel"]);
+        return new IPPool
+        {
+            Name = name,
+            Cidr = cidr.ToString(),
+            BlockSize = blockSize,
+            NodeSelector = selector,
+            Disabled = OptBool(spec, "disabled", where) ?? false,
+            NatOutgoing = OptBool(spec, "natOutgoing", where) ?? false,
+            DisableBGPExport = OptBool(spec, "disableBGPExport", where) ?? false,
+            IpipMode = ipip,
+            VxlanMode = vxlan,
+            AllowedUses = uses,
+            AssignmentMode = OptEnum(spec, "assignmentMode", ["Automatic", "Manual"], "Automatic", where),
+            CreationTimestamp = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ"),
+        };
+    }
+
+    private static IPReservation ReadReservation(string name, JsonObject spec, string where)
+    {
+        RejectUnknown(spec, ReservationFields, where);
+        if (spec["reservedCIDRs"] is not JsonArray arr || arr.Count == 0)
+            throw new ResourceException($"{where}: spec.reservedCIDRs must be a non-empty list of CIDRs or addresses");
+        var list = new List<string>();
+        for (var i = 0; i < arr.Count; i++)
+        {
+            var text = arr[i]?.GetValueKind() == System.Text.Json.JsonValueKind.String ? arr[i]!.GetValue<string>() : null;
+            if (!Cidr.TryParse(text, out var c, out var e))
+                throw new ResourceException($"{where}: spec.reservedCIDRs[{i}]: {e}");
+            list.Add(c.ToString());
+        }
+        return new IPReservation { Name = name, ReservedCIDRs = list };
+    }
+
+    /// <summary>Kubernetes object names: DNS-1123 subdomain.</summary>
+    private static void ValidateName(string name, string where)
+    {
+        if (name.Length is 0 or > 253 || !char.IsAsciiLetterLower(name[0]) && !char.IsAsciiDigit(name[0]) ||
+            !char.IsAsciiLetterLower(name[^1]) && !char.IsAsciiDigit(name[^1]) ||
+            name.Any(c => !(char.IsAsciiLetterLower(c) || char.IsAsciiDigit(c) || c is '-' or '.')))
+            throw new ResourceException($"{where}: metadata.name '{name}' is invalid: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit");
+    }
+
+    private static void RejectUnknown(JsonObject spec, IReadOnlySet<string> known, string where)
+    {
+        foreach (var key in spec.Select(p => p.Key))
+            if (!known.Contains(key))
+                throw new ResourceException($"{where}: unknown field spec.{key}; known fields: {string.Join(", ", known.Order(StringComparer.Ordinal))}");
+    }
+
+    private static string? OptString(JsonObject o, string field, object where, string prefix)
+    {
+        var node = o[field];
+        if (node is null) return null;
+        if (node.GetValueKind() != System.Text.Json.JsonValueKind.String)
+            throw new ResourceException($"{where}: {prefix}{field} must be a string");
+        return node.GetValue<string>();
+    }
+
+    private static int? OptInt(JsonObject o, string field, string where)
+    {
+        var node = o[field];
+        if (node is null) return null;
+        if (node.GetValueKind() != System.Text.Json.JsonValueKind.Number || !int.TryParse(node.ToJsonString(), out var i))
+            throw new ResourceException($"{where}: spec.{field} must be an integer, got {node.ToJsonString()}");
+        return i;
+    }
+
+    private static bool? OptBool(JsonObject o, string field, string where)
+    {
+        var node = o[field];
+        if (node is null) return null;
+        return node.GetValueKind() switch
+        {
+            System.Text.Json.JsonValueKind.True => true,
+            System.Text.Json.JsonValueKind.False => false,
+            _ => throw new ResourceException($"{where}: spec.{field} must be true or false, got {node.ToJsonString()}"),
+        };
+    }
+
+    private static string OptEnum(JsonObject o, string field, string[] allowed, string fallback, string where)
+    {
+        var v = OptString(o, field, where, "spec.");
+        if (v is null) return fallback;
+        return allowed.Contains(v, StringComparer.Ordinal) ? v
+            : throw new ResourceException($"{where}: spec.{field} '{v}' is not one of {string.Join(", ", allowed)}");
+    }
+}

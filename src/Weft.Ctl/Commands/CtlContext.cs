@@ -1,0 +1,17 @@
+using Weft.Datastore;
+
+namespace Weft.Ctl.Commands;
+
+/// <summary>What every weftctl command needs: where the datastore is, and where to write.</summary>
+public sealed class CtlContext(string? datastoreUri, TextWriter stdout, TextWriter stderr)
+{
+    public TextWriter Out { get; } = stdout;
+    public TextWriter Err { get; } = stderr;
+
+    public string DatastoreUri { get; } =
+        !string.IsNullOrEmpty(datastoreUri) ? datastoreUri
+        : Environment.GetEnvironmentVariable("WEFT_DATASTORE") is { Length: > 0 } env ? env
+        : DatastoreFactory.DefaultUri;
+
+    public IDatastore OpenStore() => DatastoreFactory.Open(DatastoreUri);
+}

@@ -1,0 +1,117 @@
+using System.Text.Json.Nodes;
+using Weft.Ctl.Documents;
+using Weft.Ctl.Output;
+using Weft.Ipam;
+using Weft.Model;
+using Weft.Resources;
+
+namespace Weft.Ctl.Commands;
+
+/// <summary>apply, get and delete.</summary>
+public static class ResourceCommands
+{
+    public static async Task<int> ApplyAsync(CtlContext ctx, IReadOnlyList<string> files, CancellationToken ct)
+    {
+        var docs = YamlDocuments.LoadPaths(files);
+        if (docs.Count == 0) throw new ResourceException($"{string.Join(", ", files)}: no documents found");
+        var resources = docs.Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList();
+        using var store = ctx.OpenStore();
+        foreach (var line in await new ResourceService(store).ApplyAsync(resources, ct).ConfigureAwait(false))
+            await ctx.Out.WriteLineAsync(line).ConfigureAwait(false);
+        return 0;
+    }
+
+    public static async Task<int> DeleteAsync(CtlContext ctx, string? kind, string? name, IReadOnlyList<string> files, bool force, CancellationToken ct)
+    {
+        var targets = new List<(string Kind, string Name)>();
+        if (files.Count > 0)
+        {
+            foreach (var (doc, source) in YamlDocuments.LoadPaths(files))
+            {
+                var r = ResourceReader.Read(doc, source);
+                targets.Add((r.Kind, r.Name));
+            }
+        }
+        else if (kind is not null && name is not null) targets.Add((ResourceService.NormaliseKind(kind), name));
+        else throw new ResourceException("delete needs KIND NAME (e.g. `weftctl delete ippool default-ipv4`) or -f FILE");
+        using var store = ctx.OpenStore();
+        var service = new ResourceService(store);
+        var failed = 0;
+        foreach (var (k, n) in targets)
+        {
+            if (await service.DeleteAsync(k, n, force, ct).ConfigureAwait(false))
+                await ctx.Out.WriteLineAsync($"Successfully deleted 1 '{k}' resource(s): {n}").ConfigureAwait(false);
+            else
+            {
+                failed++;
+                await ctx.Err.WriteLineAsync($"error: {k} {n} not found").ConfigureAwait(false);
+            }
+        }
+        return failed == 0 ? 0 : 1;
+    }
+
+    public static async Task<int> GetAsync(CtlContext ctx, string kind, string? name, string output, CancellationToken ct)
+    {
+        using var store = ctx.OpenStore();
+        var service = new ResourceService(store);
+        switch (ResourceService.NormaliseKind(kind))
+        {
+            case "IPPool":
+            {
+                var pools = (await service.ListPoolsAsync(ct).ConfigureAwait(false)).Where(p => name is null || p.Name == name).ToList();
+                if (name is not null && pools.Count == 0) return NotFound(ctx, "IPPool", name);
+                if (WriteDocuments(ctx, pools.Select(DocumentWriter.ToDocument).ToList(), output, name is null)) return 0;
+                var usage = (await new IpamInspector(store).UsageAsync(ct).ConfigureAwait(false)).ToDictionary(u => u.Pool.Name, StringComparer.Ordinal);
+                var wide = output == "wide";
+                var table = wide
+                    ? new TextTable("NAME", "CIDR", "SELECTOR", "BLOCKSIZE", "NAT", "ENCAPSULATION", "DISABLED", "USAGE")
+                    : new TextTable("NAME", "CIDR", "SELECTOR");
+                foreach (var p in pools)
+                {
+                    if (!wide) { table.Add(p.Name, p.Cidr, p.NodeSelector); continue; }
+                    var u = usage.GetValueOrDefault(p.Name);
+                    var inUse = u?.InUse ?? 0;
+                    table.Add(p.Name, p.Cidr, p.NodeSelector, p.BlockSize.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                        p.NatOutgoing ? "true" : "false", p.Encapsulation, p.Disabled ? "true" : "false",
+                        $"{inUse}/{p.Network.Size} ({Percent(inUse, p.Network.Size)})");
+                }
+                await ctx.Out.WriteAsync(table.Render()).ConfigureAwait(false);
+                return 0;
+            }
+            case "IPReservation":
+            {
+                var list = (await service.ListReservationsAsync(ct).ConfigureAwait(false)).Where(r => name is null || r.Name == name).ToList();
+                if (name is not null && list.Count == 0) return NotFound(ctx, "IPReservation", name);
+                if (WriteDocuments(ctx, list.Select(DocumentWriter.ToDocument).ToList(), output, name is null)) return 0;
+                var table = new TextTable("NAME", "RESERVED CIDRS");
+                foreach (var r in list) table.Add(r.Name, string.Join(",", r.ReservedCIDRs));
+                await ctx.Out.WriteAsync(table.Render()).ConfigureAwait(false);
+                return 0;
+            }
+            default:
+                if (kind.ToLowerInvariant() is "block" or "blocks" or "ipamblock" or "ipamblocks")
+                    return await IpamCommands.BlocksAsync(ctx, store, output, ct).ConfigureAwait(false);
+                throw new ResourceException($"unknown resource type '{kind}'; try ippool, ipreservation or blocks");
+        }
+    }
+
+    private static bool WriteDocuments(CtlContext ctx, IReadOnlyList<JsonObject> docs, string output, bool asList)
+    {
+        switch (output)
+        {
+            case "json": ctx.Out.Write(DocumentWriter.Json(docs, asList)); return true;
+            case "yaml": ctx.Out.Write(DocumentWriter.Yaml(docs, asList)); return true;
+            case "" or "wide" or "table": return false;
+            default: throw new ResourceException($"-o {output}: unknown output format; use wide, json or yaml");
+        }
+    }
+
+    private static int NotFound(CtlContext ctx, string kind, string name)
+    {
+        ctx.Err.WriteLine($"error: {kind} {name} not found");
+        return 1;
+    }
+
+    public static string Percent(long part, UInt128 total) =>
+        total == 0 ? "0%" : $"{(double)part / (double)total * 100:0.##}%";
+}

@@ -1,0 +1,216 @@
+using System.Net;
+using System.Net.Sockets;
+using CsCheck;
+using Weft.Datastore;
+using Weft.Ipam;
+using Weft.Model;
+using Weft.Resources;
+
+namespace Weft.Tests.Ipam;
+
+public sealed class IpamServiceTests : IDisposable
+{
+    private readonly string _dir = Support.TestEnv.TempDir("ipam");
+    private string Uri => "sqlite://" + Path.Combine(_dir, "weft.db");
+    private IDatastore Open() => DatastoreFactory.Open(Uri);
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private async Task Pools(params IPPool[] pools)
+    {
+        using var ds = Open();
+        await new ResourceService(ds).ApplyAsync(pools.Select(p => (Resource)new IPPoolResource(p, new DocumentSource("test", 1))).ToList());
+    }
+
+    private static IPPool Pool(string name, string cidr, int blockSize, string selector = "all()", bool disabled = false) =>
+        new() { Name = name, Cidr = cidr, BlockSize = blockSize, NodeSelector = selector, Disabled = disabled };
+
+    private static AssignRequest Req(string handle, string node = "n1", bool v6 = true) => new(handle, node) { Network = "net", IPv6 = v6 };
+
+    [Fact]
+    public async Task Assigns_from_a_block_affine_to_the_node_and_is_idempotent_per_handle()
+    {
+        await Pools(Pool("v4", "10.244.0.0/16", 26));
+        using var ds = Open();
+        var ipam = new IpamService(ds);
+        var a = Assert.Single(await ipam.AssignAsync(Req("h1")));
+        Assert.True(Cidr.Parse("10.244.0.0/16").Contains(a.Address));
+        Assert.Equal(26, a.Block.PrefixLength);
+        var again = Assert.Single(await ipam.AssignAsync(Req("h1")));
+        Assert.Equal(a.Address, again.Address);
+        var b = Assert.Single(await ipam.AssignAsync(Req("h2")));
+        Assert.Equal(a.Block, b.Block);
+        Assert.NotEqual(a.Address, b.Address);
+        var affinities = await ds.ListAsync(Keys.NodeAffinities("n1"));
+        Assert.Single(affinities.Items);
+    }
+
+    [Fact]
+    public async Task Released_addresses_are_reused_and_unknown_handles_release_nothing()
+    {
+        await Pools(Pool("v4", "10.1.0.0/24", 28));
+        using var ds = Open();
+        var ipam = new IpamService(ds);
+        var first = (await ipam.AssignAsync(Req("h1")))[0].Address;
+        await ipam.AssignAsync(Req("h2"));
+        Assert.Equal(1, await ipam.ReleaseAsync("h1"));
+        Assert.Equal(0, await ipam.ReleaseAsync("h1"));
+        Assert.Equal(0, await ipam.ReleaseAsync("never-existed"));
+        Assert.Equal(first, (await ipam.AssignAsync(Req("h3")))[0].Address);
+        Assert.Empty(await ipam.GetByHandleAsync("h1"));
+    }
+
+    [Fact]
+    public async Task No_pool_names_the_fix()
+    {
+        using var ds = Open();
+        var e = await Assert.ThrowsAsync<NoPoolException>(() => new IpamService(ds).AssignAsync(Req("h")));
+        Assert.Contains("weftctl apply -f", e.Message);
+        Assert.Equal(IpamCodes.NoPool, e.CniCode);
+    }
+
+    [Fact]
+    public async Task Dual_stack_when_pools_of_both_families_exist()
+    {
+        await Pools(Pool("v4", "10.2.0.0/16", 26), Pool("v6", "fd00:2::/64", 122));
+        using var ds = Open();
+        var got = await new IpamService(ds).AssignAsync(Req("h"));
+        Assert.Equal([AddressFamily.InterNetwork, AddressFamily.InterNetworkV6], got.Select(a => a.Family));
+        Assert.Equal(122, got[1].Block.PrefixLength);
+    }
+
+    [Fact]
+    public async Task Disabled_pools_and_pools_not_selecting_the_node_are_skipped()
+    {
+        await Pools(Pool("off", "10.3.0.0/24", 26, disabled: true), Pool("other", "10.4.0.0/24", 26, "kubernetes.io/hostname == 'n9'"), Pool("mine", "10.5.0.0/24", 26, "kubernetes.io/hostname == 'n1'"));
+        using var ds = Open();
+        var ipam = new IpamService(ds);
+        Assert.True(Cidr.Parse("10.5.0.0/24").Contains((await ipam.AssignAsync(Req("h", "n1")))[0].Address));
+        Assert.True(Cidr.Parse("10.4.0.0/24").Contains((await ipam.AssignAsync(Req("h2", "n9")))[0].Address));
+        await Assert.ThrowsAsync<NoPoolException>(() => ipam.AssignAsync(Req("h3", "n5")));
+    }
+
+    [Fact]
+    public async Task Reservations_are_never_handed_out()
+    {
+        await Pools(Pool("v4", "10.6.0.0/28", 28));
+        using var ds = Open();
+        await new ResourceService(ds).ApplyAsync([new IPReservationResource(new IPReservation { Name = "r", ReservedCIDRs = ["10.6.0.1/32", "10.6.0.4/31"] }, new DocumentSource("t", 1))]);
+        var ipam = new IpamService(ds);
+        var got = new List<IPAddress>();
+        for (var i = 0; i < 11; i++) got.Add((await ipam.AssignAsync(Req("h" + i)))[0].Address);
+        Assert.DoesNotContain(IPAddress.Parse("10.6.0.1"), got);
+        Assert.DoesNotContain(IPAddress.Parse("10.6.0.4"), got);
+        Assert.DoesNotContain(IPAddress.Parse("10.6.0.5"), got);
+        Assert.DoesNotContain(IPAddress.Parse("10.6.0.0"), got); // pool network address
+        Assert.DoesNotContain(IPAddress.Parse("10.6.0.15"), got); // pool broadcast address
+        await Assert.ThrowsAsync<PoolExhaustedException>(() => ipam.AssignAsync(Req("one-too-many")));
+        var e = await Assert.ThrowsAsync<IpamException>(() => ipam.AssignAsync(Req("x") with { Requested = [IPAddress.Parse("10.6.0.4")] }));
+        Assert.Contains("reserved", e.Message);
+    }
+
+    [Fact]
+    public async Task Borrows_from_another_nodes_block_when_no_free_block_is_left()
+    {
+        await Pools(Pool("tiny", "10.7.0.0/29", 30));
+        using var ds = Open();
+        var ipam = new IpamService(ds);
+        for (var i = 0; i < 5; i++) await ipam.AssignAsync(Req("a" + i, "node-a"));
+        var borrowed = (await ipam.AssignAsync(Req("b0", "node-b")))[0];
+        var blocks = (await ds.ListAsync(Keys.Blocks)).Items.Select(kv => Codec.Decode(kv.Value, ModelJson.Default.AllocationBlock, kv.Key)).ToList();
+        Assert.All(blocks, b => Assert.Equal("node-a", b.Affinity));
+        Assert.Contains(blocks, b => b.Network.Contains(borrowed.Address));
+        await Assert.ThrowsAsync<PoolExhaustedException>(() => ipam.AssignAsync(Req("b1", "node-b")));
+    }
+
+    [Fact]
+    public async Task Specific_addresses_are_honoured_and_refused_when_taken_or_outside_pools()
+    {
+        await Pools(Pool("v4", "10.8.0.0/16", 26));
+        using var ds = Open();
+        var ipam = new IpamService(ds);
+        var want = IPAddress.Parse("10.8.3.77");
+        Assert.Equal(want, (await ipam.AssignAsync(Req("h1") with { Requested = [want] }))[0].Address);
+        Assert.Contains("already in use", (await Assert.ThrowsAsync<IpamException>(() => ipam.AssignAsync(Req("h2") with { Requested = [want] }))).Message);
+        Assert.Contains("no IP pool", (await Assert.ThrowsAsync<IpamException>(() => ipam.AssignAsync(Req("h3") with { Requested = [IPAddress.Parse("192.168.1.1")] }))).Message);
+    }
+
+    [Fact]
+    public async Task Garbage_collection_releases_only_this_nodes_invalid_attachments_of_this_network()
+    {
+        await Pools(Pool("v4", "10.9.0.0/16", 26));
+        using var ds = Open();
+        var ipam = new IpamService(ds);
+        await ipam.AssignAsync(new AssignRequest("net.keep.eth0", "n1") { Network = "net" });
+        await ipam.AssignAsync(new AssignRequest("net.gone.eth0", "n1") { Network = "net" });
+        await ipam.AssignAsync(new AssignRequest("net.other-node.eth0", "n2") { Network = "net" });
+        await ipam.AssignAsync(new AssignRequest("other.x.eth0", "n1") { Network = "other" });
+        var released = await ipam.GarbageCollectAsync("n1", "net", new HashSet<string> { "net.keep.eth0" });
+        Assert.Equal(["net.gone.eth0"], released);
+        Assert.NotEmpty(await ipam.GetByHandleAsync("net.keep.eth0"));
+        Assert.NotEmpty(await ipam.GetByHandleAsync("net.other-node.eth0"));
+        Assert.NotEmpty(await ipam.GetByHandleAsync("other.x.eth0"));
+    }
+
+    [Fact]
+    public async Task Bridge_mode_blocks_reserve_their_first_address_as_gateway()
+    {
+        await Pools(Pool("v4", "10.10.0.0/16", 26));
+        using var ds = Open();
+        var ipam = new IpamService(ds);
+        var a = (await ipam.AssignAsync(Req("h1") with { ReserveBlockGateway = true, IPv6 = false }))[0];
+        var gw = await ipam.EnsureBlockGatewayAsync(a.Block, "n1");
+        // The pool's own network address is never used, so the pool's first block starts at ordinal 1.
+        var first = a.Block.NetworkAddress.Equals(IPAddress.Parse("10.10.0.0")) ? 1 : 0;
+        Assert.Equal(a.Block.AddressAt((UInt128)first), gw);
+        Assert.Equal(a.Block.AddressAt((UInt128)first + 1), a.Address);
+        Assert.Equal(gw, await ipam.EnsureBlockGatewayAsync(a.Block, "n1"));
+    }
+
+    [Fact]
+    public async Task Parallel_assignments_through_separate_clients_get_distinct_addresses()
+    {
+        await Pools(Pool("v4", "10.11.0.0/22", 26));
+        var results = await Task.WhenAll(Enumerable.Range(0, 64).Select(i => Task.Run(async () =>
+        {
+            using var ds = Open();
+            return (await new IpamService(ds).AssignAsync(Req($"h{i}", i % 2 == 0 ? "n1" : "n2")))[0].Address;
+        })));
+        Assert.Equal(64, results.Distinct().Count());
+    }
+
+    /// <summary>
+    /// Property: whatever interleaving of assigns and releases across nodes and handles, no address is ever held
+    /// by two handles, and every handle's view matches the blocks.
+    /// </summary>
+    [Fact]
+    public void Random_operation_sequences_never_duplicate_an_address()
+    {
+        var op = Gen.Select(Gen.Int[0, 2], Gen.Int[0, 11], Gen.Bool);
+        Gen.Select(op.Array[1, 60], Gen.Int[27, 30]).Sample((ops, blockSize) =>
+        {
+            var dir = Support.TestEnv.TempDir("prop");
+            try
+            {
+                using var ds = DatastoreFactory.Open("sqlite://" + Path.Combine(dir, "w.db"));
+                new ResourceService(ds).ApplyAsync([new IPPoolResource(Pool("p", "10.50.0.0/26", blockSize), new DocumentSource("t", 1))]).GetAwaiter().GetResult();
+                var ipam = new IpamService(ds);
+                foreach (var (node, handle, assign) in ops)
+                {
+                    try
+                    {
+                        if (assign) ipam.AssignAsync(Req("h" + handle, "n" + node, v6: false)).GetAwaiter().GetResult();
+                        else ipam.ReleaseAsync("h" + handle).GetAwaiter().GetResult();
+                    }
+                    catch (PoolExhaustedException) { }
+                }
+                var report = new IpamInspector(ds).CheckAsync(TimeSpan.MaxValue).GetAwaiter().GetResult();
+                Assert.DoesNotContain(report.Problems, p => p.Kind is IpamInspector.Duplicate or IpamInspector.MissingHandle or IpamInspector.DanglingHandle);
+                var held = Enumerable.Range(0, 12).SelectMany(h => ipam.GetByHandleAsync("h" + h).GetAwaiter().GetResult().Select(a => a.Address)).ToList();
+                Assert.Equal(held.Count, held.Distinct().Count());
+                Assert.Equal(report.Allocations, held.Count);
+            }
+            finally { Directory.Delete(dir, true); }
+        }, iter: 40);
+    }
+}
