@@ -70,6 +70,12 @@ static async Task<int> Guard(Func<Task<int>> action)
         await Console.Error.WriteLineAsync("error: " + e.Message).ConfigureAwait(false);
         return 1;
     }
+    catch (Exception e) when (e is not OperationCanceledException)
+    {
+        // Unexpected: still one line for the operator, the trace only when asked for.
+        await Console.Error.WriteLineAsync($"error: {e.Message}" + (Environment.GetEnvironmentVariable("WEFT_DEBUG") is { Length: > 0 } ? "\n" + e : "")).ConfigureAwait(false);
+        return 1;
+    }
 }
 
 static TimeSpan ParseDuration(string text)

@@ -125,7 +125,7 @@ public sealed class PodInterfaces(NetConf conf, CniEnvironment env)
         {
             try { bridge = host.CreateBridge(conf.BridgeName, conf.Mtu, null); }
             catch (NetlinkException e) when (e.Errno == 17) { bridge = host.GetLink(conf.BridgeName); } // a parallel ADD won the race
-            bridge ??= throw new CniException(CniCodes.InterfaceSetup, $"bridge {conf.BridgeName} vanished while being created");
+            if (bridge is null) throw new CniException(CniCodes.InterfaceSetup, $"bridge {conf.BridgeName} vanished while being created");
         }
         else if (bridge.Kind != "bridge")
         {

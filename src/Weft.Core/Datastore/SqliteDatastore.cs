@@ -34,9 +34,7 @@ public sealed class SqliteDatastore : IDatastore
 
     private void Initialise()
     {
-        var st = _db.Prepare("PRAGMA user_version");
-        st.Step();
-        if (st.Int64(0) == SchemaVersion) { _db.Exec("PRAGMA synchronous=NORMAL"); return; }
+        if (UserVersion() == SchemaVersion) { _db.Exec("PRAGMA synchronous=NORMAL"); return; }
         // WAL: readers don't block the writer; NORMAL sync is durable across process crashes (SIGKILL), which is
         // the failure that matters for a CNI plugin.
         _db.Exec("PRAGMA journal_mode=WAL");
@@ -44,9 +42,7 @@ public sealed class SqliteDatastore : IDatastore
         _db.Exec("BEGIN IMMEDIATE");
         try
         {
-            st = _db.Prepare("PRAGMA user_version");
-            st.Step();
-            if (st.Int64(0) != SchemaVersion)
+            if (UserVersion() != SchemaVersion)
             {
                 _db.Exec("CREATE TABLE IF NOT EXISTS kv(key TEXT PRIMARY KEY, value BLOB NOT NULL, create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL) WITHOUT ROWID");
                 _db.Exec("CREATE TABLE IF NOT EXISTS events(rev INTEGER NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL, value BLOB, PRIMARY KEY(rev, seq)) WITHOUT ROWID");
@@ -61,6 +57,14 @@ public sealed class SqliteDatastore : IDatastore
             TryRollback();
             throw;
         }
+    }
+
+    private long UserVersion()
+    {
+        var st = _db.Prepare("PRAGMA user_version");
+        var v = st.Step() ? st.Int64(0) : 0;
+        st.Reset(); // an unreset statement keeps a read transaction open
+        return v;
     }
 
     public ValueTask<KeyValue?> GetAsync(string key, CancellationToken ct = default)

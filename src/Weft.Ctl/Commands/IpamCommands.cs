@@ -36,16 +36,17 @@ public static class IpamCommands
         var table = new TextTable("GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE");
         foreach (var u in await inspector.UsageAsync(ct).ConfigureAwait(false))
         {
-            table.Add("IP Pool", u.Pool.Cidr, u.Total.ToString(CultureInfo.InvariantCulture), $"{u.InUse} ({ResourceCommands.Percent(u.InUse, u.Total)})",
-                $"{u.Total - (UInt128)u.InUse} ({ResourceCommands.Percent((long)(u.Total - (UInt128)u.InUse > long.MaxValue ? long.MaxValue : u.Total - (UInt128)u.InUse), u.Total)})");
+            AddRow(table, "IP Pool", u.Pool.Cidr, u.Total, (UInt128)u.InUse);
             if (!showBlocks) continue;
-            foreach (var b in u.Blocks)
-                table.Add("Block", b.Cidr.ToString(), b.Total.ToString(CultureInfo.InvariantCulture), $"{b.InUse} ({ResourceCommands.Percent(b.InUse, b.Total)})",
-                    $"{b.Total - (UInt128)b.InUse} ({ResourceCommands.Percent((long)(b.Total - (UInt128)b.InUse), b.Total)})");
+            foreach (var b in u.Blocks) AddRow(table, "Block", b.Cidr.ToString(), b.Total, (UInt128)b.InUse);
         }
         await ctx.Out.WriteAsync(table.RenderBoxed()).ConfigureAwait(false);
         return 0;
     }
+
+    private static void AddRow(TextTable table, string grouping, string cidr, UInt128 total, UInt128 inUse) =>
+        table.Add(grouping, cidr, total.ToString(CultureInfo.InvariantCulture), $"{inUse} ({ResourceCommands.Percent(inUse, total)})",
+            $"{total - inUse} ({ResourceCommands.Percent(total - inUse, total)})");
 
     public static async Task<int> BlocksAsync(CtlContext ctx, IDatastore store, string output, CancellationToken ct)
     {

@@ -73,7 +73,7 @@ public static class ResourceCommands
                     var inUse = u?.InUse ?? 0;
                     table.Add(p.Name, p.Cidr, p.NodeSelector, p.BlockSize.ToString(System.Globalization.CultureInfo.InvariantCulture),
                         p.NatOutgoing ? "true" : "false", p.Encapsulation, p.Disabled ? "true" : "false",
-                        $"{inUse}/{p.Network.Size} ({Percent(inUse, p.Network.Size)})");
+                        $"{inUse}/{p.Network.Size} ({Percent((UInt128)inUse, p.Network.Size)})");
                 }
                 await ctx.Out.WriteAsync(table.Render()).ConfigureAwait(false);
                 return 0;
@@ -112,6 +112,6 @@ public static class ResourceCommands
         return 1;
     }
 
-    public static string Percent(long part, UInt128 total) =>
+    public static string Percent(UInt128 part, UInt128 total) =>
         total == 0 ? "0%" : $"{(double)part / (double)total * 100:0.##}%";
 }

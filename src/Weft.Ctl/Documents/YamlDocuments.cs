@@ -92,8 +92,6 @@ public static class YamlDocuments
                 return arr;
             case YamlScalarNode scalar:
                 return Scalar(scalar);
-            case YamlAliasNode:
-                throw new ResourceException($"{source}: line {node.Start.Line}: YAML aliases are not supported");
             default:
                 return null;
         }
