@@ -110,7 +110,7 @@ public sealed class CniResult
                 IPAddress? gw = null;
                 if (GetString(ip, "gateway") is { } g && !IPAddress.TryParse(g, out gw))
                     throw new FormatException($"gateway '{g}' is not an address");
-                int? idx = ip.TryGetProperty("interface", out var ie) && ie.ValueKind == JsonValueKind.Number ? ie.GetInt32() : null;
+                int? idx = ip.TryGetProperty("interface", out var ie) && ie.ValueKind == JsonValueKind.Number && ie.TryGetInt32(out var ii) ? ii : null;
                 result.Ips.Add(new ResultIp(a, p, gw, idx));
             }
         if (root.TryGetProperty("routes", out var routes) && routes.ValueKind == JsonValueKind.Array)
@@ -134,6 +134,7 @@ public sealed class CniResult
     }
 
     private static string? GetString(JsonElement e, string name) =>
+        e.ValueKind != JsonValueKind.Object ? throw new FormatException($"expected an object holding \"{name}\", got {e.ValueKind.ToString().ToLowerInvariant()}") :
         e.TryGetProperty(name, out var v) ? v.ValueKind switch
         {
             JsonValueKind.String => v.GetString(),

@@ -54,6 +54,8 @@ public readonly record struct Cidr : IComparable<Cidr>
         var addrText = slash < 0 ? text : text[..slash];
         if (!IPAddress.TryParse(addrText, out var address) || addrText.Contains('%', StringComparison.Ordinal))
         { error = $"'{text}' is not a valid CIDR (bad address)"; return false; }
+        if (address.AddressFamily == AddressFamily.InterNetwork && addrText.Count(c => c == '.') != 3)
+        { error = $"'{text}' is not a valid CIDR (write all four parts of an IPv4 address)"; return false; }
         if (address.IsIPv4MappedToIPv6) { error = $"'{text}': IPv4-mapped IPv6 addresses are not accepted"; return false; }
         var bits = Bits(address.AddressFamily);
         var prefix = bits;

@@ -25,7 +25,7 @@ public sealed class TextTable(params string[] headers)
         var sb = new StringBuilder(sep);
         sb.Append("| ").AppendJoin(" | ", headers.Select((h, i) => Center(h, widths[i]))).Append(" |\n").Append(sep);
         foreach (var r in _rows)
-            sb.Append("| ").AppendJoin(" | ", r.Select((c, i) => c.PadRight(widths[i]))).Append(" |\n");
+            sb.Append("| ").AppendJoin(" | ", r.Select((c, i) => i >= 2 && c.Length > 0 && char.IsAsciiDigit(c[0]) ? c.PadLeft(widths[i]) : c.PadRight(widths[i]))).Append(" |\n");
         return sb.Append(sep).ToString();
     }
 

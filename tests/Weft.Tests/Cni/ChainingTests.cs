@@ -25,9 +25,9 @@ public sealed class ChainingTests : IDisposable
         var (dir, uri) = Support.Pools.NewStore(Support.Pools.SeedV4);
         _dirs.Add(dir);
         var cni = new CniRunner(ns.Node, TestEnv.Dist);
-        var list = CniRunner.Parse($$"""
+        var list = CniRunner.Parse($$$"""
             {"cniVersion":"1.0.0","name":"weftnet","plugins":[
-              {"type":"weft","datastore":"{{uri}}","nodename":"node-1","ipam":{"type":"weft-ipam"}},
+              {"type":"weft","datastore":"{{{uri}}}","nodename":"node-1","ipam":{"type":"weft-ipam"}},
               {"type":"portmap","capabilities":{"portMappings":true},"snat":true},
               {"type":"bandwidth","capabilities":{"bandwidth":true}}]}
             """);
@@ -69,9 +69,9 @@ public sealed class ChainingTests : IDisposable
         _dirs.Add(dir);
         var cni = new CniRunner(ns.Node, TestEnv.Dist);
         var dataDir = Path.Combine(dir, "host-local");
-        var conf = $$"""
-            {"cniVersion":"1.0.0","name":"hlnet","type":"weft","datastore":"{{uri}}","nodename":"node-1","mode":"bridge","bridge":"weftbr1",
-             "ipam":{"type":"host-local","dataDir":"{{dataDir}}","ranges":[[{"subnet":"10.77.0.0/24","gateway":"10.77.0.1"}]]}}
+        var conf = $$$"""
+            {"cniVersion":"1.0.0","name":"hlnet","type":"weft","datastore":"{{{uri}}}","nodename":"node-1","mode":"bridge","bridge":"weftbr1",
+             "ipam":{"type":"host-local","dataDir":"{{{dataDir}}}","ranges":[[{"subnet":"10.77.0.0/24","gateway":"10.77.0.1"}]]}}
             """;
         var a = ns.Pod("a");
         var b = ns.Pod("b");
@@ -86,6 +86,6 @@ public sealed class ChainingTests : IDisposable
         Assert.Equal(0, cni.Weft("DEL", conf, "ca", a.Path).ExitCode);
         Assert.Equal(0, cni.Weft("DEL", conf, "cb", b.Path).ExitCode);
         // host-local released its reservations.
-        Assert.Empty(Directory.EnumerateFiles(Path.Combine(dataDir, "hlnet")).Where(f => Path.GetFileName(f).StartsWith("10.77.", StringComparison.Ordinal)));
+        Assert.DoesNotContain(Directory.EnumerateFiles(Path.Combine(dataDir, "hlnet")), f => Path.GetFileName(f).StartsWith("10.77.", StringComparison.Ordinal));
     }
 }

@@ -110,10 +110,10 @@ public sealed class ConfigAndEnvTests : IDisposable
         var valid = JsonNode.Parse(Conf())!.AsObject();
         var keys = new[] { "cniVersion", "name", "type", "mode", "mtu", "ipam", "runtimeConfig", "prevResult", "datastore", "bridge", "nodename", "args" };
         var values = Gen.OneOf<JsonNode?>(
-            Gen.Const<JsonNode?>(null), Gen.Int.Select(i => (JsonNode?)JsonValue.Create(i)), Gen.String.Select(s => (JsonNode?)JsonValue.Create(s)),
-            Gen.Bool.Select(b => (JsonNode?)JsonValue.Create(b)), Gen.Const<JsonNode?>(new JsonArray(1, "x", null)),
-            Gen.Const<JsonNode?>(new JsonObject { ["type"] = "weft-ipam", ["ips"] = new JsonArray("1.2.3.4/99") }),
-            Gen.Const<JsonNode?>(new JsonObject { ["ips"] = new JsonArray(new JsonObject { ["address"] = "x" }), ["interfaces"] = 5 }));
+            Gen.Const((JsonNode?)null), Gen.Int.Select(i => (JsonNode?)JsonValue.Create(i)), Gen.String.Select(s => (JsonNode?)JsonValue.Create(s)),
+            Gen.Bool.Select(b => (JsonNode?)JsonValue.Create(b)), Gen.Const((JsonNode?)new JsonArray(1, "x", null)),
+            Gen.Const((JsonNode?)new JsonObject { ["type"] = "weft-ipam", ["ips"] = new JsonArray("1.2.3.4/99") }),
+            Gen.Const((JsonNode?)new JsonObject { ["ips"] = new JsonArray(new JsonObject { ["address"] = "x" }), ["interfaces"] = 5 }));
         var mutated = Gen.Select(Gen.Int[0, keys.Length - 1], values).Array[0, 4].Select(muts =>
         {
             var c = valid.DeepClone().AsObject();

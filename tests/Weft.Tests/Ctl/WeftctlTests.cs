@@ -105,7 +105,7 @@ public sealed class WeftctlTests : IDisposable
         Assert.Equal(0, Apply(Support.Pools.SeedV4).ExitCode);
         var show = TestEnv.Ctl(_uri, "ipam", "show").Stdout;
         Assert.Contains("GROUPING", show);
-        Assert.Matches(@"\| IP Pool\s+\| 10\.244\.0\.0/16 \|\s+65536 \| 0 \(0%\)\s+\| 65536 \(100%\)", show);
+        Assert.Matches(@"\| IP Pool\s+\| 10\.244\.0\.0/16 \|\s+65536 \|\s+0 \(0%\) \|\s+65536 \(100%\) \|", show);
         Assert.Contains("not currently assigned", TestEnv.Ctl(_uri, "ipam", "show", "--ip", "10.244.0.5").Stdout);
         Assert.Equal(1, TestEnv.Ctl(_uri, "ipam", "release", "--ip", "10.244.0.5").ExitCode);
         Assert.Contains("not an IP address", TestEnv.Ctl(_uri, "ipam", "show", "--ip", "nope").Stderr);

@@ -26,7 +26,7 @@ public static class TestEnv
     /// <summary>A unique scratch directory under the repo's .tmp, removed by the caller.</summary>
     public static string TempDir(string tag)
     {
-        var dir = Path.Combine(Path.GetTempPath(), $"weft-test-{Environment.ProcessId}-{tag}-{Guid.NewGuid():N}"[..60]);
+        var dir = Path.Combine(Path.GetTempPath(), $"weft-test-{Environment.ProcessId}-{tag}-{Guid.NewGuid():N}");
         Directory.CreateDirectory(dir);
         return dir;
     }
