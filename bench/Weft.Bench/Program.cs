@@ -22,11 +22,12 @@ try
     var variants = new (string Name, string Plugin, string Conf)[]
     {
         ("weft (routed, weft-ipam, sqlite)", weft,
-            $$"""{"cniVersion":"1.0.0","name":"weftnet","type":"weft","datastore":"{{uri}}","nodename":"bench","ipam":{"type":"weft-ipam"}}"""),
+            $$$"""{"cniVersion":"1.0.0","name":"weftnet","type":"weft","datastore":"{{{uri}}}","nodename":"bench","ipam":{"type":"weft-ipam"}}"""),
         ("reference bridge+host-local (ipMasq off)", Path.Combine(refDir, "bridge"),
-            $$"""{"cniVersion":"1.0.0","name":"refnet","type":"bridge","bridge":"refbr0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","dataDir":"{{tmp}}/hl","subnet":"10.88.0.0/16"}}"""),
+            $$$"""{"cniVersion":"1.0.0","name":"refnet","type":"bridge","bridge":"refbr0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","dataDir":"{{{tmp}}}/hl","subnet":"10.88.0.0/16"}}"""),
         ("reference bridge+host-local (ipMasq on)", Path.Combine(refDir, "bridge"),
-            $$"""{"cniVersion":"1.0.0","name":"refmasq","type":"bridge","bridge":"refbr1","isGateway":true,"ipMasq":true,"ipam":{"type":"host-local","dataDir":"{{tmp}}/hl2","subnet":"10.89.0.0/16"}}"""),
+            $$$"""{"cniVersion":"1.0.0","name":"refmasq","type":"bridge","bridge":"refbr1","isGateway":true,"ipMasq":true,"ipam":{"type":"host-local","dataDir":"{{{tmp}}}/hl2","subnet":"10.89.0.0/16"}}"""),
+        ("kernel floor: ip link add/del veth (sh + iproute2, no CNI)", "ip", ""),
     };
     var results = variants.Select(_ => (Add: new List<double>(), Del: new List<double>(), Pair: new List<double>(), Rss: new List<long>())).ToArray();
     for (var i = -3; i < pairs; i++) // 3 warm-up rounds not counted
@@ -35,6 +36,19 @@ try
         {
             var pod = $"{prefix}-p{v}-{i + 3}";
             Sh($"ip netns add {pod}"); created.Add(pod);
+            if (variants[v].Plugin == "ip")
+            {
+                // The kernel floor: the same veth pair made and removed by iproute2, no IPAM, no addresses.
+                var t0 = Stopwatch.StartNew();
+                Sh($"ip -n {node} link add bv{i + 3} type veth peer name eth0 netns {pod}");
+                var addFloor = t0.Elapsed.TotalMilliseconds;
+                t0.Restart();
+                Sh($"ip -n {node} link del bv{i + 3}");
+                var delFloor = t0.Elapsed.TotalMilliseconds;
+                Sh($"ip netns delete {pod}"); created.Remove(pod);
+                if (i >= 0) { results[v].Add.Add(addFloor); results[v].Del.Add(delFloor); results[v].Pair.Add(addFloor + delFloor); results[v].Rss.Add(0); }
+                continue;
+            }
             var add = Cni(variants[v].Plugin, "ADD", variants[v].Conf, $"c{v}x{i + 3}", pod, out var rssAdd);
             var del = Cni(variants[v].Plugin, "DEL", variants[v].Conf, $"c{v}x{i + 3}", pod, out var rssDel);
             Sh($"ip netns delete {pod}"); created.Remove(pod);
@@ -51,7 +65,7 @@ try
     {
         var r = results[v];
         Console.WriteLine($"| {variants[v].Name} | {Median(r.Add):0.0} ({P90(r.Add):0.0}) | {Median(r.Del):0.0} ({P90(r.Del):0.0}) | {Median(r.Pair):0.0} ({P90(r.Pair):0.0}) | " +
-                          $"{Median(r.Pair) / Median(results[1].Pair):0.00}x | {Median(r.Pair) / Median(results[2].Pair):0.00}x | {r.Rss.Max() / 1024.0:0.0} MiB |");
+                          $"{Median(r.Pair) / Median(results[1].Pair):0.00}x | {Median(r.Pair) / Median(results[2].Pair):0.00}x | {(r.Rss.Max() == 0 ? "-" : $"{r.Rss.Max() / 1024.0:0.0} MiB")} |");
     }
     return 0;
 }

@@ -33,6 +33,9 @@ internal sealed class SqliteDb : IDisposable
             throw new DatastoreUnavailableException($"cannot open sqlite datastore {path}: {msg}");
         }
         _ = sqlite3_busy_timeout(_db.DangerousGetHandle(), busyTimeoutMs);
+        // Each plugin process is often the last connection to close: without this, every exit would checkpoint
+        // the WAL and fsync. Checkpoints still happen automatically as the WAL grows.
+        _ = sqlite3_db_config(_db.DangerousGetHandle(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, IntPtr.Zero);
     }
 
     internal IntPtr Raw => _db.DangerousGetHandle();

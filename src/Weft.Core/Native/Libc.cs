@@ -12,31 +12,31 @@ internal static unsafe partial class Libc
     public const int EINTR = 4;
     public const long NSFS_MAGIC = 0x6e736673;
 
-    [LibraryImport("libc", SetLastError = true)]
+    [LibraryImport("libc.so.6", SetLastError = true)]
     public static partial int socket(int domain, int type, int protocol);
 
-    [LibraryImport("libc", SetLastError = true)]
+    [LibraryImport("libc.so.6", SetLastError = true)]
     public static partial int bind(SafeHandle fd, byte* addr, int len);
 
-    [LibraryImport("libc", SetLastError = true)]
+    [LibraryImport("libc.so.6", SetLastError = true)]
     public static partial nint send(SafeHandle fd, byte* buf, nint len, int flags);
 
-    [LibraryImport("libc", SetLastError = true)]
+    [LibraryImport("libc.so.6", SetLastError = true)]
     public static partial nint recv(SafeHandle fd, byte* buf, nint len, int flags);
 
-    [LibraryImport("libc", SetLastError = true)]
+    [LibraryImport("libc.so.6", SetLastError = true)]
     public static partial int setsockopt(SafeHandle fd, int level, int name, int* value, int len);
 
-    [LibraryImport("libc", SetLastError = true)]
+    [LibraryImport("libc.so.6", SetLastError = true)]
     public static partial int close(int fd);
 
-    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    [LibraryImport("libc.so.6", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int open(string path, int flags);
 
-    [LibraryImport("libc", SetLastError = true)]
+    [LibraryImport("libc.so.6", SetLastError = true)]
     public static partial int setns(SafeHandle fd, int nstype);
 
-    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    [LibraryImport("libc.so.6", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int statfs(string path, byte* buf);
 
     public static SafeFileHandle OpenReadOnly(string path)

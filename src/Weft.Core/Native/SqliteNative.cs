@@ -25,6 +25,12 @@ internal static partial class SqliteNative
     [LibraryImport(Lib)]
     public static partial int sqlite3_busy_timeout(IntPtr db, int ms);
 
+    public const int SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE = 1010;
+
+    /// <summary>Variadic in C; on x86-64 SysV integer varargs travel like fixed arguments.</summary>
+    [LibraryImport(Lib)]
+    public static partial int sqlite3_db_config(IntPtr db, int op, int value, IntPtr result);
+
     [LibraryImport(Lib)]
     public static partial IntPtr sqlite3_errmsg(IntPtr db);
 
