@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds Weft: dist/weft (the CNI plugin, NativeAOT) and dist/weftctl. Idempotent; installs missing Debian packages.
+# Builds Weft: dist/weft (the CNI plugin) and dist/weft-agent (both NativeAOT), and dist/weftctl. Idempotent; installs missing Debian packages.
 set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/install-deps.sh
@@ -7,6 +7,8 @@ mkdir -p dist
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
 dotnet publish src/Weft.Cni/Weft.Cni.csproj -c Release -r linux-x64 -o .tmp/publish/weft -nologo -v quiet
 install -m 0755 .tmp/publish/weft/weft dist/weft
+dotnet publish src/Weft.Agent/Weft.Agent.csproj -c Release -r linux-x64 -o .tmp/publish/weft-agent -nologo -v quiet
+install -m 0755 .tmp/publish/weft-agent/weft-agent dist/weft-agent
 dotnet publish src/Weft.Ctl/Weft.Ctl.csproj -c Release -r linux-x64 --self-contained false -p:PublishSingleFile=true -o .tmp/publish/weftctl -nologo -v quiet
 install -m 0755 .tmp/publish/weftctl/weftctl dist/weftctl
 echo "built: $(ls dist | tr '\n' ' ')"

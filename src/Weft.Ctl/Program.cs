@@ -9,9 +9,11 @@ var datastore = new Option<string?>("--datastore") { Description = "datastore UR
 var output = new Option<string>("--output", "-o") { Description = "output format: wide, json or yaml", DefaultValueFactory = _ => "" };
 
 var root = new RootCommand("weftctl: operate a Weft pod network (IP pools, IPAM, policies, flows, lab)");
+var labOption = new Option<string?>("--lab") { Description = "point the command at this lab's datastore", Recursive = true };
 root.Options.Add(datastore);
+root.Options.Add(labOption);
 
-CtlContext Ctx(ParseResult r) => new(r.GetValue(datastore), Console.Out, Console.Error);
+CtlContext Ctx(ParseResult r) => new(r.GetValue(datastore), Console.Out, Console.Error, r.GetValue(labOption));
 
 // apply
 var applyFiles = new Option<string[]>("--filename", "-f") { Description = "file, directory or - for stdin (YAML or JSON)", Required = true, AllowMultipleArgumentsPerToken = true };
@@ -53,6 +55,40 @@ ipam.Subcommands.Add(check);
 ipam.Subcommands.Add(release);
 root.Subcommands.Add(ipam);
 
+// lab
+var lab = new Command("lab", "a real multi-node Weft cluster in network namespaces on this machine");
+var labName = new Option<string>("--name") { Description = "lab name", DefaultValueFactory = _ => "weft" };
+var nodes = new Option<int>("--nodes") { DefaultValueFactory = _ => 3 };
+var podsPerNode = new Option<int>("--pods-per-node") { DefaultValueFactory = _ => 2 };
+var backend = new Option<string>("--backend") { Description = "vxlan or host-gw", DefaultValueFactory = _ => "vxlan" };
+var mode = new Option<string>("--mode") { Description = "routed or bridge", DefaultValueFactory = _ => "routed" };
+var topology = new Option<string?>("--topology") { Description = "YAML stream of v1 Namespace and v1 Pod" };
+// `lab up --datastore sqlite|etcd` reuses the global --datastore option as the kind of datastore to run.
+var up = new Command("up", "build the lab") { labName, nodes, podsPerNode, backend, mode, topology };
+up.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.UpAsync(Ctx(r), new(r.GetValue(labName)!, r.GetValue(nodes), r.GetValue(podsPerNode), r.GetValue(backend)!, r.GetValue(mode)!, r.GetValue(datastore) ?? "sqlite", r.GetValue(topology)), ct)));
+var down = new Command("down", "remove every namespace, process and file of the lab") { labName };
+down.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.DownAsync(Ctx(r), r.GetValue(labName)!)));
+var labOut = new Option<string>("--output", "-o") { DefaultValueFactory = _ => "table" };
+var status = new Command("status", "nodes and pods of the lab") { labName, labOut };
+status.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.StatusAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(labOut)!, ct)));
+var execPod = new Argument<string?>("pod") { Arity = ArgumentArity.ZeroOrOne };
+var execNode = new Option<string?>("--node");
+var execCmd = new Argument<string[]>("command") { Arity = ArgumentArity.ZeroOrMore };
+var exec = new Command("exec", "run a command in a pod's or node's namespace: lab exec POD -- CMD...") { labName, execNode, execPod, execCmd };
+exec.SetAction(r => GuardSync(() => Weft.Ctl.Lab.LabCommands.Exec(Ctx(r), r.GetValue(labName)!, r.GetValue(execPod), r.GetValue(execNode), r.GetValue(execCmd) ?? [])));
+var port = new Option<int>("--port") { DefaultValueFactory = _ => 80 };
+var protocol = new Option<string>("--protocol") { DefaultValueFactory = _ => "TCP" };
+var timeoutMs = new Option<int>("--timeout-ms") { DefaultValueFactory = _ => 1000 };
+var matrix = new Command("matrix", "probe every pod from every pod with real packets") { labName, port, protocol, timeoutMs, labOut };
+matrix.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.MatrixAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(port), r.GetValue(protocol)!, r.GetValue(timeoutMs), r.GetValue(labOut)!, ct)));
+var serveTcp = new Option<string>("--tcp") { DefaultValueFactory = _ => "" };
+var serveUdp = new Option<string>("--udp") { DefaultValueFactory = _ => "" };
+var serve = new Command("serve", "(inside a lab pod) answer HTTP on TCP ports and echo on UDP ports") { serveTcp, serveUdp };
+serve.Hidden = true;
+serve.SetAction((r, ct) => Weft.Ctl.Lab.PodServer.RunAsync(Ports(r.GetValue(serveTcp)!), Ports(r.GetValue(serveUdp)!), ct));
+foreach (var c in new[] { up, down, status, exec, matrix, serve }) lab.Subcommands.Add(c);
+root.Subcommands.Add(lab);
+
 var version = new Command("version", "print weftctl's version");
 version.SetAction(_ => { Console.WriteLine($"weftctl {typeof(CtlContext).Assembly.GetName().Version}"); return 0; });
 root.Subcommands.Add(version);
@@ -65,7 +101,7 @@ static async Task<int> Guard(Func<Task<int>> action)
     {
         return await action().ConfigureAwait(false);
     }
-    catch (Exception e) when (e is ResourceException or IpamException or DatastoreUnavailableException or ArgumentException or InvalidDataException or IOException)
+    catch (Exception e) when (e is ResourceException or IpamException or DatastoreUnavailableException or ArgumentException or InvalidDataException or IOException or Weft.Ctl.Lab.LabException)
     {
         await Console.Error.WriteLineAsync("error: " + e.Message).ConfigureAwait(false);
         return 1;
@@ -77,6 +113,19 @@ static async Task<int> Guard(Func<Task<int>> action)
         return 1;
     }
 }
+
+static int GuardSync(Func<int> action)
+{
+    try { return action(); }
+    catch (Exception e) when (e is ArgumentException or Weft.Ctl.Lab.LabException or IOException)
+    {
+        Console.Error.WriteLine("error: " + e.Message);
+        return 1;
+    }
+}
+
+static int[] Ports(string list) =>
+    list.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(p => int.Parse(p, System.Globalization.CultureInfo.InvariantCulture)).Where(p => p > 0).ToArray();
 
 static TimeSpan ParseDuration(string text)
 {

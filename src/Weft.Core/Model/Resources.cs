@@ -97,11 +97,20 @@ public sealed class WorkloadEndpoint
     public string? Created { get; init; }
 }
 
-/// <summary>A node as the datastore knows it. The agent fills in more later; the plugin needs only the labels.</summary>
+/// <summary>A node as the datastore knows it: written by its agent, read by every other agent and by the plugin (labels).</summary>
 public sealed class NodeRecord
 {
     public required string Name { get; init; }
     public Dictionary<string, string> Labels { get; init; } = [];
+    /// <summary>The node's address on the underlay ("physical") network, with its prefix: "198.51.100.11/24".</summary>
+    public string? UnderlayAddress { get; init; }
+    public string? Backend { get; init; }
+    public string? VtepMac { get; init; }
+    public string? VtepAddress { get; init; }
+    public int Mtu { get; init; }
+    /// <summary>Random per agent process: tells a restart of the same node from a second node claiming its name.</summary>
+    public string? AgentId { get; init; }
+    public string? Heartbeat { get; init; }
 }
 
 /// <summary>Where each kind of record lives in the datastore's key space.</summary>

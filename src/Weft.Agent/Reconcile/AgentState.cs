@@ -1,0 +1,46 @@
+using System.Text;
+
+namespace Weft.Agent.Reconcile;
+
+public sealed record PeerStatus(string Name, string? Underlay, int Blocks, string State, string? Error);
+
+/// <summary>An immutable snapshot of what the agent last did; swapped in one assignment, read by the API.</summary>
+public sealed record AgentSnapshot(
+    string Node, string Backend, string Underlay, string? Vtep, int Mtu, bool Synced, DateTime? LastReconcile,
+    double LastReconcileMs, long Reconciles, long ReconcileErrors, int Routes, IReadOnlyList<PeerStatus> Peers, string? LastError);
+
+public sealed class AgentState
+{
+    private AgentSnapshot _snapshot;
+    public AgentState(string node, string backend) => _snapshot = new(node, backend, "", null, 0, false, null, 0, 0, 0, 0, [], null);
+    public AgentSnapshot Snapshot => Volatile.Read(ref _snapshot);
+    public void Update(Func<AgentSnapshot, AgentSnapshot> change)
+    {
+        AgentSnapshot old, next;
+        do { old = Snapshot; next = change(old); }
+        while (!ReferenceEquals(Interlocked.CompareExchange(ref _snapshot, next, old), old));
+    }
+
+    /// <summary>Prometheus text exposition; metric names are documented in the README.</summary>
+    public string Metrics()
+    {
+        var s = Snapshot;
+        var sb = new StringBuilder();
+        void M(string name, string type, string help, string value, string labels = "")
+        {
+            sb.Append("# HELP ").Append(name).Append(' ').Append(help).Append('\n');
+            sb.Append("# TYPE ").Append(name).Append(' ').Append(type).Append('\n');
+            sb.Append(name).Append(labels).Append(' ').Append(value).Append('\n');
+        }
+        var inv = System.Globalization.CultureInfo.InvariantCulture;
+        M("weft_agent_up", "gauge", "1 while the agent runs", "1", $"{{node=\"{s.Node}\",backend=\"{s.Backend}\"}}");
+        M("weft_agent_synced", "gauge", "1 once the kernel matches the datastore", s.Synced ? "1" : "0");
+        M("weft_reconciles_total", "counter", "route reconciliations run", s.Reconciles.ToString(inv));
+        M("weft_reconcile_errors_total", "counter", "route reconciliations that failed", s.ReconcileErrors.ToString(inv));
+        M("weft_reconcile_duration_seconds", "gauge", "duration of the last reconciliation", (s.LastReconcileMs / 1000).ToString("0.######", inv));
+        M("weft_routes", "gauge", "routes to peer blocks programmed", s.Routes.ToString(inv));
+        M("weft_peers", "gauge", "peer nodes known", s.Peers.Count.ToString(inv));
+        M("weft_peers_unreachable", "gauge", "peer nodes the backend cannot program", s.Peers.Count(p => p.State != "programmed").ToString(inv));
+        return sb.ToString();
+    }
+}

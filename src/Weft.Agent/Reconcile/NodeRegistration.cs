@@ -1,0 +1,118 @@
+using System.Net;
+using System.Net.NetworkInformation;
+using System.Net.Sockets;
+using System.Text;
+using Weft.Agent.Backends;
+using Weft.Agent.Config;
+using Weft.Datastore;
+using Weft.Ipam;
+using Weft.Model;
+using Weft.Netlink;
+using Weft.Resources;
+
+namespace Weft.Agent.Reconcile;
+
+/// <summary>A setting or a conflict the agent cannot start with; the message says what to change.</summary>
+public sealed class AgentStartupException(string message) : Exception(message);
+
+/// <summary>Start-up: find the underlay, ensure net-conf's pool, claim a tunnel address, and register the node.</summary>
+public static class NodeRegistration
+{
+    public static LocalNode DiscoverUnderlay(string node, string? interfaceName)
+    {
+        using var nl = RtNetlink.Open();
+        LinkInfo? link;
+        if (interfaceName is not null)
+        {
+            link = nl.GetLink(interfaceName) ?? throw new AgentStartupException($"underlay interface {interfaceName} does not exist on node {node}");
+        }
+        else
+        {
+            var def = nl.ListRoutes(AddressFamily.InterNetwork).FirstOrDefault(r => r.PrefixLength == 0 && r.OutputIndex > 0);
+            link = def is not null ? nl.GetLink(def.OutputIndex)
+                : nl.ListLinks().FirstOrDefault(l => l.IsUp && l.Name != "lo" && nl.ListAddresses(l.Index).Any(a => a.Address.AddressFamily == AddressFamily.InterNetwork));
+            if (link is null) throw new AgentStartupException($"node {node}: no default route and no interface with an IPv4 address; pass --underlay-interface");
+        }
+        var addr = nl.ListAddresses(link.Index).FirstOrDefault(a => a.Address.AddressFamily == AddressFamily.InterNetwork && a.Scope == 0)
+            ?? throw new AgentStartupException($"underlay interface {link.Name} has no IPv4 address");
+        return new LocalNode(node, link.Index, link.Name, addr.Address, addr.PrefixLength, link.Mtu > 0 ? link.Mtu : 1500);
+    }
+
+    /// <summary>A locally administered MAC derived from the node name: the same across restarts, so peers' FDBs stay valid.</summary>
+    public static PhysicalAddress VtepMacFor(string node)
+    {
+        var hash = 14695981039346656037UL;
+        foreach (var b in Encoding.UTF8.GetBytes(node)) hash = (hash ^ b) * 1099511628211UL;
+        var mac = new byte[6];
+        mac[0] = 0x0e; // locally administered, unicast
+        for (var i = 1; i < 6; i++) mac[i] = (byte)(hash >> (8 * i));
+        return new PhysicalAddress(mac);
+    }
+
+    public static async Task EnsureNetConfPoolAsync(IDatastore store, FlannelNetConf netConf, CancellationToken ct)
+    {
+        var service = new ResourceService(store);
+        var pools = await service.ListPoolsAsync(ct).ConfigureAwait(false);
+        var network = Cidr.Parse(netConf.Network);
+        if (pools.Any(p => p.Network == network)) return;
+        var pool = new IPPool { Name = "net-conf", Cidr = network.ToString(), BlockSize = netConf.SubnetLen, VxlanMode = netConf.BackendType == "vxlan" ? "Always" : "Never", CreationTimestamp = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ") };
+        try
+        {
+            await service.ApplyAsync([new IPPoolResource(pool, new DocumentSource("net-conf.json", 1))], ct).ConfigureAwait(false);
+        }
+        catch (ResourceException e)
+        {
+            throw new AgentStartupException($"net-conf.json Network {network}: {e.Message}");
+        }
+    }
+
+    /// <summary>The VXLAN endpoint address, held in IPAM under the node's tunnel handle (Calico's approach).</summary>
+    public static async Task<IPAddress> TunnelAddressAsync(IDatastore store, string node, ILogger log, CancellationToken ct)
+    {
+        var ipam = new IpamService(store);
+        while (true)
+        {
+            try
+            {
+                var got = await ipam.AssignAsync(new AssignRequest("weft-tunnel." + node, node) { IPv6 = false, Network = "" }, ct).ConfigureAwait(false);
+                return got[0].Address;
+            }
+            catch (NoPoolException e)
+            {
+                log.LogWarning("waiting for an IP pool: {Error}", e.Message);
+                await Task.Delay(2000, ct).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Writes the node record. A record with another underlay address means a second machine claims this name:
+    /// refused, so two nodes never fight over one set of routes. The same address is this node restarting.
+    /// </summary>
+    public static async Task RegisterAsync(IDatastore store, LocalNode me, string backend, int mtu, IReadOnlyDictionary<string, string> labels, CancellationToken ct)
+    {
+        var key = Keys.Node(me.Name);
+        var underlay = $"{me.UnderlayAddress}/{me.UnderlayPrefix}";
+        for (var attempt = 0; attempt < 20; attempt++)
+        {
+            var kv = await store.GetAsync(key, ct).ConfigureAwait(false);
+            if (kv is not null)
+            {
+                var existing = Codec.Decode(kv.Value, ModelJson.Default.NodeRecord, key);
+                if (existing.UnderlayAddress is not null && existing.UnderlayAddress != underlay)
+                    throw new AgentStartupException($"node name '{me.Name}' is already registered by a node at {existing.UnderlayAddress}; " +
+                        $"this node is at {underlay}. Give this node another --nodename, or remove the old node's record first");
+            }
+            var mergedLabels = new Dictionary<string, string>(labels) { ["kubernetes.io/hostname"] = me.Name };
+            var record = new NodeRecord
+            {
+                Name = me.Name, Labels = mergedLabels, UnderlayAddress = underlay, Backend = backend, Mtu = mtu,
+                VtepMac = me.VtepMac is null ? null : string.Join(':', me.VtepMac.GetAddressBytes().Select(b => b.ToString("x2", System.Globalization.CultureInfo.InvariantCulture))),
+                VtepAddress = me.VtepAddress?.ToString(), AgentId = Guid.NewGuid().ToString("N"), Heartbeat = DateTime.UtcNow.ToString("O"),
+            };
+            var txn = await store.PutAsync(key, Codec.Encode(record, ModelJson.Default.NodeRecord), kv?.ModRevision ?? 0, ct).ConfigureAwait(false);
+            if (txn.Succeeded) return;
+        }
+        throw new AgentStartupException($"could not register node {me.Name}: the record kept changing under us");
+    }
+}

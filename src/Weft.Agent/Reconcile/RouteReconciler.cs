@@ -1,0 +1,141 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using System.Threading.Channels;
+using Weft.Agent.Backends;
+using Weft.Datastore;
+using Weft.Model;
+using Weft.Netlink;
+
+namespace Weft.Agent.Reconcile;
+
+/// <summary>
+/// Keeps this node's routes, neighbours and FDB entries to every peer in step with the datastore: watch nodes and
+/// blocks, coalesce changes, compute the whole desired state through the backend, diff it against what the kernel
+/// holds (entries marked with the agent's route protocol or on the backend's own device) and apply only the
+/// difference. A restart reads the kernel back and adopts it, so traffic keeps flowing; a periodic resync repairs
+/// drift (someone deleting a route by hand).
+/// </summary>
+public sealed class RouteReconciler(IDatastore store, IBackend backend, LocalNode me, AgentState state, TimeSpan resync, ILogger<RouteReconciler> log)
+    : BackgroundService
+{
+    private readonly Channel<bool> _kick = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
+
+    protected override async Task ExecuteAsync(CancellationToken ct)
+    {
+        var watcher = Task.Run(() => WatchAsync(ct), ct);
+        _kick.Writer.TryWrite(true);
+        while (!ct.IsCancellationRequested)
+        {
+            using (var timer = CancellationTokenSource.CreateLinkedTokenSource(ct))
+            {
+                timer.CancelAfter(resync);
+                try { await _kick.Reader.ReadAsync(timer.Token).ConfigureAwait(false); }
+                catch (OperationCanceledException) when (!ct.IsCancellationRequested) { }
+                catch (OperationCanceledException) { break; }
+            }
+            await ReconcileOnceAsync(ct).ConfigureAwait(false);
+        }
+        await watcher.ConfigureAwait(false);
+    }
+
+    private async Task WatchAsync(CancellationToken ct)
+    {
+        while (!ct.IsCancellationRequested)
+        {
+            try
+            {
+                var rev = await store.RevisionAsync(ct).ConfigureAwait(false);
+                _kick.Writer.TryWrite(true);
+                await foreach (var e in store.WatchAsync(Keys.Root, rev, ct).ConfigureAwait(false))
+                    if (e.Key.StartsWith(Keys.Nodes, StringComparison.Ordinal) || e.Key.StartsWith(Keys.Blocks, StringComparison.Ordinal))
+                        _kick.Writer.TryWrite(true);
+            }
+            catch (OperationCanceledException) { return; }
+            catch (Exception e)
+            {
+                log.LogWarning("watch failed, relisting: {Error}", e.Message);
+                try { await Task.Delay(500, ct).ConfigureAwait(false); } catch (OperationCanceledException) { return; }
+            }
+        }
+    }
+
+    public async Task ReconcileOnceAsync(CancellationToken ct)
+    {
+        var sw = Stopwatch.StartNew();
+        try
+        {
+            var nodes = (await store.ListAsync(Keys.Nodes, ct).ConfigureAwait(false)).Items
+                .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.NodeRecord, kv.Key)).ToList();
+            var blocks = (await store.ListAsync(Keys.Blocks, ct).ConfigureAwait(false)).Items
+                .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.AllocationBlock, kv.Key)).ToList();
+            var peers = new List<PeerStatus>();
+            var programs = new List<PeerProgram>();
+            foreach (var peer in nodes.Where(n => n.Name != me.Name))
+            {
+                var peerBlocks = blocks.Where(b => b.Affinity == peer.Name).Select(b => b.Network).ToList();
+                try
+                {
+                    programs.Add(backend.ProgramFor(me, peer, peerBlocks));
+                    peers.Add(new PeerStatus(peer.Name, peer.UnderlayAddress, peerBlocks.Count, "programmed", null));
+                }
+                catch (BackendException e)
+                {
+                    peers.Add(new PeerStatus(peer.Name, peer.UnderlayAddress, peerBlocks.Count, "unreachable", e.Message));
+                    log.LogWarning("{Error}", e.Message);
+                }
+            }
+            var routes = Apply(programs);
+            state.Update(s => s with
+            {
+                Synced = true, LastReconcile = DateTime.UtcNow, LastReconcileMs = sw.Elapsed.TotalMilliseconds,
+                Reconciles = s.Reconciles + 1, Routes = routes, Peers = peers, LastError = null,
+            });
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            log.LogError("reconcile failed: {Error}", e.Message);
+            state.Update(s => s with { ReconcileErrors = s.ReconcileErrors + 1, LastError = e.Message });
+            _ = Task.Delay(1000, ct).ContinueWith(_ => _kick.Writer.TryWrite(true), TaskScheduler.Default);
+        }
+    }
+
+    /// <summary>Diff against the kernel and apply: add/replace what is missing, then remove what is stale.</summary>
+    private int Apply(IReadOnlyList<PeerProgram> programs)
+    {
+        using var nl = RtNetlink.Open();
+        var wantRoutes = programs.SelectMany(p => p.Routes).ToList();
+        var haveRoutes = nl.ListRoutes(AddressFamily.InterNetwork).Where(r => r.Protocol == RouteProtocols.Agent).ToList();
+        foreach (var r in wantRoutes)
+        {
+            var present = haveRoutes.Any(h => h.Destination.Equals(r.Destination) && h.PrefixLength == r.PrefixLength &&
+                                              Equals(h.Gateway, r.Gateway) && h.OutputIndex == r.OutputIndex);
+            if (!present) nl.ReplaceRoute(r);
+        }
+        // Neighbours and FDB before stale routes go, so a moved block never points at a missing VTEP.
+        if (backend.OwnedDeviceIndex > 0)
+        {
+            var dev = backend.OwnedDeviceIndex;
+            var wantNeigh = programs.SelectMany(p => p.Neighbours).ToList();
+            foreach (var n in wantNeigh) nl.ReplaceNeighbour(dev, n.Address, n.Mac);
+            foreach (var n in nl.ListNeighbours(dev, AddressFamily.InterNetwork))
+                if (n.State == NeighbourState.Permanent && !wantNeigh.Any(w => w.Address.Equals(n.Address)))
+                    nl.DeleteNeighbour(dev, n.Address);
+            var wantFdb = programs.SelectMany(p => p.Fdb).ToList();
+            var haveFdb = nl.ListFdb(dev);
+            foreach (var f in wantFdb)
+                if (!haveFdb.Any(h => h.Mac.Equals(f.Mac) && f.Destination.Equals(h.Destination)))
+                    nl.AppendFdb(dev, f.Mac, f.Destination);
+            foreach (var h in haveFdb)
+                if (h.Destination is not null && !wantFdb.Any(f => f.Mac.Equals(h.Mac) && f.Destination.Equals(h.Destination)))
+                    nl.DeleteFdb(dev, h.Mac, h.Destination);
+        }
+        foreach (var h in haveRoutes)
+        {
+            var wanted = wantRoutes.Any(r => h.Destination.Equals(r.Destination) && h.PrefixLength == r.PrefixLength &&
+                                             Equals(h.Gateway, r.Gateway) && h.OutputIndex == r.OutputIndex);
+            if (!wanted)
+                nl.DeleteRoute(new RouteSpec(h.Destination, h.PrefixLength) { Gateway = h.Gateway, OutputIndex = h.OutputIndex, Protocol = RouteProtocols.Agent });
+        }
+        return wantRoutes.Count;
+    }
+}

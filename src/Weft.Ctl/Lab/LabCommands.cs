@@ -1,0 +1,343 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Weft.Ctl.Commands;
+using Weft.Ctl.Output;
+using Weft.Resources;
+
+namespace Weft.Ctl.Lab;
+
+public sealed record LabUpOptions(string Name, int Nodes, int PodsPerNode, string Backend, string Mode, string Datastore, string? TopologyFile);
+
+/// <summary>
+/// `weftctl lab`: a real multi-node cluster on one machine. An underlay namespace with a bridge joins one
+/// namespace per node (each running a real weft-agent); pods are namespaces built by the real weft plugin, exec'd
+/// inside their node's namespace exactly as a runtime calls it. Nothing is created in the root namespace.
+/// </summary>
+public static class LabCommands
+{
+    private const string UnderlayPrefix = "198.51.100.";
+
+    public static async Task<int> UpAsync(CtlContext ctx, LabUpOptions o, CancellationToken ct)
+    {
+        ValidateName(o.Name);
+        if (o.Nodes is < 1 or > 200) throw new ArgumentException($"--nodes {o.Nodes}: use 1 to 200");
+        if (o.PodsPerNode is < 0 or > 50) throw new ArgumentException($"--pods-per-node {o.PodsPerNode}: use 0 to 50");
+        if (o.Backend is not ("vxlan" or "host-gw")) throw new ArgumentException($"--backend {o.Backend}: use vxlan or host-gw");
+        if (o.Mode is not ("routed" or "bridge")) throw new ArgumentException($"--mode {o.Mode}: use routed or bridge");
+        if (o.Datastore != "sqlite") throw new ArgumentException($"--datastore {o.Datastore}: this build's lab supports sqlite");
+        if (LabState.Load(o.Name) is not null || Shell.Run("ip", "netns", "list").Split('\n').Any(l => l.StartsWith(o.Name + "-", StringComparison.Ordinal)))
+            throw new ArgumentException($"lab '{o.Name}' already exists; remove it with `weftctl lab down --name {o.Name}`");
+        var dist = DistDir();
+        var dir = LabState.DirFor(o.Name);
+        var state = new LabState
+        {
+            Name = o.Name, Dir = dir, Datastore = "sqlite://" + Path.Combine(dir, "weft.db"), Backend = o.Backend, Mode = o.Mode,
+            PodMtu = o.Backend == "vxlan" ? 1450 : 1500, Underlay = o.Name + "-ul", Gateway = o.Name + "-gw",
+        };
+        var total = Stopwatch.StartNew();
+        try
+        {
+            state.Save();
+            Step(ctx, $"underlay {state.Underlay} (bridge br0, {UnderlayPrefix}0/24) and gateway {state.Gateway} (fake internet 203.0.113.1)");
+            AddNetns(state, state.Underlay);
+            Shell.Ip("-n", state.Underlay, "link", "add", "br0", "type", "bridge");
+            Shell.Ip("-n", state.Underlay, "link", "set", "br0", "up");
+            AddNetns(state, state.Gateway);
+            Shell.Ip("-n", state.Gateway, "link", "add", "eth0", "type", "veth", "peer", "name", "gw0", "netns", state.Underlay);
+            Shell.Ip("-n", state.Underlay, "link", "set", "gw0", "master", "br0", "up");
+            Shell.Ip("-n", state.Gateway, "addr", "add", UnderlayPrefix + "1/24", "dev", "eth0");
+            Shell.Ip("-n", state.Gateway, "link", "set", "eth0", "up");
+            Shell.Ip("-n", state.Gateway, "addr", "add", "203.0.113.1/32", "dev", "lo");
+
+            Step(ctx, "datastore " + state.Datastore);
+            var pool = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: lab-ipv4}\nspec: {cidr: 10.244.0.0/16, blockSize: 26, natOutgoing: true}\n";
+            using (var store = Weft.Datastore.DatastoreFactory.Open(state.Datastore))
+                await new ResourceService(store).ApplyAsync(Documents.YamlDocuments.Load(pool, "lab pool").Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList(), ct).ConfigureAwait(false);
+
+            for (var i = 1; i <= o.Nodes; i++)
+            {
+                var node = new LabNode { Name = $"node-{i}", Netns = $"{o.Name}-node-{i}", UnderlayIp = UnderlayPrefix + (10 + i), Socket = Path.Combine(dir, $"node-{i}.sock") };
+                AddNetns(state, node.Netns);
+                Shell.Ip("-n", state.Underlay, "link", "add", $"n{i}", "type", "veth", "peer", "name", "eth0", "netns", node.Netns);
+                Shell.Ip("-n", state.Underlay, "link", "set", $"n{i}", "master", "br0", "up");
+                Shell.Ip("-n", node.Netns, "addr", "add", node.UnderlayIp + "/24", "dev", "eth0");
+                Shell.Ip("-n", node.Netns, "link", "set", "eth0", "up");
+                Shell.Ip("-n", node.Netns, "route", "add", "default", "via", UnderlayPrefix + "1");
+                state.Nodes.Add(node);
+                state.Save();
+            }
+            Step(ctx, $"{o.Nodes} node(s); starting weft-agent ({o.Backend}) in each");
+            foreach (var node in state.Nodes)
+            {
+                node.AgentPid = Shell.StartDetached(node.Netns, Path.Combine(dir, node.Name + ".log"), Path.Combine(dist, "weft-agent"),
+                    "--nodename", node.Name, "--datastore", state.Datastore, "--backend", o.Backend, "--underlay-interface", "eth0", "--socket", node.Socket);
+                state.Save();
+            }
+            await Task.WhenAll(state.Nodes.Select(n => WaitHealthyAsync(state, n, TimeSpan.FromSeconds(60), ct))).ConfigureAwait(false);
+
+            var (namespaces, pods) = o.TopologyFile is null ? Topology.Default(o.Name, state.Nodes, o.PodsPerNode) : Topology.Load(o.Name, o.TopologyFile, state.Nodes);
+            state.K8sNamespaces.AddRange(namespaces);
+            Step(ctx, $"{pods.Count} pod(s) through the weft CNI plugin ({o.Mode} mode, MTU {state.PodMtu})");
+            foreach (var pod in pods)
+            {
+                state.Pods.Add(pod);
+                await AddPodAsync(state, pod, dist, ct).ConfigureAwait(false);
+                state.Save();
+            }
+            Step(ctx, $"lab '{o.Name}' is up in {total.Elapsed.TotalSeconds:0.0} s");
+            Status(ctx, state, "table");
+            return 0;
+        }
+        catch
+        {
+            await ctx.Err.WriteLineAsync($"lab up failed; removing everything of lab '{o.Name}'").ConfigureAwait(false);
+            Remove(state);
+            throw;
+        }
+    }
+
+    private static async Task AddPodAsync(LabState state, LabPod pod, string dist, CancellationToken ct)
+    {
+        AddNetns(state, pod.Netns);
+        Shell.Ip("-n", pod.Netns, "link", "set", "lo", "up");
+        var node = state.Nodes.First(n => n.Name == pod.Node);
+        var pinned = Topology.PinnedAddresses(pod);
+        var args = $"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.Namespace};K8S_POD_NAME={pod.Name};K8S_POD_INFRA_CONTAINER_ID={pod.ContainerId}";
+        if (pinned.Count > 0) args += ";IP=" + string.Join(",", pinned);
+        var result = Cni(state, node, "ADD", pod, args, dist);
+        var doc = JsonNode.Parse(result)!;
+        foreach (var ip in doc["ips"]!.AsArray())
+        {
+            var addr = ip!["address"]!.GetValue<string>().Split('/')[0];
+            if (addr.Contains(':', StringComparison.Ordinal)) pod.Ip6 = addr; else pod.Ip = addr;
+        }
+        var tcp = pod.Ports.Where(p => p.Protocol == "TCP").Select(p => p.ContainerPort.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToList();
+        var udp = pod.Ports.Where(p => p.Protocol == "UDP").Select(p => p.ContainerPort.ToString(System.Globalization.CultureInfo.InvariantCulture)).ToList();
+        if (tcp.Count + udp.Count > 0)
+            pod.ServerPid = Shell.StartDetached(pod.Netns, Path.Combine(state.Dir, $"pod-{pod.Namespace}-{pod.Name}.log"), Path.Combine(dist, "weftctl"),
+                "lab", "serve", "--tcp", string.Join(",", tcp.DefaultIfEmpty("0")), "--udp", string.Join(",", udp.DefaultIfEmpty("0")));
+        await Task.CompletedTask.ConfigureAwait(false);
+    }
+
+    private static string Cni(LabState state, LabNode node, string command, LabPod pod, string args, string dist)
+    {
+        var conf = $$$"""{"cniVersion":"1.1.0","name":"weftlab","type":"weft","datastore":"{{{state.Datastore}}}","nodename":"{{{node.Name}}}","mode":"{{{state.Mode}}}","mtu":{{{state.PodMtu}}},"ipam":{"type":"weft-ipam"}}""";
+        var env = new Dictionary<string, string>
+        {
+            ["CNI_COMMAND"] = command, ["CNI_CONTAINERID"] = pod.ContainerId!, ["CNI_NETNS"] = "/var/run/netns/" + pod.Netns,
+            ["CNI_IFNAME"] = "eth0", ["CNI_PATH"] = dist + ":/usr/lib/cni", ["CNI_ARGS"] = args,
+        };
+        var (code, stdout, stderr) = Shell.TryRun("ip", ["netns", "exec", node.Netns, Path.Combine(dist, "weft")], conf, env);
+        if (code != 0) throw new LabException($"CNI {command} for pod {pod.Key} on {node.Name} failed: {stdout}{stderr}".Trim());
+        return stdout;
+    }
+
+    public static async Task WaitHealthyAsync(LabState state, LabNode node, TimeSpan timeout, CancellationToken ct)
+    {
+        var deadline = Stopwatch.StartNew();
+        string last = "no answer";
+        while (deadline.Elapsed < timeout)
+        {
+            if (!Shell.IsRunning(node.AgentPid, "weft-agent"))
+            {
+                var log = Path.Combine(state.Dir, node.Name + ".log");
+                throw new LabException($"weft-agent on {node.Name} exited: {(File.Exists(log) ? File.ReadAllText(log).Trim() : "no log")}");
+            }
+            (var healthy, last) = await HealthAsync(node, ct).ConfigureAwait(false);
+            if (healthy) return;
+            await Task.Delay(100, ct).ConfigureAwait(false);
+        }
+        throw new LabException($"weft-agent on {node.Name} not healthy after {timeout.TotalSeconds:0} s: {last}");
+    }
+
+    public static async Task<(bool Healthy, string Detail)> HealthAsync(LabNode node, CancellationToken ct)
+    {
+        try
+        {
+            using var http = AgentClient(node.Socket);
+            using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            cts.CancelAfter(TimeSpan.FromSeconds(2));
+            using var r = await http.GetAsync(new Uri("http://agent/healthz"), cts.Token).ConfigureAwait(false);
+            return (r.IsSuccessStatusCode, (await r.Content.ReadAsStringAsync(cts.Token).ConfigureAwait(false)).Trim());
+        }
+        catch (Exception e) when (e is HttpRequestException or OperationCanceledException or SocketException)
+        {
+            return (false, e.Message);
+        }
+    }
+
+    public static HttpClient AgentClient(string socket) => new(new SocketsHttpHandler
+    {
+        ConnectCallback = async (_, ct) =>
+        {
+            var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            await s.ConnectAsync(new UnixDomainSocketEndPoint(socket), ct).ConfigureAwait(false);
+            return new NetworkStream(s, ownsSocket: true);
+        },
+    });
+
+    public static Task<int> DownAsync(CtlContext ctx, string name)
+    {
+        ValidateName(name);
+        var state = LabState.Load(name);
+        var removed = state is not null ? Remove(state) : 0;
+        // After a crash the state file may lag behind: sweep namespaces by the lab's prefix too.
+        foreach (var ns in Shell.Run("ip", "netns", "list").Split('\n').Select(l => l.Split(' ')[0]).Where(n => n.StartsWith(name + "-", StringComparison.Ordinal)))
+        {
+            Shell.TryRun("ip", ["netns", "delete", ns]);
+            removed++;
+        }
+        if (Directory.Exists(LabState.DirFor(name))) Directory.Delete(LabState.DirFor(name), true);
+        ctx.Out.WriteLine(state is null && removed == 0 ? $"lab '{name}' does not exist; nothing to remove" : $"lab '{name}' removed");
+        return Task.FromResult(0);
+    }
+
+    private static int Remove(LabState state)
+    {
+        foreach (var p in state.Pods) Shell.Stop(p.ServerPid, "weftctl");
+        foreach (var n in state.Nodes) Shell.Stop(n.AgentPid, "weft-agent");
+        var count = 0;
+        foreach (var ns in state.Namespaces.AsEnumerable().Reverse())
+            if (Shell.TryRun("ip", ["netns", "delete", ns]).Code == 0) count++;
+        if (Directory.Exists(state.Dir)) Directory.Delete(state.Dir, true);
+        return count;
+    }
+
+    public static async Task<int> StatusAsync(CtlContext ctx, string name, string output, CancellationToken ct)
+    {
+        var state = LabState.LoadOrThrow(name);
+        var health = new Dictionary<string, string>();
+        foreach (var n in state.Nodes)
+            health[n.Name] = !Shell.IsRunning(n.AgentPid, "weft-agent") ? "agent down" : (await HealthAsync(n, ct).ConfigureAwait(false)).Detail;
+        Status(ctx, state, output, health);
+        return 0;
+    }
+
+    private static void Status(CtlContext ctx, LabState state, string output, IReadOnlyDictionary<string, string>? health = null)
+    {
+        if (output == "json")
+        {
+            var doc = new JsonObject
+            {
+                ["name"] = state.Name, ["backend"] = state.Backend, ["mode"] = state.Mode, ["datastore"] = state.Datastore,
+                ["nodes"] = new JsonArray(state.Nodes.Select(n => (JsonNode?)new JsonObject
+                {
+                    ["name"] = n.Name, ["namespace"] = n.Netns, ["underlayIP"] = n.UnderlayIp, ["agentPid"] = n.AgentPid,
+                    ["health"] = health?.GetValueOrDefault(n.Name) ?? "ok",
+                }).ToArray()),
+                ["pods"] = new JsonArray(state.Pods.Select(p => (JsonNode?)new JsonObject
+                {
+                    ["pod"] = p.Key, ["node"] = p.Node, ["namespace"] = p.Netns, ["ip"] = p.Ip, ["ip6"] = p.Ip6,
+                    ["labels"] = new JsonObject(p.Labels.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
+                }).ToArray()),
+            };
+            ctx.Out.WriteLine(doc.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+            return;
+        }
+        var nodes = new TextTable("NODE", "NAMESPACE", "UNDERLAY IP", "AGENT PID", "HEALTH");
+        foreach (var n in state.Nodes) nodes.Add(n.Name, n.Netns, n.UnderlayIp, n.AgentPid.ToString(System.Globalization.CultureInfo.InvariantCulture), health?.GetValueOrDefault(n.Name) ?? "ok");
+        ctx.Out.Write(nodes.Render());
+        ctx.Out.WriteLine();
+        var pods = new TextTable("POD", "NODE", "NAMESPACE", "IP", "LABELS");
+        foreach (var p in state.Pods) pods.Add(p.Key, p.Node, p.Netns, p.Ip ?? p.Ip6 ?? "-", string.Join(",", p.Labels.Select(kv => $"{kv.Key}={kv.Value}")));
+        ctx.Out.Write(pods.Render());
+    }
+
+    public static int Exec(CtlContext ctx, string name, string? pod, string? node, IReadOnlyList<string> command)
+    {
+        var state = LabState.LoadOrThrow(name);
+        if (command.Count == 0) throw new ArgumentException("nothing to run: weftctl lab exec POD -- CMD...");
+        var netns = node is not null
+            ? (state.Nodes.FirstOrDefault(n => n.Name == node) ?? throw new ArgumentException($"no node '{node}' in lab {name}")).Netns
+            : state.FindPod(pod ?? throw new ArgumentException("give a POD or --node NODE")).Netns;
+        var psi = new ProcessStartInfo("ip") { UseShellExecute = false };
+        foreach (var a in new[] { "netns", "exec", netns }.Concat(command)) psi.ArgumentList.Add(a);
+        psi.Environment["WEFT_DATASTORE"] = state.Datastore;
+        using var p = Process.Start(psi)!;
+        p.WaitForExit();
+        return p.ExitCode;
+    }
+
+    public static async Task<int> MatrixAsync(CtlContext ctx, string name, int port, string protocol, int timeoutMs, string output, CancellationToken ct)
+    {
+        var state = LabState.LoadOrThrow(name);
+        protocol = protocol.ToUpperInvariant();
+        if (protocol is not ("TCP" or "UDP")) throw new ArgumentException($"--protocol {protocol}: the lab probes TCP or UDP (this kernel has no SCTP)");
+        var pods = state.Pods.Where(p => p.Ip is not null).ToList();
+        var allowed = new bool[pods.Count][];
+        for (var i = 0; i < pods.Count; i++) allowed[i] = new bool[pods.Count];
+        using var gate = new SemaphoreSlim(32);
+        var timeout = TimeSpan.FromMilliseconds(timeoutMs);
+        await Task.WhenAll(Enumerable.Range(0, pods.Count).SelectMany(i => Enumerable.Range(0, pods.Count).Select(async j =>
+        {
+            await gate.WaitAsync(ct).ConfigureAwait(false);
+            try { allowed[i][j] = await Probe.ReachableAsync(pods[i].Netns, IPAddress.Parse(pods[j].Ip!), port, protocol, timeout).ConfigureAwait(false); }
+            finally { gate.Release(); }
+        }))).ConfigureAwait(false);
+        var keys = pods.Select(p => p.Key).ToList();
+        if (output == "json")
+        {
+            ctx.Out.WriteLine(MatrixJson(port, protocol, keys, allowed));
+            return 0;
+        }
+        RenderMatrix(ctx, port, protocol, keys, allowed);
+        return 0;
+    }
+
+    /// <summary>The shape shared with `policy simulate`: {"port","protocol","pods","allowed"}.</summary>
+    public static string MatrixJson(int port, string protocol, IReadOnlyList<string> pods, bool[][] allowed) =>
+        new JsonObject
+        {
+            ["port"] = port, ["protocol"] = protocol,
+            ["pods"] = new JsonArray(pods.Select(p => (JsonNode?)p).ToArray()),
+            ["allowed"] = new JsonArray(allowed.Select(row => (JsonNode?)new JsonArray(row.Select(b => (JsonNode?)b).ToArray())).ToArray()),
+        }.ToJsonString();
+
+    private static void RenderMatrix(CtlContext ctx, int port, string protocol, IReadOnlyList<string> pods, bool[][] allowed)
+    {
+        var color = !Console.IsOutputRedirected && Environment.GetEnvironmentVariable("NO_COLOR") is null;
+        var width = pods.Max(p => p.Length);
+        ctx.Out.WriteLine($"{protocol}/{port}: row = from, column = to ({"\u2713"} connected, . blocked)");
+        ctx.Out.Write(new string(' ', width + 1));
+        for (var j = 0; j < pods.Count; j++) ctx.Out.Write($"{j,3}");
+        ctx.Out.WriteLine();
+        for (var i = 0; i < pods.Count; i++)
+        {
+            ctx.Out.Write(pods[i].PadRight(width + 1));
+            for (var j = 0; j < pods.Count; j++)
+            {
+                var cell = allowed[i][j] ? "  \u2713" : "  .";
+                ctx.Out.Write(color ? (allowed[i][j] ? $"\u001b[32m{cell}\u001b[0m" : $"\u001b[31m{cell}\u001b[0m") : cell);
+            }
+            ctx.Out.WriteLine($"   {i}");
+        }
+    }
+
+    private static void Step(CtlContext ctx, string message) => ctx.Out.WriteLine($"\u2022 {message}");
+
+    private static void AddNetns(LabState state, string name)
+    {
+        Shell.Ip("netns", "add", name);
+        state.Namespaces.Add(name);
+        state.Save();
+    }
+
+    private static void ValidateName(string name)
+    {
+        if (name.Length is 0 or > 12 || !name.All(c => char.IsAsciiLetterLower(c) || char.IsAsciiDigit(c)))
+            throw new ArgumentException($"lab name '{name}': use 1-12 lower-case letters and digits");
+    }
+
+    /// <summary>Where the built binaries are: next to this weftctl (dist/), or $WEFT_DIST.</summary>
+    public static string DistDir()
+    {
+        var fromEnv = Environment.GetEnvironmentVariable("WEFT_DIST");
+        var dir = fromEnv ?? Path.GetDirectoryName(Environment.ProcessPath) ?? ".";
+        if (!File.Exists(Path.Combine(dir, "weft")) || !File.Exists(Path.Combine(dir, "weft-agent")))
+            throw new ArgumentException($"weft and weft-agent not found in {dir}; run ./build.sh (or set WEFT_DIST)");
+        return dir;
+    }
+}

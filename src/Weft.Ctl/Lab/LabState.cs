@@ -1,0 +1,90 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace Weft.Ctl.Lab;
+
+public sealed class LabNode
+{
+    public required string Name { get; init; }
+    public required string Netns { get; init; }
+    public required string UnderlayIp { get; init; }
+    public int AgentPid { get; set; }
+    public required string Socket { get; init; }
+}
+
+public sealed class LabPort
+{
+    public string? Name { get; init; }
+    public int ContainerPort { get; init; }
+    public string Protocol { get; init; } = "TCP";
+}
+
+public sealed class LabPod
+{
+    public required string Namespace { get; init; }
+    public required string Name { get; init; }
+    public required string Node { get; init; }
+    public required string Netns { get; init; }
+    public string? ContainerId { get; init; }
+    public string? Ip { get; set; }
+    public string? Ip6 { get; set; }
+    public Dictionary<string, string> Labels { get; init; } = [];
+    public Dictionary<string, string> Annotations { get; init; } = [];
+    public List<LabPort> Ports { get; init; } = [];
+    public int ServerPid { get; set; }
+    [JsonIgnore] public string Key => $"{Namespace}/{Name}";
+}
+
+public sealed class LabNamespace
+{
+    public required string Name { get; init; }
+    public Dictionary<string, string> Labels { get; init; } = [];
+}
+
+/// <summary>Everything a lab created, written as it goes, so `lab down` can remove it all even after a crash.</summary>
+public sealed class LabState
+{
+    public required string Name { get; init; }
+    public required string Dir { get; init; }
+    public required string Datastore { get; init; }
+    public string Backend { get; init; } = "vxlan";
+    public string Mode { get; init; } = "routed";
+    public int PodMtu { get; set; } = 1450;
+    public string Underlay { get; init; } = "";
+    public string Gateway { get; init; } = "";
+    public List<string> Namespaces { get; init; } = [];
+    public List<LabNode> Nodes { get; init; } = [];
+    public List<LabPod> Pods { get; init; } = [];
+    public List<LabNamespace> K8sNamespaces { get; init; } = [];
+
+    public const string Root = "/var/lib/weft/labs";
+
+    public static string DirFor(string name) => Path.Combine(Root, name);
+    public static string FileFor(string name) => Path.Combine(DirFor(name), "lab.json");
+
+    public void Save()
+    {
+        Directory.CreateDirectory(Dir);
+        var tmp = Path.Combine(Dir, "lab.json.tmp");
+        File.WriteAllText(tmp, JsonSerializer.Serialize(this, LabJson.Default.LabState));
+        File.Move(tmp, Path.Combine(Dir, "lab.json"), overwrite: true);
+    }
+
+    public static LabState? Load(string name)
+    {
+        var file = FileFor(name);
+        if (!File.Exists(file)) return null;
+        return JsonSerializer.Deserialize(File.ReadAllText(file), LabJson.Default.LabState);
+    }
+
+    public static LabState LoadOrThrow(string name) =>
+        Load(name) ?? throw new ArgumentException($"no lab named '{name}' (looked for {FileFor(name)}); start one with `weftctl lab up --name {name}`");
+
+    public LabPod FindPod(string key) =>
+        Pods.FirstOrDefault(p => p.Key == key) ?? Pods.FirstOrDefault(p => p.Name == key && Pods.Count(q => q.Name == key) == 1)
+        ?? throw new ArgumentException($"no pod '{key}' in lab {Name}; pods: {string.Join(", ", Pods.Select(p => p.Key))}");
+}
+
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, WriteIndented = true)]
+[JsonSerializable(typeof(LabState))]
+internal sealed partial class LabJson : JsonSerializerContext;

@@ -1,0 +1,68 @@
+using System.Diagnostics;
+
+namespace Weft.Ctl.Lab;
+
+/// <summary>Runs iproute2 and our own binaries for lab set-up. (The lab is a tool around the dataplane, not in it.)</summary>
+internal static class Shell
+{
+    public static string Run(string file, params string[] args) => RunWith(file, args, null, null);
+
+    public static string RunWith(string file, IReadOnlyList<string> args, string? stdin, IDictionary<string, string>? env)
+    {
+        var (code, stdout, stderr) = TryRun(file, args, stdin, env);
+        if (code != 0) throw new LabException($"`{file} {string.Join(' ', args)}` failed ({code}): {(stderr + stdout).Trim()}");
+        return stdout;
+    }
+
+    public static (int Code, string Stdout, string Stderr) TryRun(string file, IReadOnlyList<string> args, string? stdin = null, IDictionary<string, string>? env = null)
+    {
+        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        if (env is not null) foreach (var (k, v) in env) psi.Environment[k] = v;
+        using var p = Process.Start(psi) ?? throw new LabException($"cannot start {file}");
+        var o = p.StandardOutput.ReadToEndAsync();
+        var e = p.StandardError.ReadToEndAsync();
+        if (stdin is not null) p.StandardInput.Write(stdin);
+        p.StandardInput.Close();
+        p.WaitForExit();
+        return (p.ExitCode, o.Result, e.Result);
+    }
+
+    public static void Ip(params string[] args) => Run("ip", args);
+
+    /// <summary>Starts a long-lived process in a namespace, detached (own session), output to a log file. Returns its PID.</summary>
+    public static int StartDetached(string netns, string logFile, string file, params string[] args)
+    {
+        var psi = new ProcessStartInfo("setsid") { UseShellExecute = false, RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { "--fork", "sh", "-c", "echo $$; exec \"$@\" >>\"$0\" 2>&1 </dev/null", logFile, "ip", "netns", "exec", netns, file }) psi.ArgumentList.Add(a);
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi) ?? throw new LabException($"cannot start {file}");
+        p.StandardInput.Close();
+        var pidLine = p.StandardOutput.ReadLine();
+        p.WaitForExit();
+        return int.TryParse(pidLine, out var pid) ? pid : throw new LabException($"could not start {file} in {netns}: {p.StandardError.ReadToEnd()}");
+    }
+
+    /// <summary>Ends a process we started, by PID, only if it is still the program we started.</summary>
+    public static void Stop(int pid, string expected)
+    {
+        if (pid <= 0) return;
+        try
+        {
+            var cmdline = File.ReadAllText($"/proc/{pid}/cmdline").Replace('\0', ' ');
+            if (!cmdline.Contains(expected, StringComparison.Ordinal)) return; // the PID was reused by something else
+            using var p = Process.GetProcessById(pid);
+            p.Kill();
+            p.WaitForExit(5000);
+        }
+        catch (Exception e) when (e is IOException or ArgumentException or InvalidOperationException or UnauthorizedAccessException) { }
+    }
+
+    public static bool IsRunning(int pid, string expected)
+    {
+        try { return pid > 0 && File.ReadAllText($"/proc/{pid}/cmdline").Contains(expected, StringComparison.Ordinal) && !File.ReadAllText($"/proc/{pid}/stat").Contains(") Z", StringComparison.Ordinal); }
+        catch (IOException) { return false; }
+    }
+}
+
+public sealed class LabException(string message) : Exception(message);
