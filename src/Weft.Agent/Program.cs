@@ -28,6 +28,7 @@ try
     using var startup = new CancellationTokenSource(TimeSpan.FromMinutes(5));
     if (options.NetConf is { } nc) await NodeRegistration.EnsureNetConfPoolAsync(store, nc, startup.Token);
     me = NodeRegistration.DiscoverUnderlay(options.NodeName, options.UnderlayInterface);
+    await NodeRegistration.EnsureNameAvailableAsync(store, me, startup.Token);
     if (backend is VxlanBackend)
         me = me with { VtepMac = NodeRegistration.VtepMacFor(options.NodeName), VtepAddress = await NodeRegistration.TunnelAddressAsync(store, options.NodeName, log, startup.Token) };
     using (var nl = Weft.Netlink.RtNetlink.Open()) me = backend.Prepare(nl, me);

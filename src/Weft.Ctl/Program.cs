@@ -86,7 +86,12 @@ var serveUdp = new Option<string>("--udp") { DefaultValueFactory = _ => "" };
 var serve = new Command("serve", "(inside a lab pod) answer HTTP on TCP ports and echo on UDP ports") { serveTcp, serveUdp };
 serve.Hidden = true;
 serve.SetAction((r, ct) => Weft.Ctl.Lab.PodServer.RunAsync(Ports(r.GetValue(serveTcp)!), Ports(r.GetValue(serveUdp)!), ct));
-foreach (var c in new[] { up, down, status, exec, matrix, serve }) lab.Subcommands.Add(c);
+var restartNode = new Option<string>("--node") { Required = true };
+var restartKill = new Option<bool>("--kill") { Description = "SIGKILL the running agent instead of a clean stop" };
+var restartStop = new Option<bool>("--stop") { Description = "only stop it" };
+var restart = new Command("restart-agent", "stop a node's weft-agent and start it again") { labName, restartNode, restartKill, restartStop };
+restart.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.RestartAgentAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(restartNode)!, r.GetValue(restartKill), r.GetValue(restartStop), ct)));
+foreach (var c in new[] { up, down, status, exec, matrix, serve, restart }) lab.Subcommands.Add(c);
 root.Subcommands.Add(lab);
 
 var version = new Command("version", "print weftctl's version");

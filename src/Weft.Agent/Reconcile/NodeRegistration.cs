@@ -89,6 +89,18 @@ public static class NodeRegistration
     /// Writes the node record. A record with another underlay address means a second machine claims this name:
     /// refused, so two nodes never fight over one set of routes. The same address is this node restarting.
     /// </summary>
+    /// <summary>Refuses early, before touching the kernel, when another machine holds this node name.</summary>
+    public static async Task EnsureNameAvailableAsync(IDatastore store, LocalNode me, CancellationToken ct)
+    {
+        var kv = await store.GetAsync(Keys.Node(me.Name), ct).ConfigureAwait(false);
+        if (kv is null) return;
+        var existing = Codec.Decode(kv.Value, ModelJson.Default.NodeRecord, kv.Key);
+        var underlay = $"{me.UnderlayAddress}/{me.UnderlayPrefix}";
+        if (existing.UnderlayAddress is not null && existing.UnderlayAddress != underlay)
+            throw new AgentStartupException($"node name '{me.Name}' is already registered by a node at {existing.UnderlayAddress}; " +
+                $"this node is at {underlay}. Give this node another --nodename, or remove the old node's record first (`weftctl delete node {me.Name}`)");
+    }
+
     public static async Task RegisterAsync(IDatastore store, LocalNode me, string backend, int mtu, IReadOnlyDictionary<string, string> labels, CancellationToken ct)
     {
         var key = Keys.Node(me.Name);
@@ -96,13 +108,7 @@ public static class NodeRegistration
         for (var attempt = 0; attempt < 20; attempt++)
         {
             var kv = await store.GetAsync(key, ct).ConfigureAwait(false);
-            if (kv is not null)
-            {
-                var existing = Codec.Decode(kv.Value, ModelJson.Default.NodeRecord, key);
-                if (existing.UnderlayAddress is not null && existing.UnderlayAddress != underlay)
-                    throw new AgentStartupException($"node name '{me.Name}' is already registered by a node at {existing.UnderlayAddress}; " +
-                        $"this node is at {underlay}. Give this node another --nodename, or remove the old node's record first");
-            }
+            await EnsureNameAvailableAsync(store, me, ct).ConfigureAwait(false);
             var mergedLabels = new Dictionary<string, string>(labels) { ["kubernetes.io/hostname"] = me.Name };
             var record = new NodeRecord
             {

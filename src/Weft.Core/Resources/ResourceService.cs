@@ -88,6 +88,7 @@ public sealed class ResourceService(IDatastore store)
         {
             "IPPool" => Keys.Pool(name),
             "IPReservation" => Keys.Reservation(name),
+            "Node" => Keys.Node(name),
             var k => throw new ResourceException($"cannot delete kind '{k}'; known kinds: {string.Join(", ", ResourceReader.Kinds)}"),
         };
         var kv = await store.GetAsync(key, ct).ConfigureAwait(false);
@@ -112,6 +113,7 @@ public sealed class ResourceService(IDatastore store)
     {
         "ippool" or "ippools" or "ipp" or "pool" or "pools" => "IPPool",
         "ipreservation" or "ipreservations" or "ipr" => "IPReservation",
+        "node" or "nodes" or "no" => "Node",
         _ => kind,
     };
 }

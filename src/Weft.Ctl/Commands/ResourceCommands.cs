@@ -88,6 +88,16 @@ public static class ResourceCommands
                 await ctx.Out.WriteAsync(table.Render()).ConfigureAwait(false);
                 return 0;
             }
+            case "Node":
+            {
+                var list = (await store.ListAsync(Weft.Model.Keys.Nodes, ct).ConfigureAwait(false)).Items
+                    .Select(kv => Weft.Model.Codec.Decode(kv.Value, Weft.Model.ModelJson.Default.NodeRecord, kv.Key)).Where(n => name is null || n.Name == name).ToList();
+                if (name is not null && list.Count == 0) return NotFound(ctx, "Node", name);
+                var table = new TextTable("NAME", "UNDERLAY", "BACKEND", "VTEP", "MTU");
+                foreach (var n in list) table.Add(n.Name, n.UnderlayAddress ?? "-", n.Backend ?? "-", n.VtepAddress ?? "-", n.Mtu.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                await ctx.Out.WriteAsync(table.Render()).ConfigureAwait(false);
+                return 0;
+            }
             default:
                 if (kind.ToLowerInvariant() is "block" or "blocks" or "ipamblock" or "ipamblocks")
                     return await IpamCommands.BlocksAsync(ctx, store, output, ct).ConfigureAwait(false);

@@ -206,6 +206,33 @@ public static class LabCommands
         return count;
     }
 
+    /// <summary>Stops a node's agent (SIGTERM, or SIGKILL with --kill) and starts a new one; waits until it is healthy.</summary>
+    public static async Task<int> RestartAgentAsync(CtlContext ctx, string name, string nodeName, bool kill, bool stopOnly, CancellationToken ct)
+    {
+        var state = LabState.LoadOrThrow(name);
+        var node = state.Nodes.FirstOrDefault(n => n.Name == nodeName) ?? throw new ArgumentException($"no node '{nodeName}' in lab {name}");
+        if (Shell.IsRunning(node.AgentPid, "weft-agent"))
+        {
+            if (kill) Shell.Run("kill", "-KILL", node.AgentPid.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            else Shell.Stop(node.AgentPid, "weft-agent");
+            for (var i = 0; i < 100 && Shell.IsRunning(node.AgentPid, "weft-agent"); i++) await Task.Delay(20, ct).ConfigureAwait(false);
+        }
+        if (stopOnly)
+        {
+            node.AgentPid = 0;
+            state.Save();
+            ctx.Out.WriteLine($"weft-agent on {node.Name} stopped");
+            return 0;
+        }
+        var dist = DistDir();
+        node.AgentPid = Shell.StartDetached(node.Netns, Path.Combine(state.Dir, node.Name + ".log"), Path.Combine(dist, "weft-agent"),
+            "--nodename", node.Name, "--datastore", state.Datastore, "--backend", state.Backend, "--underlay-interface", "eth0", "--socket", node.Socket);
+        state.Save();
+        await WaitHealthyAsync(state, node, TimeSpan.FromSeconds(60), ct).ConfigureAwait(false);
+        ctx.Out.WriteLine($"weft-agent on {node.Name} restarted (pid {node.AgentPid})");
+        return 0;
+    }
+
     public static async Task<int> StatusAsync(CtlContext ctx, string name, string output, CancellationToken ct)
     {
         var state = LabState.LoadOrThrow(name);
@@ -249,6 +276,8 @@ public static class LabCommands
     public static int Exec(CtlContext ctx, string name, string? pod, string? node, IReadOnlyList<string> command)
     {
         var state = LabState.LoadOrThrow(name);
+        // With --node, a word in the POD position is the start of the command (`lab exec --node n1 -- ping ...`).
+        if (node is not null && pod is not null) command = [pod, .. command];
         if (command.Count == 0) throw new ArgumentException("nothing to run: weftctl lab exec POD -- CMD...");
         var netns = node is not null
             ? (state.Nodes.FirstOrDefault(n => n.Name == node) ?? throw new ArgumentException($"no node '{node}' in lab {name}")).Netns

@@ -90,7 +90,9 @@ public static class PodServer
                         var line = Encoding.ASCII.GetString(buf, 0, n).Split('\n')[0].Trim();
                         var parts = line.Split(' ');
                         var path = parts.Length >= 2 ? parts[1] : "/";
-                        var body = $"{path}\n";
+                        // The client address as this pod sees it: tests check it is the sender's own pod IP (no NAT).
+                        var peer = (client.RemoteEndPoint as IPEndPoint)?.Address is { } a ? (a.IsIPv4MappedToIPv6 ? a.MapToIPv4() : a).ToString() : "?";
+                        var body = $"{path}\nclient={peer}\n";
                         await client.SendAsync(Encoding.ASCII.GetBytes($"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {body.Length}\r\nX-Weft-Port: {port}\r\nConnection: close\r\n\r\n{body}"), SocketFlags.None).ConfigureAwait(false);
                     }
                     catch (Exception e) when (e is SocketException or OperationCanceledException) { }

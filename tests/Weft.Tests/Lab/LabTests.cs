@@ -1,0 +1,222 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Weft.Tests.Support;
+
+namespace Weft.Tests.Lab;
+
+/// <summary>A running lab, removed on dispose (also when the test fails).</summary>
+public sealed class LabRun : IDisposable
+{
+    private static int _counter;
+    public string Name { get; } = $"l{Environment.ProcessId % 10000}x{Interlocked.Increment(ref _counter)}";
+
+    public TestEnv.ProcessResult Up(params string[] args)
+    {
+        var r = Ctl(["lab", "up", "--name", Name, .. args]);
+        Assert.True(r.ExitCode == 0, "lab up failed: " + r.Stdout + r.Stderr);
+        return r;
+    }
+
+    public TestEnv.ProcessResult Ctl(params string[] args) => TestEnv.Run(TestEnv.Weftctl, args, timeout: TimeSpan.FromSeconds(180));
+
+    public JsonObject Status() => JsonNode.Parse(Ctl("lab", "status", "--name", Name, "-o", "json").Stdout)!.AsObject();
+
+    public JsonObject Matrix(string protocol = "TCP", int port = 80) =>
+        JsonNode.Parse(Ctl("lab", "matrix", "--name", Name, "--protocol", protocol, "--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "-o", "json").Stdout)!.AsObject();
+
+    public string Netns(string suffix) => $"{Name}-{suffix}";
+
+    public void Dispose() => Ctl("lab", "down", "--name", Name);
+
+    public static bool AllTrue(JsonObject matrix) =>
+        matrix["allowed"]!.AsArray().All(row => row!.AsArray().All(c => c!.GetValue<bool>()));
+}
+
+public sealed class LabTests
+{
+    [Theory]
+    [InlineData("vxlan", "routed")]
+    [InlineData("vxlan", "bridge")]
+    [InlineData("host-gw", "routed")]
+    [InlineData("host-gw", "bridge")]
+    public void Three_nodes_two_pods_each_reach_every_pod_without_nat(string backend, string mode)
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        using var lab = new LabRun();
+        lab.Up("--nodes", "3", "--pods-per-node", "2", "--backend", backend, "--mode", mode);
+        var status = lab.Status();
+        Assert.Equal(3, status["nodes"]!.AsArray().Count);
+        Assert.All(status["nodes"]!.AsArray(), n => Assert.Equal("ok", n!["health"]!.GetValue<string>()));
+        var pods = status["pods"]!.AsArray();
+        Assert.Equal(6, pods.Count);
+        Assert.Equal(3, pods.Select(p => p!["node"]!.GetValue<string>()).Distinct().Count());
+
+        var tcp = lab.Matrix("TCP", 80);
+        Assert.True(LabRun.AllTrue(tcp), tcp.ToJsonString());
+        Assert.Equal(6, tcp["pods"]!.AsArray().Count);
+        Assert.True(LabRun.AllTrue(lab.Matrix("TCP", 81)));
+        var udp = lab.Matrix("UDP", 80);
+        Assert.True(LabRun.AllTrue(udp), udp.ToJsonString());
+
+        // ICMP across nodes, and the source address the far pod sees is the sender's own pod IP.
+        var first = pods[0]!;
+        var last = pods.First(p => p!["node"]!.GetValue<string>() != first["node"]!.GetValue<string>())!;
+        var (from, to) = (first["pod"]!.GetValue<string>(), last["ip"]!.GetValue<string>());
+        Assert.Equal(0, lab.Ctl("lab", "exec", "--name", lab.Name, from, "--", "ping", "-c", "1", "-W", "2", to).ExitCode);
+        var http = TestEnv.Sh($"printf 'GET /where HTTP/1.0\\r\\n\\r\\n' | ip netns exec {first["namespace"]} nc -w 2 {to} 80");
+        Assert.Contains("/where", http);
+        Assert.Contains("client=" + first["ip"]!.GetValue<string>(), http);
+        // And the node itself reaches a pod on another node.
+        Assert.Equal(0, lab.Ctl("lab", "exec", "--name", lab.Name, "--node", "node-1", "--", "ping", "-c", "1", "-W", "2", to).ExitCode);
+    }
+
+    [Fact]
+    public void Lab_down_removes_every_namespace_process_and_file_even_without_its_state_file()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        using var lab = new LabRun();
+        lab.Up("--nodes", "2", "--pods-per-node", "1");
+        var pids = lab.Status()["nodes"]!.AsArray().Select(n => n!["agentPid"]!.GetValue<int>()).ToList();
+        File.Delete($"/var/lib/weft/labs/{lab.Name}/lab.json"); // as after a crash mid-way
+        Assert.Equal(0, lab.Ctl("lab", "down", "--name", lab.Name).ExitCode);
+        Assert.DoesNotContain(lab.Name + "-", TestEnv.Sh("ip netns list"));
+        Assert.False(Directory.Exists($"/var/lib/weft/labs/{lab.Name}"));
+        // Agents die with their namespaces' removal only if killed: the state file was gone, so sweep by PID is
+        // impossible; they must at least not keep the lab's namespaces alive.
+        foreach (var pid in pids)
+            if (File.Exists($"/proc/{pid}/cmdline") && File.ReadAllText($"/proc/{pid}/cmdline").Contains("weft-agent")) Process.GetProcessById(pid).Kill();
+    }
+
+    [Fact]
+    public void Agent_killed_and_restarted_during_an_iperf3_flow_does_not_disturb_it()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.SkipUnless(File.Exists("/usr/bin/iperf3"), "iperf3 not installed");
+        using var lab = new LabRun();
+        lab.Up("--nodes", "2", "--pods-per-node", "1");
+        var pods = lab.Status()["pods"]!.AsArray();
+        var (client, server) = (pods[0]!["namespace"]!.GetValue<string>(), pods[1]!);
+        var serverIp = server["ip"]!.GetValue<string>();
+        var routesBefore = TestEnv.Sh($"ip -n {lab.Netns("node-1")} route show proto 88");
+        TestEnv.Sh($"ip netns exec {server["namespace"]} iperf3 -s -D -1 -p 5201 --logfile /tmp/{lab.Name}-iperf-s.log");
+        Thread.Sleep(300);
+        var flow = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", client, "iperf3", "-c", serverIp, "-t", "6", "-i", "1", "-J", "-p", "5201"])
+            { RedirectStandardOutput = true, RedirectStandardError = true })!;
+        var output = flow.StandardOutput.ReadToEndAsync();
+        Thread.Sleep(1500);
+        var restart = lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-1", "--kill");
+        Assert.True(restart.ExitCode == 0, restart.Stderr);
+        Assert.True(flow.WaitForExit(30_000));
+        Assert.Equal(0, flow.ExitCode);
+        var report = JsonNode.Parse(output.Result)!;
+        // Every one-second interval carried traffic: the kernel state was adopted, never torn down.
+        var intervals = report["intervals"]!.AsArray().Select(i => i!["sum"]!["bytes"]!.GetValue<double>()).ToList();
+        Assert.True(intervals.Count >= 5);
+        Assert.All(intervals, b => Assert.True(b > 0, string.Join(",", intervals)));
+        Assert.Equal(routesBefore, TestEnv.Sh($"ip -n {lab.Netns("node-1")} route show proto 88"));
+        Assert.True(LabRun.AllTrue(lab.Matrix()));
+        File.Delete($"/tmp/{lab.Name}-iperf-s.log");
+    }
+
+    [Fact]
+    public void A_node_that_leaves_has_its_routes_removed_everywhere_and_gets_them_back_when_it_rejoins()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        using var lab = new LabRun();
+        lab.Up("--nodes", "3", "--pods-per-node", "1");
+        string Routes(string node) => TestEnv.Sh($"ip -n {lab.Netns(node)} route show proto 88");
+        var node3Blocks = lab.Ctl("--lab", lab.Name, "get", "blocks").Stdout.Split('\n').Where(l => l.Contains("host:node-3")).Select(l => l.Split(' ')[0]).ToList();
+        Assert.NotEmpty(node3Blocks);
+        Assert.All(node3Blocks, b => Assert.Contains(b, Routes("node-1")));
+
+        Assert.Equal(0, lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-3", "--stop").ExitCode);
+        var del = lab.Ctl("--lab", lab.Name, "delete", "node", "node-3");
+        Assert.True(del.ExitCode == 0, del.Stderr);
+        Assert.True(Eventually(() => node3Blocks.All(b => !Routes("node-1").Contains(b)) && node3Blocks.All(b => !Routes("node-2").Contains(b))),
+            "routes to node-3 stayed: " + Routes("node-1"));
+
+        Assert.Equal(0, lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-3").ExitCode);
+        Assert.True(Eventually(() => node3Blocks.All(b => Routes("node-1").Contains(b) && Routes("node-2").Contains(b))));
+        Assert.True(LabRun.AllTrue(lab.Matrix()));
+    }
+
+    [Fact]
+    public void Second_agent_claiming_a_taken_node_name_is_refused_and_configures_nothing()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        using var lab = new LabRun();
+        lab.Up("--nodes", "1", "--pods-per-node", "0");
+        using var ns = new Netns("dup");
+        var store = $"sqlite:///var/lib/weft/labs/{lab.Name}/weft.db";
+        var r = TestEnv.Run("ip", ["netns", "exec", ns.Node, TestEnv.Dist + "/weft-agent", "--nodename", "node-1", "--datastore", store,
+            "--underlay-interface", "eth0", "--socket", $"/tmp/{lab.Name}-dup.sock", "--metrics-address", "127.0.0.1:19962"], timeout: TimeSpan.FromSeconds(30));
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("already registered", r.Stderr);
+        Assert.DoesNotContain("weft-vxlan", TestEnv.Sh($"ip -n {ns.Node} link"));
+        Assert.Contains("node-1", lab.Ctl("--lab", lab.Name, "get", "nodes").Stdout);
+    }
+
+    [Theory]
+    [InlineData("{\"Network\": \"10.50.0.0/16\", \"Backend\": {\"Type\": \"udp\"}}", "Backend.Type")]
+    [InlineData("{\"Network\": \"not-a-cidr\"}", "\"Network\"")]
+    [InlineData("{\"SubnetLen\": 24}", "\"Network\"")]
+    [InlineData("{\"Network\": \"10.50.0.0/16\", \"SubnetLen\": 8}", "SubnetLen")]
+    [InlineData("{\"Network\": \"10.50.0.0/16\", \"Colour\": 1}", "unknown key 'Colour'")]
+    [InlineData("{\"Network\": ", "not valid JSON")]
+    public void Invalid_net_conf_json_stops_the_agent_with_the_field_named_and_nothing_configured(string netConf, string expected)
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        using var ns = new Netns("nc");
+        var (dir, uri) = Support.Pools.NewStore();
+        try
+        {
+            File.WriteAllText(Path.Combine(dir, "net-conf.json"), netConf);
+            var r = TestEnv.Run("ip", ["netns", "exec", ns.Node, TestEnv.Dist + "/weft-agent", "--nodename", "n1", "--datastore", uri,
+                "--net-conf", Path.Combine(dir, "net-conf.json"), "--socket", Path.Combine(dir, "a.sock")], timeout: TimeSpan.FromSeconds(30));
+            Assert.Equal(2, r.ExitCode);
+            Assert.Contains(expected, r.Stderr);
+            Assert.Contains("net-conf.json", r.Stderr);
+            Assert.DoesNotContain("weft-vxlan", TestEnv.Sh($"ip -n {ns.Node} link"));
+            Assert.Contains("No problems", TestEnv.Ctl(uri, "ipam", "check").Stdout);
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Fact]
+    public void Flannel_net_conf_json_as_written_creates_the_pool_and_backend()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        using var ns = new Netns("fl");
+        var (dir, uri) = Support.Pools.NewStore();
+        var agent = (Process?)null;
+        try
+        {
+            File.WriteAllText(Path.Combine(dir, "net-conf.json"), """{"Network": "10.60.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 7, "Port": 4789}}""");
+            agent = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", ns.Node, TestEnv.Dist + "/weft-agent", "--nodename", "n1", "--datastore", uri,
+                "--net-conf", Path.Combine(dir, "net-conf.json"), "--socket", Path.Combine(dir, "a.sock")]) { RedirectStandardOutput = true, RedirectStandardError = true })!;
+            Assert.True(Eventually(() => TestEnv.TrySh($"ip -d -n {ns.Node} link show weft-vxlan").Stdout.Contains("vxlan id 7")));
+            var details = TestEnv.Sh($"ip -d -n {ns.Node} link show weft-vxlan");
+            Assert.Contains("dstport 4789", details);
+            Assert.Contains("mtu 1450", details);
+            var pools = TestEnv.Ctl(uri, "get", "ippool", "-o", "wide").Stdout;
+            Assert.Matches(@"net-conf\s+10\.60\.0\.0/16\s+all\(\)\s+24", pools);
+        }
+        finally
+        {
+            agent?.Kill();
+            agent?.WaitForExit();
+            Directory.Delete(dir, true);
+        }
+    }
+
+    private static bool Eventually(Func<bool> condition, int timeoutMs = 15_000)
+    {
+        var sw = Stopwatch.StartNew();
+        while (sw.ElapsedMilliseconds < timeoutMs)
+        {
+            if (condition()) return true;
+            Thread.Sleep(100);
+        }
+        return condition();
+    }
+}
