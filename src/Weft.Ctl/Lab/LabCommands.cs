@@ -53,7 +53,7 @@ public static class LabCommands
             Shell.Ip("-n", state.Gateway, "addr", "add", "203.0.113.1/32", "dev", "lo");
 
             Step(ctx, "datastore " + state.Datastore);
-            var pool = "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: lab-ipv4}\nspec: {cidr: 10.244.0.0/16, blockSize: 26, natOutgoing: true}\n";
+            var pool = $"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: lab-ipv4}}\nspec: {{cidr: 10.244.0.0/16, blockSize: 26, natOutgoing: true, vxlanMode: {(o.Backend == "vxlan" ? "Always" : "Never")}}}\n";
             using (var store = Weft.Datastore.DatastoreFactory.Open(state.Datastore))
                 await new ResourceService(store).ApplyAsync(Documents.YamlDocuments.Load(pool, "lab pool").Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList(), ct).ConfigureAwait(false);
 
