@@ -18,6 +18,7 @@ namespace Weft.Agent.Reconcile;
 public sealed class RouteReconciler(IDatastore store, IBackend backend, LocalNode me, AgentState state, TimeSpan resync, ILogger<RouteReconciler> log)
     : BackgroundService
 {
+    private readonly NatProgrammer _nat = new();
     private readonly Channel<bool> _kick = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
 
     protected override async Task ExecuteAsync(CancellationToken ct)
@@ -47,7 +48,8 @@ public sealed class RouteReconciler(IDatastore store, IBackend backend, LocalNod
                 var rev = await store.RevisionAsync(ct).ConfigureAwait(false);
                 _kick.Writer.TryWrite(true);
                 await foreach (var e in store.WatchAsync(Keys.Root, rev, ct).ConfigureAwait(false))
-                    if (e.Key.StartsWith(Keys.Nodes, StringComparison.Ordinal) || e.Key.StartsWith(Keys.Blocks, StringComparison.Ordinal))
+                    if (e.Key.StartsWith(Keys.Nodes, StringComparison.Ordinal) || e.Key.StartsWith(Keys.Blocks, StringComparison.Ordinal) ||
+                        e.Key.StartsWith(Keys.Pools, StringComparison.Ordinal))
                         _kick.Writer.TryWrite(true);
             }
             catch (OperationCanceledException) { return; }
@@ -85,6 +87,9 @@ public sealed class RouteReconciler(IDatastore store, IBackend backend, LocalNod
                 }
             }
             var routes = Apply(programs);
+            var pools = (await store.ListAsync(Keys.Pools, ct).ConfigureAwait(false)).Items
+                .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.IPPool, kv.Key)).ToList();
+            if (_nat.Apply(pools)) log.LogInformation("natOutgoing rules rewritten for {Count} pool(s)", pools.Count(p => p.NatOutgoing));
             state.Update(s => s with
             {
                 Synced = true, LastReconcile = DateTime.UtcNow, LastReconcileMs = sw.Elapsed.TotalMilliseconds,

@@ -141,6 +141,55 @@ public sealed class LabTests
     }
 
     [Fact]
+    public void NatOutgoing_pools_masquerade_to_a_fake_internet_host_and_stop_when_turned_off()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        using var lab = new LabRun();
+        lab.Up("--nodes", "2", "--pods-per-node", "1");
+        var pod = lab.Status()["pods"]![0]!;
+        var server = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", lab.Netns("gw"), TestEnv.Weftctl, "lab", "serve", "--tcp", "8080"]) { RedirectStandardOutput = true })!;
+        try
+        {
+            string Fetch() => TestEnv.TrySh($"printf 'GET /out HTTP/1.0\r\n\r\n' | ip netns exec {pod["namespace"]} nc -w 2 203.0.113.1 8080").Stdout;
+            Assert.True(Eventually(() => Fetch().Contains("client=198.51.100.")), "no masqueraded answer from the fake internet host");
+            Assert.Contains("masquerade", TestEnv.Sh($"ip netns exec {lab.Netns("node-1")} nft list table ip weft-nat"));
+            // Traffic inside the cluster keeps its pod source address.
+            var other = lab.Status()["pods"]![1]!;
+            Assert.Contains("client=" + pod["ip"], TestEnv.Sh($"printf 'GET / HTTP/1.0\r\n\r\n' | ip netns exec {pod["namespace"]} nc -w 2 {other["ip"]} 80"));
+
+            var off = lab.Ctl("--lab", lab.Name, "get", "ippool", "lab-ipv4", "-o", "yaml").Stdout.Replace("natOutgoing: true", "natOutgoing: false");
+            Assert.Equal(0, TestEnv.Run(TestEnv.Weftctl, ["--lab", lab.Name, "apply", "-f", "-"], off).ExitCode);
+            Assert.True(Eventually(() => !TestEnv.TrySh($"ip netns exec {lab.Netns("node-1")} nft list table ip weft-nat").Stdout.Contains("masquerade")));
+            Assert.DoesNotContain("client=", Fetch()); // the outside host has no route back to pod addresses
+        }
+        finally
+        {
+            server.Kill();
+            server.WaitForExit();
+        }
+    }
+
+    [Fact]
+    public void Topology_file_places_labels_and_pins_addresses()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        using var lab = new LabRun();
+        lab.Up("--nodes", "2", "--topology", Path.Combine(TestEnv.RepoRoot, "examples", "topology.yaml"));
+        var pods = lab.Status()["pods"]!.AsArray();
+        Assert.Equal(["shop/frontend", "shop/db", "shop/cache"], pods.Select(p => p!["pod"]!.GetValue<string>()));
+        Assert.Equal("node-1", pods[0]!["node"]!.GetValue<string>());
+        Assert.Equal("10.244.1.10", pods[1]!["ip"]!.GetValue<string>());
+        Assert.Equal("database", pods[1]!["labels"]!["app"]!.GetValue<string>());
+        Assert.True(LabRun.AllTrue(lab.Matrix("TCP", 80)));
+        var udp = lab.Matrix("UDP", 80)["allowed"]!.AsArray();
+        Assert.True(udp[0]![1]!.GetValue<bool>()); // only db serves UDP/80
+        Assert.False(udp[0]![2]!.GetValue<bool>());
+        var bad = lab.Ctl("lab", "up", "--name", lab.Name + "b", "--nodes", "1", "--topology", "/nonexistent.yaml");
+        Assert.Equal(1, bad.ExitCode);
+        Assert.DoesNotContain(lab.Name + "b-", TestEnv.Sh("ip netns list"));
+    }
+
+    [Fact]
     public void Second_agent_claiming_a_taken_node_name_is_refused_and_configures_nothing()
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");

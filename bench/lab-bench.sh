@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Multi-node figures for BENCHMARKS.md (issue 3), all inside throwaway namespaces:
+#  1. iperf3 pod->pod across nodes through a weft lab (vxlan, host-gw), each next to a bare-kernel twin wired by
+#     hand in the same run (plain vxlan device with static FDB; plain routes), interleaved, REPEAT rounds.
+#  2. lab up time for 3 and 10 nodes (2 pods per node).
+#  3. weft-agent RSS, idle, on a node with 100 pods.
+# Usage: bench/lab-bench.sh [seconds-per-iperf=5] [rounds=3]      (as root, after ./build.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+T=${1:-5}; R=${2:-3}
+W=dist/weftctl
+p="lb$$"; p=${p:0:8}
+bare="${p}b"
+cleanup() {
+  for l in "${p}v" "${p}h" "${p}3" "${p}10" "${p}m"; do $W lab down --name "$l" >/dev/null 2>&1 || true; done
+  for n in $(ip netns list | awk '{print $1}' | grep "^$bare-" || true); do ip netns delete "$n"; done
+  pkill -f "iperf3 -s -p 52" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+iperf() { # client-netns server-netns server-ip -> Gbit/s
+  ip netns exec "$2" iperf3 -s -p 5299 -1 -D >/dev/null; sleep 0.3
+  ip netns exec "$1" iperf3 -c "$3" -p 5299 -t "$T" -J | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
+}
+
+# Bare twin: two node namespaces on an underlay bridge, one pod each with a /32 and a link-local gateway, like weft routed.
+bare_up() { # mode: vxlan|routes
+  for n in ul n1 n2 p1 p2; do ip netns add "$bare-$n"; ip -n "$bare-$n" link set lo up; done
+  ip -n "$bare-ul" link add br0 type bridge; ip -n "$bare-ul" link set br0 up
+  for i in 1 2; do
+    ip -n "$bare-ul" link add "n$i" type veth peer name eth0 netns "$bare-n$i"
+    ip -n "$bare-ul" link set "n$i" master br0 up
+    ip -n "$bare-n$i" addr add "198.51.100.$((10+i))/24" dev eth0; ip -n "$bare-n$i" link set eth0 up
+    ip netns exec "$bare-n$i" sysctl -qw net.ipv4.ip_forward=1
+    ip -n "$bare-n$i" link add "v$i" type veth peer name eth0 netns "$bare-p$i"
+    ip -n "$bare-n$i" link set "v$i" address ee:ee:ee:ee:ee:ee up
+    ip -n "$bare-p$i" addr add "10.99.$i.2/32" dev eth0; ip -n "$bare-p$i" link set eth0 mtu $([ "$1" = vxlan ] && echo 1450 || echo 1500) up
+    ip -n "$bare-p$i" neigh add 169.254.1.1 lladdr ee:ee:ee:ee:ee:ee dev eth0 nud permanent
+    ip -n "$bare-p$i" route add default via 169.254.1.1 dev eth0 onlink
+    ip -n "$bare-n$i" route add "10.99.$i.2/32" dev "v$i" scope link
+  done
+  if [ "$1" = vxlan ]; then
+    for i in 1 2; do
+      j=$((3-i))
+      ip -n "$bare-n$i" link add vx0 type vxlan id 1 dstport 8472 local "198.51.100.$((10+i))" dev eth0 nolearning address "0e:00:00:00:00:0$i"
+      ip -n "$bare-n$i" link set vx0 mtu 1450 up
+      ip -n "$bare-n$i" addr add "10.99.$i.0/32" dev vx0
+      bridge -n "$bare-n$i" fdb append "0e:00:00:00:00:0$j" dev vx0 dst "198.51.100.$((10+j))"
+      ip -n "$bare-n$i" neigh add "10.99.$j.0" lladdr "0e:00:00:00:00:0$j" dev vx0 nud permanent
+      ip -n "$bare-n$i" route add "10.99.$j.0/24" via "10.99.$j.0" dev vx0 onlink
+    done
+  else
+    ip -n "$bare-n1" route add 10.99.2.0/24 via 198.51.100.12
+    ip -n "$bare-n2" route add 10.99.1.0/24 via 198.51.100.11
+  fi
+}
+bare_down() { for n in ul n1 n2 p1 p2; do ip netns delete "$bare-$n" 2>/dev/null || true; done; }
+
+podns() { $W lab status --name "$1" -o json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(" ".join(p["namespace"]+" "+p["ip"] for p in d["pods"]))'; }
+
+declare -A sum
+echo "# weft lab-bench $(date -u +%FT%TZ): iperf3 -t $T, $R interleaved rounds"
+$W lab up --name "${p}v" --nodes 2 --pods-per-node 1 --backend vxlan >/dev/null
+$W lab up --name "${p}h" --nodes 2 --pods-per-node 1 --backend host-gw >/dev/null
+read -r vc _ vs vsip <<<"$(podns "${p}v")"
+read -r hc _ hs hsip <<<"$(podns "${p}h")"
+for r in $(seq "$R"); do
+  a=$(iperf "$vc" "$vs" "$vsip"); bare_up vxlan; b=$(iperf "$bare-p1" "$bare-p2" 10.99.2.2); bare_down
+  c=$(iperf "$hc" "$hs" "$hsip"); bare_up routes; d=$(iperf "$bare-p1" "$bare-p2" 10.99.2.2); bare_down
+  echo "round $r: weft vxlan $a, bare vxlan $b, weft host-gw $c, bare routes $d Gbit/s"
+  sum[wv]+="$a "; sum[bv]+="$b "; sum[wh]+="$c "; sum[bh]+="$d "
+done
+med() { python3 -c 'import sys,statistics; print("%.2f" % statistics.median(float(x) for x in sys.argv[1:]))' $1; }
+wv=$(med "${sum[wv]}"); bv=$(med "${sum[bv]}"); wh=$(med "${sum[wh]}"); bh=$(med "${sum[bh]}")
+echo
+echo "| path | weft Gbit/s (median) | bare kernel Gbit/s (median) | ratio |"
+echo "|---|---|---|---|"
+echo "| pod->pod across nodes, vxlan | $wv | $bv | $(python3 -c "print('%.2fx' % ($wv/$bv))") |"
+echo "| pod->pod across nodes, host-gw / plain routes | $wh | $bh | $(python3 -c "print('%.2fx' % ($wh/$bh))") |"
+$W lab down --name "${p}v" >/dev/null; $W lab down --name "${p}h" >/dev/null
+
+echo
+echo "| lab up (2 pods per node, vxlan, routed) | seconds |"
+echo "|---|---|"
+for n in 3 10; do
+  s=$(date +%s.%N); $W lab up --name "${p}$n" --nodes "$n" --pods-per-node 2 >/dev/null; e=$(date +%s.%N)
+  echo "| $n nodes | $(python3 -c "print('%.1f' % ($e-$s))") |"
+  $W lab down --name "${p}$n" >/dev/null
+done
+
+topo=$(mktemp); for i in $(seq 100); do printf 'apiVersion: v1\nkind: Pod\nmetadata: {name: p%d, namespace: default}\nspec: {nodeName: node-1}\n---\n' "$i"; done > "$topo"
+$W lab up --name "${p}m" --nodes 2 --topology "$topo" >/dev/null; rm -f "$topo"
+sleep 12 # two resync periods idle
+pid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["nodes"][0]["agentPid"])' "/var/lib/weft/labs/${p}m/lab.json")
+echo
+echo "| weft-agent, node with 100 pods, idle | VmRSS $(awk '/VmRSS/{printf "%.1f MiB", $2/1024}' /proc/$pid/status) | VmHWM $(awk '/VmHWM/{printf "%.1f MiB", $2/1024}' /proc/$pid/status) |"

@@ -1,0 +1,67 @@
+using System.Text.Json.Nodes;
+using Weft.Model;
+using Weft.Nftables;
+
+namespace Weft.Agent.Reconcile;
+
+/// <summary>
+/// natOutgoing: traffic from pools marked natOutgoing to anything outside every pool is masqueraded to the node's
+/// address. The whole table is rebuilt in one nftables transaction (add, delete, re-add), so there is never a
+/// moment with neither the old nor the new rules; it is only rewritten when the pool set changes.
+/// </summary>
+public sealed class NatProgrammer
+{
+    public const string Table = "weft-nat";
+    private string? _applied;
+
+    public bool Apply(IReadOnlyList<IPPool> pools)
+    {
+        var v4 = pools.Where(p => p.Network.IsIPv4 && !p.Disabled).ToList();
+        var masq = v4.Where(p => p.NatOutgoing).Select(p => p.Network).Order().ToList();
+        var cluster = v4.Select(p => p.Network).Order().ToList();
+        var key = string.Join(",", masq) + "|" + string.Join(",", cluster);
+        if (key == _applied) return false;
+        using var nft = new Nft();
+        nft.Run(Build(masq, cluster));
+        _applied = key;
+        return true;
+    }
+
+    internal static JsonObject Build(IReadOnlyList<Cidr> masq, IReadOnlyList<Cidr> cluster)
+    {
+        JsonObject T() => new() { ["family"] = "ip", ["name"] = Table };
+        var cmds = new JsonArray(
+            new JsonObject { ["add"] = new JsonObject { ["table"] = T() } },
+            new JsonObject { ["delete"] = new JsonObject { ["table"] = T() } });
+        if (masq.Count > 0)
+        {
+            cmds.Add((JsonNode)new JsonObject { ["add"] = new JsonObject { ["table"] = T() } });
+            foreach (var (name, members) in new[] { ("masq-sources", masq), ("cluster", cluster) })
+            {
+                cmds.Add((JsonNode)new JsonObject { ["add"] = new JsonObject { ["set"] = new JsonObject
+                {
+                    ["family"] = "ip", ["table"] = Table, ["name"] = name, ["type"] = "ipv4_addr", ["flags"] = new JsonArray("interval"),
+                } } });
+                cmds.Add((JsonNode)new JsonObject { ["add"] = new JsonObject { ["element"] = new JsonObject
+                {
+                    ["family"] = "ip", ["table"] = Table, ["name"] = name,
+                    ["elem"] = new JsonArray(members.Select(c => (JsonNode?)new JsonObject { ["prefix"] = new JsonObject { ["addr"] = c.NetworkAddress.ToString(), ["len"] = c.PrefixLength } }).ToArray()),
+                } } });
+            }
+            cmds.Add((JsonNode)new JsonObject { ["add"] = new JsonObject { ["chain"] = new JsonObject
+            {
+                ["family"] = "ip", ["table"] = Table, ["name"] = "postrouting", ["type"] = "nat", ["hook"] = "postrouting", ["prio"] = 100, ["policy"] = "accept",
+            } } });
+            JsonObject Match(string op, string field, string set) => new()
+            {
+                ["match"] = new JsonObject { ["op"] = op, ["left"] = new JsonObject { ["payload"] = new JsonObject { ["protocol"] = "ip", ["field"] = field } }, ["right"] = "@" + set },
+            };
+            cmds.Add((JsonNode)new JsonObject { ["add"] = new JsonObject { ["rule"] = new JsonObject
+            {
+                ["family"] = "ip", ["table"] = Table, ["chain"] = "postrouting", ["comment"] = "weft natOutgoing",
+                ["expr"] = new JsonArray(Match("==", "saddr", "masq-sources"), Match("!=", "daddr", "cluster"), new JsonObject { ["masquerade"] = null }),
+            } } });
+        }
+        return new JsonObject { ["nftables"] = cmds };
+    }
+}
