@@ -309,40 +309,11 @@ public static class LabCommands
         var keys = pods.Select(p => p.Key).ToList();
         if (output == "json")
         {
-            ctx.Out.WriteLine(MatrixJson(port, protocol, keys, allowed));
+            ctx.Out.WriteLine(MatrixView.Json(port, protocol, keys, allowed));
             return 0;
         }
-        RenderMatrix(ctx, port, protocol, keys, allowed);
+        MatrixView.Render(ctx.Out, port, protocol, keys, allowed);
         return 0;
-    }
-
-    /// <summary>The shape shared with `policy simulate`: {"port","protocol","pods","allowed"}.</summary>
-    public static string MatrixJson(int port, string protocol, IReadOnlyList<string> pods, bool[][] allowed) =>
-        new JsonObject
-        {
-            ["port"] = port, ["protocol"] = protocol,
-            ["pods"] = new JsonArray(pods.Select(p => (JsonNode?)p).ToArray()),
-            ["allowed"] = new JsonArray(allowed.Select(row => (JsonNode?)new JsonArray(row.Select(b => (JsonNode?)b).ToArray())).ToArray()),
-        }.ToJsonString();
-
-    private static void RenderMatrix(CtlContext ctx, int port, string protocol, IReadOnlyList<string> pods, bool[][] allowed)
-    {
-        var color = !Console.IsOutputRedirected && Environment.GetEnvironmentVariable("NO_COLOR") is null;
-        var width = pods.Max(p => p.Length);
-        ctx.Out.WriteLine($"{protocol}/{port}: row = from, column = to ({"\u2713"} connected, . blocked)");
-        ctx.Out.Write(new string(' ', width + 1));
-        for (var j = 0; j < pods.Count; j++) ctx.Out.Write($"{j,3}");
-        ctx.Out.WriteLine();
-        for (var i = 0; i < pods.Count; i++)
-        {
-            ctx.Out.Write(pods[i].PadRight(width + 1));
-            for (var j = 0; j < pods.Count; j++)
-            {
-                var cell = allowed[i][j] ? "  \u2713" : "  .";
-                ctx.Out.Write(color ? (allowed[i][j] ? $"\u001b[32m{cell}\u001b[0m" : $"\u001b[31m{cell}\u001b[0m") : cell);
-            }
-            ctx.Out.WriteLine($"   {i}");
-        }
     }
 
     private static void Step(CtlContext ctx, string message) => ctx.Out.WriteLine($"\u2022 {message}");
