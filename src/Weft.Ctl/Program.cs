@@ -108,7 +108,10 @@ var restartKill = new Option<bool>("--kill") { Description = "SIGKILL the runnin
 var restartStop = new Option<bool>("--stop") { Description = "only stop it" };
 var restart = new Command("restart-agent", "stop a node's weft-agent and start it again") { labName, restartNode, restartKill, restartStop };
 restart.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.RestartAgentAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(restartNode)!, r.GetValue(restartKill), r.GetValue(restartStop), ct)));
-foreach (var c in new[] { up, down, status, exec, matrix, serve, restart }) lab.Subcommands.Add(c);
+var syncTimeout = new Option<int>("--timeout-ms") { DefaultValueFactory = _ => 30000 };
+var sync = new Command("sync", "wait until every agent enforces the datastore's current revision (after apply)") { labName, syncTimeout };
+sync.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.SyncAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(syncTimeout), ct)));
+foreach (var c in new[] { up, down, status, exec, matrix, serve, restart, sync }) lab.Subcommands.Add(c);
 root.Subcommands.Add(lab);
 
 var version = new Command("version", "print weftctl's version");

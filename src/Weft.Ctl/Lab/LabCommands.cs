@@ -80,6 +80,12 @@ public static class LabCommands
 
             var (namespaces, pods) = o.TopologyFile is null ? Topology.Default(o.Name, state.Nodes, o.PodsPerNode) : Topology.Load(o.Name, o.TopologyFile, state.Nodes);
             state.K8sNamespaces.AddRange(namespaces);
+            // Labels and named ports reach the agents as v1 Namespace and Pod documents, before any pod exists, so a
+            // new pod is never enforced without its labels (the kubelet/API server ordering in a real cluster).
+            using (var store = Weft.Datastore.DatastoreFactory.Open(state.Datastore))
+                await new ResourceService(store).ApplyAsync(
+                    namespaces.Select((n, i) => (Resource)new NamespaceResource(new Weft.Policy.NamespaceInfo(n.Name, n.Labels), NamespaceDocument(n), new DocumentSource("lab topology", i + 1)))
+                        .Concat(pods.Select((p, i) => (Resource)new PodResource(PodDocument(p), PodJson(p), new DocumentSource("lab topology", namespaces.Count + i + 1)))).ToList(), ct).ConfigureAwait(false);
             Step(ctx, $"{pods.Count} pod(s) through the weft CNI plugin ({o.Mode} mode, MTU {state.PodMtu})");
             foreach (var pod in pods)
             {
@@ -87,6 +93,7 @@ public static class LabCommands
                 await AddPodAsync(state, pod, dist, ct).ConfigureAwait(false);
                 state.Save();
             }
+            await WaitPolicySyncedAsync(state, TimeSpan.FromSeconds(30), ct).ConfigureAwait(false);
             Step(ctx, $"lab '{o.Name}' is up in {total.Elapsed.TotalSeconds:0.0} s");
             Status(ctx, state, "table");
             return 0;
@@ -151,6 +158,89 @@ public static class LabCommands
             await Task.Delay(100, ct).ConfigureAwait(false);
         }
         throw new LabException($"weft-agent on {node.Name} not healthy after {timeout.TotalSeconds:0} s: {last}");
+    }
+
+    public static JsonObject NamespaceDocument(LabNamespace n) => new()
+    {
+        ["apiVersion"] = "v1", ["kind"] = "Namespace",
+        ["metadata"] = new JsonObject { ["name"] = n.Name, ["labels"] = new JsonObject(n.Labels.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))) },
+    };
+
+    public static JsonObject PodJson(LabPod p) => new()
+    {
+        ["apiVersion"] = "v1", ["kind"] = "Pod",
+        ["metadata"] = new JsonObject
+        {
+            ["name"] = p.Name, ["namespace"] = p.Namespace,
+            ["labels"] = new JsonObject(p.Labels.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
+            ["annotations"] = new JsonObject(p.Annotations.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
+        },
+        ["spec"] = new JsonObject
+        {
+            ["nodeName"] = p.Node,
+            ["containers"] = new JsonArray(new JsonObject
+            {
+                ["name"] = "serve",
+                ["ports"] = new JsonArray(p.Ports.Select(port => (JsonNode?)new JsonObject
+                {
+                    ["name"] = port.Name, ["containerPort"] = port.ContainerPort, ["protocol"] = port.Protocol,
+                }).ToArray()),
+            }),
+        },
+    };
+
+    private static Weft.Policy.Dialects.PodDocument PodDocument(LabPod p) => Weft.Policy.Dialects.PolicyDocuments.ReadPod(PodJson(p), $"lab pod {p.Key}");
+
+    /// <summary>
+    /// Waits until every node's agent enforces the datastore's current revision (policies, pods, endpoints), so what
+    /// a probe sees next is the programmed state. Returns how long that took.
+    /// </summary>
+    public static async Task<TimeSpan> WaitPolicySyncedAsync(LabState state, TimeSpan timeout, CancellationToken ct)
+    {
+        long target;
+        using (var store = Weft.Datastore.DatastoreFactory.Open(state.Datastore)) target = await store.RevisionAsync(ct).ConfigureAwait(false);
+        var sw = Stopwatch.StartNew();
+        var pending = state.Nodes.ToList();
+        var last = "";
+        while (pending.Count > 0)
+        {
+            if (sw.Elapsed > timeout)
+                throw new LabException($"agents on {string.Join(", ", pending.Select(n => n.Name))} did not enforce datastore revision {target} within {timeout.TotalSeconds:0} s: {last}");
+            foreach (var node in pending.ToList())
+            {
+                var (revision, detail) = await PolicyRevisionAsync(node, ct).ConfigureAwait(false);
+                if (revision >= target) pending.Remove(node);
+                else last = $"{node.Name}: {detail}";
+            }
+            if (pending.Count > 0) await Task.Delay(5, ct).ConfigureAwait(false);
+        }
+        return sw.Elapsed;
+    }
+
+    private static async Task<(long Revision, string Detail)> PolicyRevisionAsync(LabNode node, CancellationToken ct)
+    {
+        try
+        {
+            using var http = AgentClient(node.Socket);
+            using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            cts.CancelAfter(TimeSpan.FromSeconds(2));
+            var text = await http.GetStringAsync(new Uri("http://agent/status"), cts.Token).ConfigureAwait(false);
+            var policy = JsonNode.Parse(text)?["policy"];
+            if (policy?["enforcing"]?.GetValue<bool>() != true) return (long.MaxValue, "policy off"); // nothing to wait for
+            return (policy["revision"]?.GetValue<long>() ?? 0, policy["lastError"]?.ToString() ?? $"at revision {policy["revision"]}");
+        }
+        catch (Exception e) when (e is HttpRequestException or OperationCanceledException or SocketException or JsonException)
+        {
+            return (0, e.Message);
+        }
+    }
+
+    public static async Task<int> SyncAsync(CtlContext ctx, string name, int timeoutMs, CancellationToken ct)
+    {
+        var state = LabState.LoadOrThrow(name);
+        var took = await WaitPolicySyncedAsync(state, TimeSpan.FromMilliseconds(timeoutMs), ct).ConfigureAwait(false);
+        ctx.Out.WriteLine($"every agent enforces the current datastore revision ({took.TotalMilliseconds:0.0} ms)");
+        return 0;
     }
 
     public static async Task<(bool Healthy, string Detail)> HealthAsync(LabNode node, CancellationToken ct)

@@ -84,6 +84,7 @@ public static class CalicoPolicyReader
                 throw r.Error($"{side}.ports", "rules with ports must set protocol to TCP, UDP, UDPLite or SCTP");
         var icmp = Icmp(r, "icmp");
         var notIcmp = Icmp(r, "notICMP");
+        if (notIcmp is { Code: not null }) throw r.Error("notICMP.code", "is not supported; match notICMP by type only");
         if ((icmp is not null || notIcmp is not null) && protocol is not (Protocols.Icmp or Protocols.Icmpv6))
             throw r.Error(icmp is not null ? "icmp" : "notICMP", "needs protocol ICMP or ICMPv6");
         foreach (var net in source.Nets.Concat(source.NotNets).Concat(destination.Nets).Concat(destination.NotNets))
