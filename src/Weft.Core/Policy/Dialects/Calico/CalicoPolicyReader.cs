@@ -81,7 +81,7 @@ public static class CalicoPolicyReader
         var destination = Entity(r.Child("destination"), ns);
         foreach (var (side, peer) in new[] { ("source", source), ("destination", destination) })
             if ((peer.Ports.Count > 0 || peer.NotPorts.Count > 0) && protocol is not (Protocols.Tcp or Protocols.Udp or Protocols.Sctp or Protocols.UdpLite))
-                throw r.Error($"{side}.ports", "rules with ports must set protocol to TCP, UDP, UDPLite or SCTP");
+                throw r.Error($"{side}.{(peer.Ports.Count > 0 ? "ports" : "notPorts")}", "rules with ports must set protocol to TCP, UDP, UDPLite or SCTP");
         var icmp = Icmp(r, "icmp");
         var notIcmp = Icmp(r, "notICMP");
         if (notIcmp is { Code: not null }) throw r.Error("notICMP.code", "is not supported; match notICMP by type only");
@@ -124,13 +124,15 @@ public static class CalicoPolicyReader
             throw f.Error(f.Has("services") ? "services" : "serviceAccounts", "is not supported by weft yet");
         var selector = f.String("selector") is { } s ? f.Selector("selector", s) : null;
         var nsSelector = f.String("namespaceSelector") is { } n ? f.Selector("namespaceSelector", n) : null;
+        var notSelector = f.String("notSelector") is { } ns2 ? f.Selector("notSelector", ns2) : null;
         return new PeerMatch
         {
             Selector = selector,
-            NotSelector = f.String("notSelector") is { } ns2 ? f.Selector("notSelector", ns2) : null,
+            NotSelector = notSelector,
             NamespaceSelector = nsSelector,
-            // A namespaced policy's selector picks endpoints of its own namespace unless a namespaceSelector widens it.
-            Namespace = ns is not null && selector is not null && nsSelector is null ? ns : null,
+            // A namespaced policy's selector or notSelector picks endpoints of its own namespace unless a
+            // namespaceSelector widens it (libcalico-go updateprocessors/rules.go, getEndpointSelector).
+            Namespace = ns is not null && (selector is not null || notSelector is not null) && nsSelector is null ? ns : null,
             Nets = Nets(f, "nets"), NotNets = Nets(f, "notNets"),
             Ports = Ports(f, "ports"), NotPorts = Ports(f, "notPorts"),
         };
@@ -175,7 +177,7 @@ public static class CalicoPolicyReader
         return result;
     }
 
-    // Calico allows port 0 in ranges ("0:1023"); Kubernetes does not.
+    // libcalico-go's validatePort refuses 0, in a range too ("port number must be between 1 and 65535").
     private static int CheckPort(Fields f, string at, int port) =>
-        port is >= 0 and <= 65535 ? port : throw f.Error(at, $"{port} is out of range (0-65535)");
+        port is >= 1 and <= 65535 ? port : throw f.Error(at, $"{port} is out of range (1-65535)");
 }

@@ -144,8 +144,9 @@ public static class KubernetesPolicyReader
             for (var i = 0; i < exceptTexts.Count; i++)
             {
                 var e = block.Cidr($"except[{i}]", exceptTexts[i]);
-                if (e.Family != cidr.Family || !cidr.Contains(e) || e.PrefixLength <= cidr.PrefixLength && !e.Equals(cidr))
-                    throw block.Error($"except[{i}]", $"{e} must lie inside cidr {cidr}");
+                // Kubernetes' ValidateIPBlock: a strict subset, so an except equal to the cidr is refused too.
+                if (e.Family != cidr.Family || !cidr.Contains(e) || e.PrefixLength <= cidr.PrefixLength)
+                    throw block.Error($"except[{i}]", $"{e} must be a strict subset of cidr {cidr}");
                 except.Add(e);
             }
             return new PeerMatch { Nets = [cidr], NotNets = except };
