@@ -111,7 +111,16 @@ restart.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.RestartAgentAs
 var syncTimeout = new Option<int>("--timeout-ms") { DefaultValueFactory = _ => 30000 };
 var sync = new Command("sync", "wait until every agent enforces the datastore's current revision (after apply)") { labName, syncTimeout };
 sync.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.SyncAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(syncTimeout), ct)));
-foreach (var c in new[] { up, down, status, exec, matrix, serve, restart, sync }) lab.Subcommands.Add(c);
+var addPodKey = new Argument<string>("pod") { Description = "NAMESPACE/NAME" };
+var addPodNode = new Option<string>("--node") { Required = true };
+var addPodLabels = new Option<string[]>("--label") { Description = "k=v (repeat)", AllowMultipleArgumentsPerToken = true };
+var addPodPorts = new Option<string[]>("--port") { Description = "PORT[/TCP|UDP] the pod serves (default 80/TCP)", AllowMultipleArgumentsPerToken = true };
+var addPod = new Command("add-pod", "add a pod to a running lab through the CNI plugin (its Pod document first)") { labName, addPodKey, addPodNode, addPodLabels, addPodPorts };
+addPod.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.AddPodAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(addPodKey)!, r.GetValue(addPodNode)!, r.GetValue(addPodLabels) ?? [], r.GetValue(addPodPorts) ?? [], ct)));
+var delPodKey = new Argument<string>("pod") { Description = "NAMESPACE/NAME" };
+var delPod = new Command("delete-pod", "remove a pod: CNI DEL, its namespace and its Pod document") { labName, delPodKey };
+delPod.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.DeletePodAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(delPodKey)!, ct)));
+foreach (var c in new[] { up, down, status, exec, matrix, serve, restart, sync, addPod, delPod }) lab.Subcommands.Add(c);
 root.Subcommands.Add(lab);
 
 var version = new Command("version", "print weftctl's version");

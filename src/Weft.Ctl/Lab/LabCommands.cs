@@ -160,6 +160,80 @@ public static class LabCommands
         throw new LabException($"weft-agent on {node.Name} not healthy after {timeout.TotalSeconds:0} s: {last}");
     }
 
+    /// <summary>
+    /// Adds one pod to a running lab exactly as a runtime would after the scheduler placed it: its Pod document
+    /// first (labels, ports), then CNI ADD inside the node's namespace. Prints how long ADD took.
+    /// </summary>
+    public static async Task<int> AddPodAsync(CtlContext ctx, string name, string key, string nodeName, IReadOnlyList<string> labels, IReadOnlyList<string> ports, CancellationToken ct)
+    {
+        var state = LabState.LoadOrThrow(name);
+        var parts = key.Split('/');
+        if (parts.Length != 2 || parts.Any(p => p.Length == 0)) throw new ArgumentException($"pod '{key}': write it as NAMESPACE/NAME");
+        if (state.Pods.Any(p => p.Key == key)) throw new ArgumentException($"pod {key} already exists in lab {name}");
+        if (state.Nodes.All(n => n.Name != nodeName)) throw new ArgumentException($"no node '{nodeName}' in lab {name}");
+        var labelMap = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var l in labels)
+        {
+            var kv = l.Split('=', 2);
+            if (kv.Length != 2 || kv[0].Length == 0) throw new ArgumentException($"--label {l}: use key=value");
+            labelMap[kv[0]] = kv[1];
+        }
+        var portList = new List<LabPort>();
+        foreach (var spec in ports.DefaultIfEmpty("80/TCP").SelectMany(p => p.Split(',', StringSplitOptions.RemoveEmptyEntries)))
+        {
+            var pp = spec.Split('/');
+            if (!int.TryParse(pp[0], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var number) || number is < 1 or > 65535 ||
+                pp.Length > 2 || pp.Length == 2 && pp[1].ToUpperInvariant() is not ("TCP" or "UDP"))
+                throw new ArgumentException($"--port {spec}: use PORT or PORT/TCP|UDP");
+            var proto = pp.Length == 2 ? pp[1].ToUpperInvariant() : "TCP";
+            portList.Add(new LabPort { Name = $"serve-{number}-{proto.ToLowerInvariant()}", ContainerPort = number, Protocol = proto });
+        }
+        var pod = Topology.NewPod(name, parts[0], parts[1], nodeName, labelMap, [], portList);
+        var resources = new List<Resource>();
+        if (state.K8sNamespaces.All(n => n.Name != pod.Namespace))
+        {
+            var ns = new LabNamespace { Name = pod.Namespace, Labels = new() { ["kubernetes.io/metadata.name"] = pod.Namespace } };
+            state.K8sNamespaces.Add(ns);
+            resources.Add(new NamespaceResource(new Weft.Policy.NamespaceInfo(ns.Name, ns.Labels), NamespaceDocument(ns), new DocumentSource("lab add-pod", 1)));
+        }
+        resources.Add(new PodResource(PodDocument(pod), PodJson(pod), new DocumentSource("lab add-pod", 2)));
+        using (var store = Weft.Datastore.DatastoreFactory.Open(state.Datastore))
+            await new ResourceService(store).ApplyAsync(resources, ct).ConfigureAwait(false);
+        state.Pods.Add(pod);
+        state.Save();
+        var sw = Stopwatch.StartNew();
+        try { await AddPodAsync(state, pod, DistDir(), ct).ConfigureAwait(false); }
+        catch
+        {
+            state.Pods.Remove(pod);
+            if (state.Namespaces.Remove(pod.Netns)) Shell.TryRun("ip", ["netns", "delete", pod.Netns]);
+            state.Save();
+            throw;
+        }
+        var took = sw.Elapsed;
+        state.Save();
+        ctx.Out.WriteLine($"pod {pod.Key} on {pod.Node}: {pod.Ip} (CNI ADD {took.TotalMilliseconds:0.0} ms)");
+        return 0;
+    }
+
+    /// <summary>Removes one pod: CNI DEL in its node, its server, its namespace and its Pod document.</summary>
+    public static async Task<int> DeletePodAsync(CtlContext ctx, string name, string key, CancellationToken ct)
+    {
+        var state = LabState.LoadOrThrow(name);
+        var pod = state.FindPod(key);
+        var node = state.Nodes.First(n => n.Name == pod.Node);
+        var args = $"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.Namespace};K8S_POD_NAME={pod.Name};K8S_POD_INFRA_CONTAINER_ID={pod.ContainerId}";
+        Cni(state, node, "DEL", pod, args, DistDir());
+        Shell.Stop(pod.ServerPid, "weftctl");
+        if (state.Namespaces.Remove(pod.Netns)) Shell.TryRun("ip", ["netns", "delete", pod.Netns]);
+        state.Pods.Remove(pod);
+        state.Save();
+        using (var store = Weft.Datastore.DatastoreFactory.Open(state.Datastore))
+            await new ResourceService(store).DeleteAsync("Pod", pod.Key, false, ct).ConfigureAwait(false);
+        ctx.Out.WriteLine($"pod {pod.Key} deleted");
+        return 0;
+    }
+
     public static JsonObject NamespaceDocument(LabNamespace n) => new()
     {
         ["apiVersion"] = "v1", ["kind"] = "Namespace",

@@ -105,3 +105,111 @@ public sealed class PolicyLabConformanceTests(PolicyLabFixture fixture) : IClass
         Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
     }
 }
+
+/// <summary>Policy enforcement through failures: new pods fail closed until programmed, agents die and return, bad documents change nothing.</summary>
+public sealed class PolicyLabBehaviourTests
+{
+    private const string Policies = """
+        apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: only-from-client, namespace: default}
+        spec:
+          podSelector: {matchLabels: {role: server}}
+          ingress:
+          - from:
+            - podSelector: {matchLabels: {role: client}}
+        ---
+        apiVersion: projectcalico.org/v3
+        kind: GlobalNetworkPolicy
+        metadata: {name: deny-all-egress}
+        spec:
+          selector: app == 'database'
+          types: [Egress]
+          egress:
+          - action: Deny
+        """;
+
+    private static bool Connects(LabRun lab, string from, string toIp, int port = 80) =>
+        TestEnv.Run("ip", ["netns", "exec", lab.Netns("p-" + from.Replace('/', '-')), "nc", "-z", "-w", "1", toIp, port.ToString(System.Globalization.CultureInfo.InvariantCulture)]).ExitCode == 0;
+
+    private static string Ip(LabRun lab, string pod) =>
+        lab.Status()["pods"]!.AsArray().First(p => p!["pod"]!.ToString() == pod)!["ip"]!.ToString();
+
+    private static void Ok(TestEnv.ProcessResult r) => Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+
+    [Fact]
+    public void New_pods_fail_closed_until_programmed_and_policies_survive_agent_kills_and_bad_documents()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        using var lab = new LabRun();
+        lab.Up("--nodes", "2", "--pods-per-node", "0");
+        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/server", "--node", "node-2", "--label", "role=server"));
+        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/client", "--node", "node-1", "--label", "role=client"));
+        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/other", "--node", "node-1", "--label", "role=other"));
+        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/db", "--node", "node-1", "--label", "app=database"));
+        var file = Path.Combine(Path.GetTempPath(), $"weft-pol-{lab.Name}.yaml");
+        File.WriteAllText(file, Policies);
+        try { Ok(lab.Ctl("--lab", lab.Name, "apply", "-f", file)); }
+        finally { File.Delete(file); }
+        Ok(lab.Ctl("lab", "sync", "--name", lab.Name));
+        var server = Ip(lab, "default/server");
+        var client = Ip(lab, "default/client");
+        Assert.True(Connects(lab, "default/client", server), "client -> server is allowed");
+        Assert.False(Connects(lab, "default/other", server), "other -> server is denied");
+        Assert.False(Connects(lab, "default/db", client), "the database may not send anything (seed GlobalNetworkPolicy)");
+        Assert.True(Connects(lab, "default/client", Ip(lab, "default/db")), "ingress to the database is still allowed");
+
+        // Agent on node-1 stopped: a pod added there has no network (fail closed) until the agent programs it.
+        Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-1", "--stop"));
+        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/late", "--node", "node-1", "--label", "role=client"));
+        Assert.False(Connects(lab, "default/late", server), "an unprogrammed pod must not pass traffic");
+        Assert.True(Connects(lab, "default/client", server), "existing pods keep their programmed policy while the agent is down");
+        Assert.False(Connects(lab, "default/other", server), "and deny stays deny");
+        Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-1"));
+        Ok(lab.Ctl("lab", "sync", "--name", lab.Name));
+        Assert.True(Connects(lab, "default/late", server), "programmed after the agent returned");
+
+        // SIGKILL and restart of the server's agent: enforcement never lapses.
+        Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-2", "--kill", "--stop"));
+        Assert.False(Connects(lab, "default/other", server));
+        Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-2"));
+        Ok(lab.Ctl("lab", "sync", "--name", lab.Name));
+        Assert.False(Connects(lab, "default/other", server));
+        Assert.True(Connects(lab, "default/client", server));
+
+        // A bad document is refused whole: nothing changes in the datastore or the kernel.
+        var rulesBefore = TestEnv.Sh($"ip netns exec {lab.Netns("node-2")} nft list table inet weft-policy");
+        var bad = Path.Combine(Path.GetTempPath(), $"weft-bad-{lab.Name}.yaml");
+        File.WriteAllText(bad, """
+            apiVersion: networking.k8s.io/v1
+            kind: NetworkPolicy
+            metadata: {name: allow-all-now, namespace: default}
+            spec:
+              podSelector: {}
+              ingress: [{}]
+            ---
+            apiVersion: networking.k8s.io/v1
+            kind: NetworkPolicy
+            metadata: {name: broken, namespace: default}
+            spec:
+              podSelector: {}
+              ingress:
+              - ports: [{port: 70000}]
+            """);
+        try
+        {
+            var r = lab.Ctl("--lab", lab.Name, "apply", "-f", bad);
+            Assert.NotEqual(0, r.ExitCode);
+            Assert.Contains("spec.ingress[0].ports[0].port", r.Stderr);
+        }
+        finally { File.Delete(bad); }
+        Ok(lab.Ctl("lab", "sync", "--name", lab.Name));
+        Assert.Equal(rulesBefore, TestEnv.Sh($"ip netns exec {lab.Netns("node-2")} nft list table inet weft-policy"));
+        Assert.False(Connects(lab, "default/other", server));
+
+        // Deleting the policy opens the path again.
+        Ok(lab.Ctl("--lab", lab.Name, "delete", "networkpolicy", "default/only-from-client"));
+        Ok(lab.Ctl("lab", "sync", "--name", lab.Name));
+        Assert.True(Connects(lab, "default/other", server));
+    }
+}
