@@ -115,6 +115,7 @@ public static class LabCommands
         var args = $"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.Namespace};K8S_POD_NAME={pod.Name};K8S_POD_INFRA_CONTAINER_ID={pod.ContainerId}";
         if (pinned.Count > 0) args += ";IP=" + string.Join(",", pinned);
         var result = Cni(state, node, "ADD", pod, args, dist);
+        pod.AddReturnedAt = Stopwatch.GetTimestamp();
         var doc = JsonNode.Parse(result)!;
         foreach (var ip in doc["ips"]!.AsArray())
         {
@@ -166,7 +167,14 @@ public static class LabCommands
     /// </summary>
     public static async Task<int> AddPodAsync(CtlContext ctx, string name, string key, string nodeName, IReadOnlyList<string> labels, IReadOnlyList<string> ports, CancellationToken ct)
     {
-        var state = LabState.LoadOrThrow(name);
+        var pod = await AddPodAsync(LabState.LoadOrThrow(name), key, nodeName, labels, ports, ct).ConfigureAwait(false);
+        ctx.Out.WriteLine($"pod {pod.Key} on {pod.Node}: {pod.Ip}");
+        return 0;
+    }
+
+    public static async Task<LabPod> AddPodAsync(LabState state, string key, string nodeName, IReadOnlyList<string> labels, IReadOnlyList<string> ports, CancellationToken ct)
+    {
+        var name = state.Name;
         var parts = key.Split('/');
         if (parts.Length != 2 || parts.Any(p => p.Length == 0)) throw new ArgumentException($"pod '{key}': write it as NAMESPACE/NAME");
         if (state.Pods.Any(p => p.Key == key)) throw new ArgumentException($"pod {key} already exists in lab {name}");
@@ -201,7 +209,6 @@ public static class LabCommands
             await new ResourceService(store).ApplyAsync(resources, ct).ConfigureAwait(false);
         state.Pods.Add(pod);
         state.Save();
-        var sw = Stopwatch.StartNew();
         try { await AddPodAsync(state, pod, DistDir(), ct).ConfigureAwait(false); }
         catch
         {
@@ -210,10 +217,8 @@ public static class LabCommands
             state.Save();
             throw;
         }
-        var took = sw.Elapsed;
         state.Save();
-        ctx.Out.WriteLine($"pod {pod.Key} on {pod.Node}: {pod.Ip} (CNI ADD {took.TotalMilliseconds:0.0} ms)");
-        return 0;
+        return pod;
     }
 
     /// <summary>Removes one pod: CNI DEL in its node, its server, its namespace and its Pod document.</summary>
@@ -351,6 +356,7 @@ public static class LabCommands
         // After a crash the state file may lag behind: sweep namespaces by the lab's prefix too.
         foreach (var ns in Shell.Run("ip", "netns", "list").Split('\n').Select(l => l.Split(' ')[0]).Where(n => n.StartsWith(name + "-", StringComparison.Ordinal)))
         {
+            Shell.StopAllIn(ns);
             Shell.TryRun("ip", ["netns", "delete", ns]);
             removed++;
         }
@@ -365,7 +371,10 @@ public static class LabCommands
         foreach (var n in state.Nodes) Shell.Stop(n.AgentPid, "weft-agent");
         var count = 0;
         foreach (var ns in state.Namespaces.AsEnumerable().Reverse())
+        {
+            Shell.StopAllIn(ns);
             if (Shell.TryRun("ip", ["netns", "delete", ns]).Code == 0) count++;
+        }
         if (Directory.Exists(state.Dir)) Directory.Delete(state.Dir, true);
         return count;
     }

@@ -33,6 +33,8 @@ public sealed class LabPod
     public List<LabPort> Ports { get; init; } = [];
     public int ServerPid { get; set; }
     [JsonIgnore] public string Key => $"{Namespace}/{Name}";
+    /// <summary>Stopwatch timestamp of the moment CNI ADD returned (benchmarks: ADD → first packet).</summary>
+    [JsonIgnore] public long AddReturnedAt { get; set; }
 }
 
 public sealed class LabNamespace

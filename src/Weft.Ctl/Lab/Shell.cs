@@ -56,6 +56,16 @@ internal static class Shell
         if (IsRunning(pid, expected)) TryRun("kill", ["-KILL", id]);
     }
 
+    /// <summary>Stops every process still inside a lab namespace (after a crash the state file may not list them all).</summary>
+    public static void StopAllIn(string netns)
+    {
+        var (code, stdout, _) = TryRun("ip", ["netns", "pids", netns]);
+        if (code != 0) return;
+        foreach (var line in stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            if (int.TryParse(line, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var pid) && pid != Environment.ProcessId)
+                Stop(pid, "");
+    }
+
     public static bool IsRunning(int pid, string expected)
     {
         try { return pid > 0 && File.ReadAllText($"/proc/{pid}/cmdline").Contains(expected, StringComparison.Ordinal) && !File.ReadAllText($"/proc/{pid}/stat").Contains(") Z", StringComparison.Ordinal); }

@@ -77,14 +77,21 @@ public sealed class LabTests
         using var lab = new LabRun();
         lab.Up("--nodes", "2", "--pods-per-node", "1");
         var pids = lab.Status()["nodes"]!.AsArray().Select(n => n!["agentPid"]!.GetValue<int>()).ToList();
+        var state = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText($"/var/lib/weft/labs/{lab.Name}/lab.json"))!;
+        var servers = state["pods"]!.AsArray().Select(p => p!["serverPid"]!.GetValue<int>()).ToList();
+        Assert.NotEmpty(servers);
         File.Delete($"/var/lib/weft/labs/{lab.Name}/lab.json"); // as after a crash mid-way
         Assert.Equal(0, lab.Ctl("lab", "down", "--name", lab.Name).ExitCode);
         Assert.DoesNotContain(lab.Name + "-", TestEnv.Sh("ip netns list"));
         Assert.False(Directory.Exists($"/var/lib/weft/labs/{lab.Name}"));
-        // Agents die with their namespaces' removal only if killed: the state file was gone, so sweep by PID is
-        // impossible; they must at least not keep the lab's namespaces alive.
-        foreach (var pid in pids)
-            if (File.Exists($"/proc/{pid}/cmdline") && File.ReadAllText($"/proc/{pid}/cmdline").Contains("weft-agent")) Process.GetProcessById(pid).Kill();
+        // Without the state file, lab down finds the lab's processes through its namespaces and ends them too.
+        foreach (var pid in pids.Concat(servers))
+        {
+            var alive = File.Exists($"/proc/{pid}/cmdline") && File.ReadAllText($"/proc/{pid}/cmdline").Contains("weft", StringComparison.Ordinal) &&
+                        !File.ReadAllText($"/proc/{pid}/stat").Contains(") Z", StringComparison.Ordinal);
+            if (alive) Process.GetProcessById(pid).Kill();
+            Assert.False(alive, $"process {pid} of the lab outlived lab down");
+        }
     }
 
     [Fact]
