@@ -100,6 +100,31 @@ public readonly record struct Cidr : IComparable<Cidr>
     public UInt128 SubnetCount(int prefixLength) =>
         prefixLength - PrefixLength >= 128 ? UInt128.MaxValue : UInt128.One << (prefixLength - PrefixLength);
 
+    /// <summary>
+    /// This prefix minus every one of <paramref name="holes"/>, as the fewest prefixes that cover the rest (an ipBlock
+    /// with except, or nets with notNets, as plain prefixes). Holes of the other family are ignored.
+    /// </summary>
+    public IReadOnlyList<Cidr> Subtract(IEnumerable<Cidr> holes)
+    {
+        var self = this;
+        var relevant = holes.Where(h => h.Family == self.Family && self.Overlaps(h)).ToList();
+        var result = new List<Cidr>();
+        void Split(Cidr c)
+        {
+            var touching = false;
+            foreach (var h in relevant)
+            {
+                if (h.Contains(c)) return; // entirely removed
+                if (c.Contains(h)) touching = true;
+            }
+            if (!touching) { result.Add(c); return; }
+            Split(c.Subnet(c.PrefixLength + 1, 0));
+            Split(c.Subnet(c.PrefixLength + 1, 1));
+        }
+        Split(self);
+        return result;
+    }
+
     /// <summary>The subnet of the given length that contains this address.</summary>
     public static Cidr Enclosing(IPAddress address, int prefixLength) => new(address, prefixLength);
 

@@ -68,4 +68,25 @@ public sealed class CidrTests
             Assert.Equal(cidr, Cidr.Parse(cidr.ToString()));
         });
     }
+
+    [Fact]
+    public void Subtract_covers_exactly_the_addresses_outside_every_hole_with_disjoint_prefixes()
+    {
+        // Small address space (a /20 inside 10.0.0.0/8) so holes often nest, overlap and touch the edges.
+        var cidr = Gen.Select(Gen.UInt[0, 4095], Gen.Int[20, 32]).Select((off, len) => new Cidr(System.Net.IPAddress.Parse($"10.0.{off >> 8}.{off & 255}"), len));
+        Gen.Select(cidr, cidr.Array[0, 5], Gen.UInt[0, 4095].Array[20]).Sample((a, holes, probes) =>
+        {
+            var parts = a.Subtract(holes);
+            for (var i = 0; i < parts.Count; i++)
+                for (var j = i + 1; j < parts.Count; j++)
+                    Assert.False(parts[i].Overlaps(parts[j]), $"{parts[i]} overlaps {parts[j]}");
+            foreach (var p in probes)
+            {
+                var ip = System.Net.IPAddress.Parse($"10.0.{p >> 8}.{p & 255}");
+                var expected = a.Contains(ip) && !holes.Any(h => h.Contains(ip));
+                Assert.Equal(expected, parts.Any(x => x.Contains(ip)));
+            }
+            foreach (var part in parts) Assert.True(a.Contains(part));
+        }, iter: 2000);
+    }
 }

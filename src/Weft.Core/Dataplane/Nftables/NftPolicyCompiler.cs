@@ -139,15 +139,108 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
         var name = $"pol-{(readable.Length > 200 ? readable[..200] + "-" + Hash(p.Id) : readable)}-{(direction == Direction.Egress ? "eg" : "in")}";
         _policyChains[key] = name;
         var rules = new List<string>();
-        foreach (var rule in p.Rules(direction))
+        var list = p.Rules(direction);
+        for (var i = 0; i < list.Count;)
+        {
+            // A run of address+port rules with one action becomes one lookup in an interval set (see MergedSet).
+            if (Mergeable(list[i], direction))
+            {
+                var j = i;
+                while (j < list.Count && list[j].Action == list[i].Action && Mergeable(list[j], direction)) j++;
+                foreach (var family in new[] { 4, 6 }) rules.AddRange(MergedRun(p, direction, list, i, j, family));
+                i = j;
+                continue;
+            }
             foreach (var family in new[] { 4, 6 })
-                foreach (var exprs in RuleExpressions(rule, family))
+                foreach (var exprs in RuleExpressions(list[i], family))
                 {
-                    exprs.AddRange(Action(rule, p));
+                    exprs.AddRange(Action(list[i], p));
                     rules.Add(new JsonArray([.. exprs]).ToJsonString());
                 }
+            i++;
+        }
         _out.Chains[name] = new NftChain(name, rules);
         return name;
+    }
+
+    /// <summary>
+    /// A rule that only matches the peer's address (nets minus notNets), the protocol and numeric destination ports:
+    /// what Kubernetes ipBlock/port rules and most Calico net rules are. Such rules with one action commute, so a
+    /// run of them is one set of address·protocol·port boxes: per-packet cost no longer grows with the rule count,
+    /// and changing one rule is a set-element diff, not a chain rewrite.
+    /// </summary>
+    private static bool Mergeable(PolicyRule r, Direction direction)
+    {
+        if (r.Action is not (RuleAction.Allow or RuleAction.Deny) || r.Icmp is not null || r.NotIcmp is not null || r.NotProtocol is not null) return false;
+        var (addr, other) = direction == Direction.Ingress ? (r.Source, r.Destination) : (r.Destination, r.Source);
+        if (addr.RequiresEndpoint || addr.NotSelector is not null || addr.NotPorts.Count > 0) return false;
+        if (other.SelectsAddresses || other.NotPorts.Count > 0) return false;
+        var ports = direction == Direction.Ingress ? other.Ports : addr.Ports;
+        var strayPorts = direction == Direction.Ingress ? addr.Ports : other.Ports; // source ports: not merged
+        return strayPorts.Count == 0 && ports.All(pm => !pm.IsNamed) && (ports.Count == 0 || r.Protocol is not null);
+    }
+
+    private readonly record struct Box(UInt128 AddrLo, UInt128 AddrHi, int ProtoLo, int ProtoHi, int PortLo, int PortHi)
+    {
+        public bool Overlaps(in Box o) =>
+            AddrLo <= o.AddrHi && o.AddrLo <= AddrHi && ProtoLo <= o.ProtoHi && o.ProtoLo <= ProtoHi && PortLo <= o.PortHi && o.PortLo <= PortHi;
+    }
+
+    /// <summary>Rules for rules[from..to) in one family: one set lookup, plus any rule whose boxes overlap the set's (the kernel refuses overlapping elements; order within the run does not matter).</summary>
+    private List<string> MergedRun(PolicyIr p, Direction direction, IReadOnlyList<PolicyRule> rules, int from, int to, int family)
+    {
+        var fam = family == 4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6;
+        var boxes = new List<Box>();
+        var elements = new SortedSet<string>(StringComparer.Ordinal);
+        var leftovers = new List<PolicyRule>();
+        for (var k = from; k < to; k++)
+        {
+            var r = rules[k];
+            if (r.IpVersion is { } v && v != family) continue;
+            var addr = direction == Direction.Ingress ? r.Source : r.Destination;
+            var ports = direction == Direction.Ingress ? r.Destination.Ports : addr.Ports;
+            var nets = addr.Nets.Count == 0 ? [new Cidr(family == 4 ? IPAddress.Any : IPAddress.IPv6Any, 0)] : addr.Nets.Where(n => n.Family == fam).ToList();
+            var prefixes = nets.SelectMany(n => n.Subtract(addr.NotNets)).ToList();
+            var (protoLo, protoHi) = r.Protocol is { } proto ? (proto, proto) : (0, 255);
+            var portRanges = ports.Count == 0 ? [(0, 65535)] : ports.Select(pm => (pm.From, pm.To)).ToList();
+            var mine = new List<(Box Box, string Json)>();
+            foreach (var prefix in prefixes)
+                foreach (var (lo, hi) in portRanges)
+                {
+                    var box = new Box(prefix.Network, Cidr.ToInteger(prefix.LastAddress), protoLo, protoHi, lo, hi);
+                    var json = new JsonObject
+                    {
+                        ["concat"] = new JsonArray(Prefix(prefix),
+                            protoLo == protoHi ? JsonValue.Create(protoLo) : new JsonObject { ["range"] = new JsonArray(protoLo, protoHi) },
+                            lo == hi ? JsonValue.Create(lo) : new JsonObject { ["range"] = new JsonArray(lo, hi) }),
+                    }.ToJsonString();
+                    mine.Add((box, json));
+                }
+            // Exact duplicates are harmless; partial overlaps go to a plain rule after the set (same action, so same result).
+            if (mine.Any(m => !elements.Contains(m.Json) && boxes.Any(b => b.Overlaps(m.Box)) || mine.Where((m, i) => mine.Skip(i + 1).Any(o => o.Box.Overlaps(m.Box))).Any()))
+            {
+                leftovers.Add(r);
+                continue;
+            }
+            foreach (var (box, json) in mine)
+                if (elements.Add(json)) boxes.Add(box);
+        }
+        var result = new List<string>();
+        var ipProto = family == 4 ? "ip" : "ip6";
+        if (elements.Count > 0)
+        {
+            var setName = $"m-{Hash($"{p.Id}|{direction}|{from}")}-{family}";
+            _out.Sets[setName] = new NftSet(setName, new JsonArray(family == 4 ? "ipv4_addr" : "ipv6_addr", "inet_proto", "inet_service"), elements) { Interval = true };
+            var key = new JsonObject { ["concat"] = new JsonArray(Payload(ipProto, direction == Direction.Ingress ? "saddr" : "daddr"), Meta("l4proto"), Payload("th", "dport")) };
+            result.Add(new JsonArray([Match("==", key, "@" + setName), .. Action(rules[from], p)]).ToJsonString());
+        }
+        foreach (var r in leftovers)
+            foreach (var exprs in RuleExpressions(r, family))
+            {
+                exprs.AddRange(Action(r, p));
+                result.Add(new JsonArray([.. exprs]).ToJsonString());
+            }
+        return result;
     }
 
     private IEnumerable<JsonNode> Action(PolicyRule rule, PolicyIr p) => rule.Action switch

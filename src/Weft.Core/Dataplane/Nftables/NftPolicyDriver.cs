@@ -132,7 +132,12 @@ public sealed class NftPolicyDriver(INftTransport transport)
     private static JsonNode Flush(string what, JsonObject body) => new JsonObject { ["flush"] = new JsonObject { [what] = body } };
     private static JsonObject ChainRef(string name) => new() { ["family"] = Family, ["table"] = NftPolicyCompiler.Table, ["name"] = name };
 
-    private static JsonObject SetDecl(NftSet s) => new() { ["family"] = Family, ["table"] = NftPolicyCompiler.Table, ["name"] = s.Name, ["type"] = s.Type.DeepClone() };
+    private static JsonObject SetDecl(NftSet s)
+    {
+        var o = new JsonObject { ["family"] = Family, ["table"] = NftPolicyCompiler.Table, ["name"] = s.Name, ["type"] = s.Type.DeepClone() };
+        if (s.Interval) o["flags"] = new JsonArray("interval");
+        return o;
+    }
     private static JsonObject MapDecl(NftVerdictMap m) => new() { ["family"] = Family, ["table"] = NftPolicyCompiler.Table, ["name"] = m.Name, ["type"] = m.KeyType, ["map"] = "verdict" };
 
     private static JsonObject ChainDecl(NftChain ch)

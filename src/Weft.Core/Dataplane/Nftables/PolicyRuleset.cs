@@ -5,6 +5,9 @@ namespace Weft.Dataplane.Nftables;
 /// <summary>A named set; elements are kept as their JSON text so desired and applied sets diff by string.</summary>
 public sealed record NftSet(string Name, JsonNode Type, SortedSet<string> Elements)
 {
+    /// <summary>Elements are prefixes and ranges (and concatenations of them).</summary>
+    public bool Interval { get; init; }
+
     public string TypeText => Type.ToJsonString();
 }
 
