@@ -15,8 +15,11 @@ public static class DatastoreFactory
                 throw new ArgumentException($"datastore '{uri}': sqlite URIs need an absolute path, e.g. sqlite:///var/lib/weft/weft.db");
             return new SqliteDatastore(path);
         }
-        if (uri.StartsWith("etcd://", StringComparison.Ordinal) || uri.StartsWith("kubernetes", StringComparison.Ordinal))
-            throw new ArgumentException($"datastore '{uri}': this build supports only sqlite:// so far");
-        throw new ArgumentException($"datastore '{uri}': unknown scheme; use sqlite:///path/to/weft.db");
+        // Parsing only: the etcd client connects on first use, so opening costs nothing when etcd is down.
+        if (uri.StartsWith(EtcdOptions.Scheme, StringComparison.Ordinal))
+            return new EtcdDatastore(EtcdOptions.Parse(uri));
+        if (uri.StartsWith("kubernetes", StringComparison.Ordinal))
+            throw new ArgumentException($"datastore '{uri}': this build supports sqlite:// and etcd:// so far");
+        throw new ArgumentException($"datastore '{uri}': unknown scheme; use sqlite:///path/to/weft.db or etcd://host:2379[,host:2379...]");
     }
 }
