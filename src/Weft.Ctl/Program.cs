@@ -91,7 +91,11 @@ var restartKill = new Option<bool>("--kill") { Description = "SIGKILL the runnin
 var restartStop = new Option<bool>("--stop") { Description = "only stop it" };
 var restart = new Command("restart-agent", "stop a node's weft-agent and start it again") { labName, restartNode, restartKill, restartStop };
 restart.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.RestartAgentAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(restartNode)!, r.GetValue(restartKill), r.GetValue(restartStop), ct)));
-foreach (var c in new[] { up, down, status, exec, matrix, serve, restart }) lab.Subcommands.Add(c);
+var addPodNode = new Option<string>("--node") { Required = true };
+var addPodName = new Option<string?>("--pod") { Description = "pod name in namespace default (default: the next pod-N)" };
+var addPod = new Command("add-pod", "start one more pod on a node through the weft plugin") { labName, addPodNode, addPodName };
+addPod.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.AddPodCommandAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(addPodNode)!, r.GetValue(addPodName), ct)));
+foreach (var c in new[] { up, down, status, exec, matrix, serve, restart, addPod }) lab.Subcommands.Add(c);
 root.Subcommands.Add(lab);
 
 var version = new Command("version", "print weftctl's version");

@@ -27,14 +27,16 @@ public static class LabCommands
         if (o.PodsPerNode is < 0 or > 50) throw new ArgumentException($"--pods-per-node {o.PodsPerNode}: use 0 to 50");
         if (o.Backend is not ("vxlan" or "host-gw")) throw new ArgumentException($"--backend {o.Backend}: use vxlan or host-gw");
         if (o.Mode is not ("routed" or "bridge")) throw new ArgumentException($"--mode {o.Mode}: use routed or bridge");
-        if (o.Datastore != "sqlite") throw new ArgumentException($"--datastore {o.Datastore}: this build's lab supports sqlite");
+        if (o.Datastore is not ("sqlite" or "etcd")) throw new ArgumentException($"--datastore {o.Datastore}: the lab runs sqlite or etcd (a 3-member cluster)");
         if (LabState.Load(o.Name) is not null || Shell.Run("ip", "netns", "list").Split('\n').Any(l => l.StartsWith(o.Name + "-", StringComparison.Ordinal)))
             throw new ArgumentException($"lab '{o.Name}' already exists; remove it with `weftctl lab down --name {o.Name}`");
         var dist = DistDir();
         var dir = LabState.DirFor(o.Name);
         var state = new LabState
         {
-            Name = o.Name, Dir = dir, Datastore = "sqlite://" + Path.Combine(dir, "weft.db"), Backend = o.Backend, Mode = o.Mode,
+            Name = o.Name, Dir = dir, Backend = o.Backend, Mode = o.Mode,
+            Datastore = o.Datastore == "etcd" ? "etcd://" + string.Join(",", EtcdIps.Select(ip => ip + ":2379")) : "sqlite://" + Path.Combine(dir, "weft.db"),
+            ControlPlane = o.Datastore == "etcd" ? o.Name + "-cp" : null,
             PodMtu = o.Backend == "vxlan" ? 1450 : 1500, Underlay = o.Name + "-ul", Gateway = o.Name + "-gw",
         };
         var total = Stopwatch.StartNew();
@@ -52,9 +54,10 @@ public static class LabCommands
             Shell.Ip("-n", state.Gateway, "link", "set", "eth0", "up");
             Shell.Ip("-n", state.Gateway, "addr", "add", "203.0.113.1/32", "dev", "lo");
 
+            if (state.ControlPlane is not null) await StartEtcdAsync(ctx, state, ct).ConfigureAwait(false);
             Step(ctx, "datastore " + state.Datastore);
             var pool = $"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: lab-ipv4}}\nspec: {{cidr: 10.244.0.0/16, blockSize: 26, natOutgoing: true, vxlanMode: {(o.Backend == "vxlan" ? "Always" : "Never")}}}\n";
-            using (var store = Weft.Datastore.DatastoreFactory.Open(state.Datastore))
+            using (var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore))
                 await new ResourceService(store).ApplyAsync(Documents.YamlDocuments.Load(pool, "lab pool").Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList(), ct).ConfigureAwait(false);
 
             for (var i = 1; i <= o.Nodes; i++)
@@ -97,6 +100,97 @@ public static class LabCommands
             Remove(state);
             throw;
         }
+    }
+
+    private static readonly string[] EtcdIps = [UnderlayPrefix + "2", UnderlayPrefix + "3", UnderlayPrefix + "4"];
+
+    /// <summary>
+    /// A 3-member etcd in the control-plane namespace `&lt;lab&gt;-cp`, one address each on its leg into the underlay
+    /// bridge, so agents and the plugin reach it from the node namespaces exactly as they would a real cluster's.
+    /// </summary>
+    private static async Task StartEtcdAsync(CtlContext ctx, LabState state, CancellationToken ct)
+    {
+        const string etcd = "/usr/bin/etcd";
+        if (!File.Exists(etcd)) throw new LabException($"{etcd} is missing: run scripts/install-deps.sh (Debian package etcd-server)");
+        var cp = state.ControlPlane!;
+        Step(ctx, $"etcd: 3 members in {cp} ({string.Join(", ", EtcdIps)})");
+        AddNetns(state, cp);
+        Shell.Ip("-n", cp, "link", "set", "lo", "up");
+        Shell.Ip("-n", state.Underlay, "link", "add", "cp0", "type", "veth", "peer", "name", "eth0", "netns", cp);
+        Shell.Ip("-n", state.Underlay, "link", "set", "cp0", "master", "br0", "up");
+        foreach (var ip in EtcdIps) Shell.Ip("-n", cp, "addr", "add", ip + "/24", "dev", "eth0");
+        Shell.Ip("-n", cp, "link", "set", "eth0", "up");
+        var cluster = string.Join(",", EtcdIps.Select((ip, i) => $"etcd-{i + 1}=http://{ip}:2380"));
+        for (var i = 0; i < EtcdIps.Length; i++)
+        {
+            var (name, ip) = ($"etcd-{i + 1}", EtcdIps[i]);
+            var member = new LabEtcdMember { Name = name, Ip = ip, DataDir = Path.Combine(state.Dir, name) };
+            state.Etcd.Add(member);
+            member.Pid = Shell.StartDetached(cp, Path.Combine(state.Dir, name + ".log"), etcd,
+                "--name", name, "--data-dir", member.DataDir,
+                "--listen-client-urls", $"http://{ip}:2379", "--advertise-client-urls", $"http://{ip}:2379",
+                "--listen-peer-urls", $"http://{ip}:2380", "--initial-advertise-peer-urls", $"http://{ip}:2380",
+                "--initial-cluster", cluster, "--initial-cluster-state", "new", "--initial-cluster-token", "weft-lab-" + state.Name,
+                "--logger", "zap", "--log-outputs", "stderr");
+            state.Save();
+        }
+        var sw = Stopwatch.StartNew();
+        using var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore + "&timeout=1");
+        string last = "no answer";
+        while (sw.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            foreach (var m in state.Etcd)
+                if (!Shell.IsRunning(m.Pid, "etcd"))
+                {
+                    var log = Path.Combine(state.Dir, m.Name + ".log");
+                    throw new LabException($"etcd member {m.Name} exited: {(File.Exists(log) ? string.Join("\n", File.ReadLines(log).TakeLast(5)) : "no log")}");
+                }
+            try
+            {
+                await store.RevisionAsync(ct).ConfigureAwait(false);
+                Step(ctx, $"etcd ready in {sw.Elapsed.TotalSeconds:0.0} s");
+                return;
+            }
+            catch (Weft.Datastore.DatastoreUnavailableException e) { last = e.Message; }
+            await Task.Delay(50, ct).ConfigureAwait(false);
+        }
+        throw new LabException($"etcd in {cp} not ready after 30 s: {last}");
+    }
+
+    /// <summary>`lab add-pod`: one more pod on a node, through the plugin, as a runtime would start it.</summary>
+    public static async Task<int> AddPodCommandAsync(CtlContext ctx, string name, string nodeName, string? podName, CancellationToken ct)
+    {
+        var state = LabState.LoadOrThrow(name);
+        var node = state.Nodes.FirstOrDefault(n => n.Name == nodeName) ?? throw new ArgumentException($"no node '{nodeName}' in lab {name}");
+        podName ??= Enumerable.Range(state.Pods.Count + 1, 1000).Select(i => $"pod-{i}").First(p => state.Pods.All(q => q.Key != "default/" + p));
+        if (state.Pods.Any(p => p.Key == "default/" + podName)) throw new ArgumentException($"pod default/{podName} already exists in lab {name}");
+        var pod = new LabPod
+        {
+            Namespace = "default", Name = podName, Node = node.Name, Netns = $"{name}-p-default-{podName}", ContainerId = $"{name}-default-{podName}",
+            Labels = new() { ["app"] = podName },
+            Ports = [new LabPort { Name = "http", ContainerPort = 80 }, new LabPort { Name = "alt", ContainerPort = 81 }, new LabPort { Name = "dns", ContainerPort = 80, Protocol = "UDP" }],
+        };
+        if (state.K8sNamespaces.All(n => n.Name != "default"))
+            state.K8sNamespaces.Add(new LabNamespace { Name = "default", Labels = new() { ["kubernetes.io/metadata.name"] = "default" } });
+        var dist = DistDir();
+        state.Pods.Add(pod);
+        try { await AddPodAsync(state, pod, dist, ct).ConfigureAwait(false); }
+        catch
+        {
+            state.Pods.Remove(pod);
+            Shell.TryRun("ip", ["netns", "delete", pod.Netns]);
+            state.Namespaces.Remove(pod.Netns);
+            state.Save();
+            throw;
+        }
+        state.Save();
+        // Return once the pod answers, as `lab up` effectively does: its server starts detached.
+        var sw = Stopwatch.StartNew();
+        while (pod.Ip is { } ip && sw.Elapsed < TimeSpan.FromSeconds(5)
+               && !await Probe.ReachableAsync(pod.Netns, IPAddress.Parse(ip), 80, "TCP", TimeSpan.FromMilliseconds(200)).ConfigureAwait(false))
+            await Task.Delay(50, ct).ConfigureAwait(false);
+        ctx.Out.WriteLine($"pod {pod.Key} on {node.Name}: {pod.Ip ?? pod.Ip6}");
+        return 0;
     }
 
     private static async Task AddPodAsync(LabState state, LabPod pod, string dist, CancellationToken ct)
@@ -199,6 +293,7 @@ public static class LabCommands
     {
         foreach (var p in state.Pods) Shell.Stop(p.ServerPid, "weftctl");
         foreach (var n in state.Nodes) Shell.Stop(n.AgentPid, "weft-agent");
+        foreach (var m in state.Etcd) Shell.Stop(m.Pid, "etcd");
         var count = 0;
         foreach (var ns in state.Namespaces.AsEnumerable().Reverse())
             if (Shell.TryRun("ip", ["netns", "delete", ns]).Code == 0) count++;
@@ -255,6 +350,10 @@ public static class LabCommands
                     ["name"] = n.Name, ["namespace"] = n.Netns, ["underlayIP"] = n.UnderlayIp, ["agentPid"] = n.AgentPid,
                     ["health"] = health?.GetValueOrDefault(n.Name) ?? "ok",
                 }).ToArray()),
+                ["etcd"] = new JsonArray(state.Etcd.Select(m => (JsonNode?)new JsonObject
+                {
+                    ["name"] = m.Name, ["ip"] = m.Ip, ["pid"] = m.Pid, ["running"] = Shell.IsRunning(m.Pid, "etcd"),
+                }).ToArray()),
                 ["pods"] = new JsonArray(state.Pods.Select(p => (JsonNode?)new JsonObject
                 {
                     ["pod"] = p.Key, ["node"] = p.Node, ["namespace"] = p.Netns, ["ip"] = p.Ip, ["ip6"] = p.Ip6,
@@ -268,6 +367,14 @@ public static class LabCommands
         foreach (var n in state.Nodes) nodes.Add(n.Name, n.Netns, n.UnderlayIp, n.AgentPid.ToString(System.Globalization.CultureInfo.InvariantCulture), health?.GetValueOrDefault(n.Name) ?? "ok");
         ctx.Out.Write(nodes.Render());
         ctx.Out.WriteLine();
+        if (state.Etcd.Count > 0)
+        {
+            var etcd = new TextTable("ETCD MEMBER", "NAMESPACE", "CLIENT URL", "PID", "STATE");
+            foreach (var m in state.Etcd)
+                etcd.Add(m.Name, state.ControlPlane ?? "-", $"http://{m.Ip}:2379", m.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture), Shell.IsRunning(m.Pid, "etcd") ? "running" : "down");
+            ctx.Out.Write(etcd.Render());
+            ctx.Out.WriteLine();
+        }
         var pods = new TextTable("POD", "NODE", "NAMESPACE", "IP", "LABELS");
         foreach (var p in state.Pods) pods.Add(p.Key, p.Node, p.Netns, p.Ip ?? p.Ip6 ?? "-", string.Join(",", p.Labels.Select(kv => $"{kv.Key}={kv.Value}")));
         ctx.Out.Write(pods.Render());
