@@ -82,8 +82,10 @@ public sealed class EtcdCluster : IDisposable
                    $"--initial-cluster {_initialCluster} --initial-cluster-state new --initial-cluster-token {Path.GetFileName(_dir)} " +
                    "--logger zap --log-outputs stderr";
         var exec = _netns is null ? "" : $"ip netns exec {_netns} ";
-        // exec all the way down, so the PID we hold is etcd's own.
-        var psi = new ProcessStartInfo("/bin/sh", ["-c", $"exec {exec}{Binary} {args} >>{Path.Combine(_dir, m.Name + ".log")} 2>&1"]) { UseShellExecute = false };
+        // exec all the way down, so the PID we hold is etcd's own; close inherited descriptors (such as the build
+        // lock the tests run under) so a member that outlives a crashed test run holds nothing of ours.
+        const string closeFds = "for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ \"$fd\" -gt 2 ] && eval \"exec $fd>&-\" 2>/dev/null; done; ";
+        var psi = new ProcessStartInfo("/bin/bash", ["-c", $"{closeFds}exec {exec}{Binary} {args} >>{Path.Combine(_dir, m.Name + ".log")} 2>&1 </dev/null"]) { UseShellExecute = false };
         m.Process = Process.Start(psi) ?? throw new InvalidOperationException("cannot start etcd");
     }
 
