@@ -42,7 +42,7 @@ bare_up() { # mode: vxlan|routes
   if [ "$1" = vxlan ]; then
     for i in 1 2; do
       j=$((3-i))
-      ip -n "$bare-n$i" link add vx0 type vxlan id 1 dstport 8472 local "198.51.100.$((10+i))" dev eth0 nolearning address "0e:00:00:00:00:0$i"
+      ip -n "$bare-n$i" link add vx0 address "0e:00:00:00:00:0$i" type vxlan id 1 dstport 8472 local "198.51.100.$((10+i))" dev eth0 nolearning
       ip -n "$bare-n$i" link set vx0 mtu 1450 up
       ip -n "$bare-n$i" addr add "10.99.$i.0/32" dev vx0
       bridge -n "$bare-n$i" fdb append "0e:00:00:00:00:0$j" dev vx0 dst "198.51.100.$((10+j))"

@@ -47,6 +47,8 @@ state.Update(s => s with { Underlay = $"{me.UnderlayAddress}/{me.UnderlayPrefix}
 builder.Services.AddSingleton(store);
 builder.Services.AddSingleton(state);
 builder.Services.AddHostedService(sp => new RouteReconciler(store, backend, me, state, options.Resync, sp.GetRequiredService<ILogger<RouteReconciler>>()));
+if (options.Policy)
+    builder.Services.AddHostedService(sp => new PolicyReconciler(store, me.Name, new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(), state, sp.GetRequiredService<ILogger<PolicyReconciler>>()));
 
 var socketDir = Path.GetDirectoryName(options.SocketPath);
 if (!string.IsNullOrEmpty(socketDir)) Directory.CreateDirectory(socketDir);
@@ -68,4 +70,5 @@ return 0;
 
 [JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase, WriteIndented = true)]
 [JsonSerializable(typeof(AgentSnapshot))]
+[JsonSerializable(typeof(PolicyStatus))]
 internal sealed partial class AgentJson : JsonSerializerContext;

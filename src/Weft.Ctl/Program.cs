@@ -17,12 +17,12 @@ CtlContext Ctx(ParseResult r) => new(r.GetValue(datastore), Console.Out, Console
 
 // apply
 var applyFiles = new Option<string[]>("--filename", "-f") { Description = "file, directory or - for stdin (YAML or JSON)", Required = true, AllowMultipleArgumentsPerToken = true };
-var apply = new Command("apply", "create or update resources from YAML/JSON documents (Calico IPPool, IPReservation)") { applyFiles };
+var apply = new Command("apply", "create or update resources from YAML/JSON documents (Calico IPPool, IPReservation, NetworkPolicy, GlobalNetworkPolicy, Tier; Kubernetes NetworkPolicy, Namespace, Pod)") { applyFiles };
 apply.SetAction((r, ct) => Guard(() => ResourceCommands.ApplyAsync(Ctx(r), r.GetValue(applyFiles)!, ct)));
 root.Subcommands.Add(apply);
 
 // get
-var getKind = new Argument<string>("kind") { Description = "ippool, ipreservation or blocks" };
+var getKind = new Argument<string>("kind") { Description = "ippool, ipreservation, blocks, nodes, networkpolicy, globalnetworkpolicy, tier, namespace, pod" };
 var getName = new Argument<string?>("name") { Arity = ArgumentArity.ZeroOrOne };
 var get = new Command("get", "list resources") { getKind, getName, output };
 get.SetAction((r, ct) => Guard(() => ResourceCommands.GetAsync(Ctx(r), r.GetValue(getKind)!, r.GetValue(getName), r.GetValue(output) ?? "", ct)));
@@ -54,6 +54,23 @@ ipam.Subcommands.Add(show);
 ipam.Subcommands.Add(check);
 ipam.Subcommands.Add(release);
 root.Subcommands.Add(ipam);
+
+// policy
+var policy = new Command("policy", "see a policy's effect before applying it");
+var simFiles = new Option<string[]>("--filename", "-f") { Description = "YAML streams of v1 Namespace, v1 Pod (labels, status.podIP, container ports) and policies", Required = true, AllowMultipleArgumentsPerToken = true };
+var simPort = new Option<int>("--port") { DefaultValueFactory = _ => 80 };
+var simProtocol = new Option<string>("--protocol") { Description = "TCP, UDP or SCTP", DefaultValueFactory = _ => "TCP" };
+var simOut = new Option<string>("--output", "-o") { Description = "table or json", DefaultValueFactory = _ => "table" };
+var simulate = new Command("simulate", "the reachability matrix the policies give, in `lab matrix`'s shape") { simFiles, simPort, simProtocol, simOut };
+simulate.SetAction((r, ct) => Guard(() => PolicyCommands.SimulateAsync(Ctx(r), r.GetValue(simFiles)!, r.GetValue(simPort), r.GetValue(simProtocol)!, r.GetValue(simOut)!)));
+var traceFiles = new Option<string[]>("--filename", "-f") { Description = "documents to trace against (default: the datastore)", AllowMultipleArgumentsPerToken = true };
+var traceFrom = new Option<string>("--from") { Description = "ns/pod or IP", Required = true };
+var traceTo = new Option<string>("--to") { Description = "ns/pod or IP", Required = true };
+var trace = new Command("trace", "which rule of which policy decides a connection, and why") { traceFiles, traceFrom, traceTo, simPort, simProtocol, simOut };
+trace.SetAction((r, ct) => Guard(() => PolicyCommands.TraceAsync(Ctx(r), r.GetValue(traceFiles) ?? [], r.GetValue(traceFrom)!, r.GetValue(traceTo)!, r.GetValue(simPort), r.GetValue(simProtocol)!, r.GetValue(simOut) is "table" ? "text" : r.GetValue(simOut)!, ct)));
+policy.Subcommands.Add(simulate);
+policy.Subcommands.Add(trace);
+root.Subcommands.Add(policy);
 
 // lab
 var lab = new Command("lab", "a real multi-node Weft cluster in network namespaces on this machine");
@@ -91,11 +108,19 @@ var restartKill = new Option<bool>("--kill") { Description = "SIGKILL the runnin
 var restartStop = new Option<bool>("--stop") { Description = "only stop it" };
 var restart = new Command("restart-agent", "stop a node's weft-agent and start it again") { labName, restartNode, restartKill, restartStop };
 restart.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.RestartAgentAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(restartNode)!, r.GetValue(restartKill), r.GetValue(restartStop), ct)));
+var syncTimeout = new Option<int>("--timeout-ms") { DefaultValueFactory = _ => 30000 };
+var sync = new Command("sync", "wait until every agent enforces the datastore's current revision (after apply)") { labName, syncTimeout };
+sync.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.SyncAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(syncTimeout), ct)));
+var addPodKey = new Argument<string>("pod") { Description = "NAMESPACE/NAME" };
 var addPodNode = new Option<string>("--node") { Required = true };
-var addPodName = new Option<string?>("--pod") { Description = "pod name in namespace default (default: the next pod-N)" };
-var addPod = new Command("add-pod", "start one more pod on a node through the weft plugin") { labName, addPodNode, addPodName };
-addPod.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.AddPodCommandAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(addPodNode)!, r.GetValue(addPodName), ct)));
-foreach (var c in new[] { up, down, status, exec, matrix, serve, restart, addPod }) lab.Subcommands.Add(c);
+var addPodLabels = new Option<string[]>("--label") { Description = "k=v (repeat)", AllowMultipleArgumentsPerToken = true };
+var addPodPorts = new Option<string[]>("--port") { Description = "PORT[/TCP|UDP] the pod serves (default 80/TCP)", AllowMultipleArgumentsPerToken = true };
+var addPod = new Command("add-pod", "add a pod to a running lab through the CNI plugin (its Pod document first)") { labName, addPodKey, addPodNode, addPodLabels, addPodPorts };
+addPod.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.AddPodAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(addPodKey)!, r.GetValue(addPodNode)!, r.GetValue(addPodLabels) ?? [], r.GetValue(addPodPorts) ?? [], ct)));
+var delPodKey = new Argument<string>("pod") { Description = "NAMESPACE/NAME" };
+var delPod = new Command("delete-pod", "remove a pod: CNI DEL, its namespace and its Pod document") { labName, delPodKey };
+delPod.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.DeletePodAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(delPodKey)!, ct)));
+foreach (var c in new[] { up, down, status, exec, matrix, serve, restart, sync, addPod, delPod }) lab.Subcommands.Add(c);
 root.Subcommands.Add(lab);
 
 var version = new Command("version", "print weftctl's version");

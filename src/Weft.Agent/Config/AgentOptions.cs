@@ -17,6 +17,8 @@ public sealed class AgentOptions
     public string? NetConfPath { get; set; }
     public Dictionary<string, string> Labels { get; } = [];
     public TimeSpan Resync { get; set; } = TimeSpan.FromSeconds(10);
+    /// <summary>Enforce network policy with the nftables dataplane (fail closed for endpoints not yet programmed).</summary>
+    public bool Policy { get; set; } = true;
     /// <summary>From net-conf.json: the pool to create when none covers it.</summary>
     public FlannelNetConf? NetConf { get; private set; }
 
@@ -40,6 +42,9 @@ public sealed class AgentOptions
                 case "--socket": o.SocketPath = Value(); break;
                 case "--metrics-address": o.MetricsAddress = Value(); break;
                 case "--net-conf": o.NetConfPath = Value(); break;
+                case "--policy":
+                    o.Policy = Value() switch { "on" => true, "off" => false, var v => throw new ArgumentException($"--policy {v}: use on or off") };
+                    break;
                 case "--resync-seconds": o.Resync = TimeSpan.FromSeconds(Int(a, Value())); break;
                 case "--label":
                     var kv = Value().Split('=', 2);
@@ -114,6 +119,7 @@ public sealed class AgentOptions
           --label k=v                 node labels (pools' nodeSelector)
           --socket PATH               local API (default /var/run/weft/agent.sock)
           --metrics-address IP:PORT   Prometheus metrics (default 0.0.0.0:9962)
+          --policy on|off             enforce network policy with nftables, fail closed for new pods (default on)
         """;
 }
 

@@ -7,7 +7,29 @@ public sealed record PeerStatus(string Name, string? Underlay, int Blocks, strin
 /// <summary>An immutable snapshot of what the agent last did; swapped in one assignment, read by the API.</summary>
 public sealed record AgentSnapshot(
     string Node, string Backend, string Underlay, string? Vtep, int Mtu, bool Synced, DateTime? LastReconcile,
-    double LastReconcileMs, long Reconciles, long ReconcileErrors, int Routes, IReadOnlyList<PeerStatus> Peers, string? LastError);
+    double LastReconcileMs, long Reconciles, long ReconcileErrors, int Routes, IReadOnlyList<PeerStatus> Peers, string? LastError)
+{
+    public PolicyStatus Policy { get; init; } = new();
+}
+
+/// <summary>The policy dataplane: which datastore revision is enforced, and what that took.</summary>
+public sealed record PolicyStatus
+{
+    public bool Enforcing { get; init; }
+    /// <summary>Every policy, pod, namespace and endpoint change up to this datastore revision is in the kernel.</summary>
+    public long Revision { get; init; }
+    public int Endpoints { get; init; }
+    public int Policies { get; init; }
+    public int Chains { get; init; }
+    public int Rules { get; init; }
+    public int Sets { get; init; }
+    public double LastApplyMs { get; init; }
+    public bool LastApplyFull { get; init; }
+    public long Applies { get; init; }
+    public long Errors { get; init; }
+    public string? LastError { get; init; }
+    public IReadOnlyList<string> DocumentErrors { get; init; } = [];
+}
 
 public sealed class AgentState
 {
@@ -41,6 +63,15 @@ public sealed class AgentState
         M("weft_routes", "gauge", "routes to peer blocks programmed", s.Routes.ToString(inv));
         M("weft_peers", "gauge", "peer nodes known", s.Peers.Count.ToString(inv));
         M("weft_peers_unreachable", "gauge", "peer nodes the backend cannot program", s.Peers.Count(p => p.State != "programmed").ToString(inv));
+        var p = s.Policy;
+        M("weft_policy_enforcing", "gauge", "1 while the nftables policy dataplane enforces", p.Enforcing ? "1" : "0");
+        M("weft_policy_revision", "gauge", "datastore revision the policy dataplane enforces", p.Revision.ToString(inv));
+        M("weft_policy_endpoints", "gauge", "local endpoints programmed", p.Endpoints.ToString(inv));
+        M("weft_policy_policies", "gauge", "policies known", p.Policies.ToString(inv));
+        M("weft_policy_rules", "gauge", "nftables rules in the policy table", p.Rules.ToString(inv));
+        M("weft_policy_apply_seconds", "gauge", "duration of the last policy programming (compile + one nftables transaction)", (p.LastApplyMs / 1000).ToString("0.######", inv));
+        M("weft_policy_applies_total", "counter", "policy programming transactions", p.Applies.ToString(inv));
+        M("weft_policy_apply_errors_total", "counter", "policy programming attempts that failed", p.Errors.ToString(inv));
         return sb.ToString();
     }
 }

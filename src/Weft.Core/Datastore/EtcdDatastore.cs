@@ -205,6 +205,10 @@ public sealed class EtcdDatastore : IDatastore
             {
                 last = e;
             }
+            catch (RpcException e) when (e.StatusCode == StatusCode.InvalidArgument && e.Status.Detail.Contains("too many operations", StringComparison.Ordinal))
+            {
+                throw new InvalidOperationException($"etcd {what} on {member.Address}: {e.Status.Detail}; etcd allows --max-txn-ops operations per transaction (default 128): raise it on every member (e.g. --max-txn-ops=4096) or apply fewer resources at once", e);
+            }
             catch (RpcException e)
             {
                 throw new InvalidOperationException($"etcd {what} on {member.Address} failed: {e.Status.Detail} ({e.StatusCode})", e);

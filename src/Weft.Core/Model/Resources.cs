@@ -124,6 +124,12 @@ public static class Keys
     public const string Handles = "/weft/ipam/handles/";
     public const string Endpoints = "/weft/endpoints/";
     public const string Nodes = "/weft/nodes/";
+    /// <summary>Policy documents as applied, by IR id: knp/NS/NAME, np/NS/NAME, gnp/NAME.</summary>
+    public const string Policies = "/weft/policies/";
+    public const string Tiers = "/weft/tiers/";
+    /// <summary>v1 Namespace and Pod documents (labels, named ports) when no Kubernetes API server provides them.</summary>
+    public const string K8sNamespaces = "/weft/k8s/namespaces/";
+    public const string K8sPods = "/weft/k8s/pods/";
 
     public static string Pool(string name) => Pools + name;
     public static string Reservation(string name) => Reservations + name;
@@ -134,6 +140,10 @@ public static class Keys
     public static string Endpoint(string node, string handleId) => Endpoints + node + "/" + handleId;
     public static string NodeEndpoints(string node) => Endpoints + node + "/";
     public static string Node(string name) => Nodes + name;
+    public static string Policy(string id) => Policies + id;
+    public static string Tier(string name) => Tiers + name;
+    public static string K8sNamespace(string name) => K8sNamespaces + name;
+    public static string K8sPod(string ns, string name) => K8sPods + ns + "/" + name;
 
     /// <summary>The handle of one pod interface: network + container id + interface name.</summary>
     public static string HandleId(string network, string containerId, string ifName) => $"{network}.{containerId}.{ifName}";

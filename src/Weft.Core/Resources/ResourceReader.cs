@@ -18,6 +18,14 @@ public abstract record Resource(string Kind, string Name, DocumentSource Source)
 public sealed record IPPoolResource(IPPool Pool, DocumentSource Source) : Resource("IPPool", Pool.Name, Source);
 public sealed record IPReservationResource(IPReservation Reservation, DocumentSource Source) : Resource("IPReservation", Reservation.Name, Source);
 
+/// <summary>A policy document of any dialect, with its IR; the document is what gets stored.</summary>
+public sealed record PolicyResource(Weft.Policy.Ir.PolicyIr Policy, JsonObject Document, DocumentSource Source)
+    : Resource(Policy.Dialect == "kubernetes" ? "KubernetesNetworkPolicy" : Policy.Kind, Policy.Namespace is null ? Policy.Name : $"{Policy.Namespace}/{Policy.Name}", Source);
+public sealed record TierResource(string TierName, double Order, JsonObject Document, DocumentSource Source) : Resource("Tier", TierName, Source);
+/// <summary>v1 Namespace and Pod: where labels and named ports come from when no Kubernetes API server is there (the lab, simulate).</summary>
+public sealed record NamespaceResource(Weft.Policy.NamespaceInfo Namespace, JsonObject Document, DocumentSource Source) : Resource("Namespace", Namespace.Name, Source);
+public sealed record PodResource(Weft.Policy.Dialects.PodDocument Pod, JsonObject Document, DocumentSource Source) : Resource("Pod", $"{Pod.Namespace}/{Pod.Name}", Source);
+
 /// <summary>
 /// Reads Calico's projectcalico.org/v3 documents as written (already decoded from YAML or JSON into a JSON tree)
 /// into Weft's records, refusing unknown fields and invalid values with the document and field named.
@@ -25,7 +33,7 @@ public sealed record IPReservationResource(IPReservation Reservation, DocumentSo
 public static class ResourceReader
 {
     public const string CalicoApiVersion = "projectcalico.org/v3";
-    public static readonly string[] Kinds = ["IPPool", "IPReservation"];
+    public static readonly string[] Kinds = ["IPPool", "IPReservation", "NetworkPolicy", "GlobalNetworkPolicy", "Tier", "Namespace", "Pod"];
 
     public static Resource Read(JsonObject doc, DocumentSource source)
     {
@@ -33,7 +41,8 @@ public static class ResourceReader
         var kind = OptString(doc, "kind", source, "") ?? throw new ResourceException($"{source}: kind is missing");
         var meta = doc["metadata"] as JsonObject ?? throw new ResourceException($"{source} ({kind}): metadata.name is missing");
         var name = OptString(meta, "name", source, "metadata.") ?? throw new ResourceException($"{source} ({kind}): metadata.name is missing");
-        var where = $"{source} ({kind} {name})";
+        var ns = meta["namespace"]?.ToString();
+        var where = $"{source} ({kind} {(ns is null ? "" : ns + "/")}{name})";
         ValidateName(name, where);
         foreach (var key in doc.Select(p => p.Key))
             if (key is not ("apiVersion" or "kind" or "metadata" or "spec" or "status"))
@@ -46,6 +55,21 @@ public static class ResourceReader
             case "IPReservation":
                 RequireApi(apiVersion, where);
                 return new IPReservationResource(ReadReservation(name, Spec(doc, where), where), source);
+            case "NetworkPolicy" or "GlobalNetworkPolicy" when Weft.Policy.Dialects.PolicyDocuments.IsPolicy(apiVersion, kind):
+                if (ns is not null) ValidateName(ns, where);
+                return new PolicyResource(Weft.Policy.Dialects.PolicyDocuments.ReadPolicy(doc, where), doc, source);
+            case "Tier":
+                RequireApi(apiVersion, where);
+                var (tierName, order) = Weft.Policy.Dialects.PolicyDocuments.ReadTier(doc, where);
+                return new TierResource(tierName, order, doc, source);
+            case "Namespace" when apiVersion == "v1":
+                return new NamespaceResource(Weft.Policy.Dialects.PolicyDocuments.ReadNamespace(doc, where), doc, source);
+            case "Pod" when apiVersion == "v1":
+                if (ns is not null) ValidateName(ns, where);
+                return new PodResource(Weft.Policy.Dialects.PolicyDocuments.ReadPod(doc, where), doc, source);
+            case "NetworkPolicy" or "GlobalNetworkPolicy" or "Namespace" or "Pod":
+                throw new ResourceException($"{where}: apiVersion '{apiVersion}' is not supported for {kind}; use " +
+                    (kind == "NetworkPolicy" ? "networking.k8s.io/v1 or projectcalico.org/v3" : kind == "GlobalNetworkPolicy" ? CalicoApiVersion : "v1"));
             default:
                 throw new ResourceException($"{where}: kind '{kind}' ({apiVersion}) is not one weft understands here; known kinds: {string.Join(", ", Kinds)}");
         }

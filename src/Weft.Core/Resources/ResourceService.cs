@@ -58,7 +58,29 @@ public sealed class ResourceService(IDatastore store)
                     messages.Add($"Successfully {(stored is null ? "created" : "applied")} 1 'IPReservation' resource(s): {res.Name}");
                     break;
                 }
+                case PolicyResource pr:
+                    await Document(Keys.Policy(pr.Policy.Id), pr.Kind, pr.Name, pr.Document).ConfigureAwait(false);
+                    break;
+                case TierResource tr:
+                    await Document(Keys.Tier(tr.TierName), "Tier", tr.TierName, tr.Document).ConfigureAwait(false);
+                    break;
+                case NamespaceResource nr:
+                    await Document(Keys.K8sNamespace(nr.Namespace.Name), "Namespace", nr.Name, nr.Document).ConfigureAwait(false);
+                    break;
+                case PodResource podr:
+                    await Document(Keys.K8sPod(podr.Pod.Namespace, podr.Pod.Name), "Pod", podr.Name, podr.Document).ConfigureAwait(false);
+                    break;
             }
+        }
+        // Documents are stored as applied (JSON), so every agent reads them through the same dialect readers.
+        async Task Document(string key, string kind, string name, System.Text.Json.Nodes.JsonObject doc)
+        {
+            var stored = await store.GetAsync(key, ct).ConfigureAwait(false);
+            var bytes = System.Text.Encoding.UTF8.GetBytes(doc.ToJsonString());
+            preconditions.Add(new Precondition(key, stored?.ModRevision ?? 0));
+            mutations.Add(Mutation.Put(key, bytes));
+            var verb = stored is null ? "created" : stored.Value.AsSpan().SequenceEqual(bytes) ? "unchanged" : "configured";
+            messages.Add($"{kind} {name} {verb}");
         }
         var txn = await store.CommitAsync(preconditions, mutations, ct).ConfigureAwait(false);
         if (!txn.Succeeded)
@@ -89,9 +111,18 @@ public sealed class ResourceService(IDatastore store)
             "IPPool" => Keys.Pool(name),
             "IPReservation" => Keys.Reservation(name),
             "Node" => Keys.Node(name),
+            "KubernetesNetworkPolicy" => Keys.Policy("knp/" + Namespaced(name)),
+            "NetworkPolicy" => Keys.Policy("np/" + Namespaced(name)),
+            "GlobalNetworkPolicy" => Keys.Policy("gnp/" + name),
+            "Tier" => Keys.Tier(name),
+            "Namespace" => Keys.K8sNamespace(name),
+            "Pod" => Keys.K8sPod(Namespaced(name).Split('/')[0], Namespaced(name).Split('/')[1]),
             var k => throw new ResourceException($"cannot delete kind '{k}'; known kinds: {string.Join(", ", ResourceReader.Kinds)}"),
         };
         var kv = await store.GetAsync(key, ct).ConfigureAwait(false);
+        // "networkpolicy NAME" finds a Kubernetes NetworkPolicy too, as kubectl users expect.
+        if (kv is null && NormaliseKind(kind) == "NetworkPolicy")
+            kv = await store.GetAsync(key = Keys.Policy("knp/" + Namespaced(name)), ct).ConfigureAwait(false);
         if (kv is null) return false;
         if (NormaliseKind(kind) == "IPPool" && !force)
         {
@@ -108,12 +139,21 @@ public sealed class ResourceService(IDatastore store)
         return true;
     }
 
+    /// <summary>"ns/name", or "name" in the default namespace.</summary>
+    private static string Namespaced(string name) => name.Contains('/', StringComparison.Ordinal) ? name : "default/" + name;
+
     /// <summary>Accepts the names calicoctl accepts: ippool, ippools, IPPool, ipp...</summary>
     public static string NormaliseKind(string kind) => kind.ToLowerInvariant() switch
     {
         "ippool" or "ippools" or "ipp" or "pool" or "pools" => "IPPool",
         "ipreservation" or "ipreservations" or "ipr" => "IPReservation",
         "node" or "nodes" or "no" => "Node",
+        "networkpolicy" or "networkpolicies" or "netpol" or "np" or "calico-networkpolicy" => "NetworkPolicy",
+        "knp" or "kubernetesnetworkpolicy" or "networkpolicy.networking.k8s.io" or "networkpolicies.networking.k8s.io" => "KubernetesNetworkPolicy",
+        "globalnetworkpolicy" or "globalnetworkpolicies" or "gnp" => "GlobalNetworkPolicy",
+        "tier" or "tiers" => "Tier",
+        "namespace" or "namespaces" or "ns" => "Namespace",
+        "pod" or "pods" or "po" => "Pod",
         _ => kind,
     };
 }

@@ -98,11 +98,67 @@ public static class ResourceCommands
                 await ctx.Out.WriteAsync(table.Render()).ConfigureAwait(false);
                 return 0;
             }
+            case "NetworkPolicy" or "KubernetesNetworkPolicy" or "GlobalNetworkPolicy" or "Tier" or "Namespace" or "Pod":
+                return await GetDocumentsAsync(ctx, store, ResourceService.NormaliseKind(kind), name, output, ct).ConfigureAwait(false);
             default:
                 if (kind.ToLowerInvariant() is "block" or "blocks" or "ipamblock" or "ipamblocks")
                     return await IpamCommands.BlocksAsync(ctx, store, output, ct).ConfigureAwait(false);
-                throw new ResourceException($"unknown resource type '{kind}'; try ippool, ipreservation or blocks");
+                throw new ResourceException($"unknown resource type '{kind}'; try ippool, ipreservation, blocks, nodes, networkpolicy, globalnetworkpolicy, tier, namespace or pod");
         }
+    }
+
+    /// <summary>Stored documents (policies, tiers, namespaces, pods) as applied; a table by default.</summary>
+    private static async Task<int> GetDocumentsAsync(CtlContext ctx, Weft.Datastore.IDatastore store, string kind, string? name, string output, CancellationToken ct)
+    {
+        var prefixes = kind switch
+        {
+            // `get networkpolicy` lists both dialects, as an operator switching from kubectl expects.
+            "NetworkPolicy" or "KubernetesNetworkPolicy" => new[] { Keys.Policies + "np/", Keys.Policies + "knp/" },
+            "GlobalNetworkPolicy" => [Keys.Policies + "gnp/"],
+            "Tier" => [Keys.Tiers],
+            "Namespace" => [Keys.K8sNamespaces],
+            _ => [Keys.K8sPods],
+        };
+        var docs = new List<(string Key, JsonObject Doc)>();
+        foreach (var prefix in prefixes)
+            foreach (var kv in (await store.ListAsync(prefix, ct).ConfigureAwait(false)).Items)
+                if (JsonNode.Parse(kv.Value) is JsonObject o) docs.Add((kv.Key[prefix.Length..], o));
+        if (name is not null)
+        {
+            docs = docs.Where(d => d.Key == name || d.Key == "default/" + name || d.Key.EndsWith("/" + name, StringComparison.Ordinal) && !name.Contains('/', StringComparison.Ordinal)).ToList();
+            if (docs.Count == 0) return NotFound(ctx, kind, name);
+        }
+        if (WriteDocuments(ctx, docs.Select(d => d.Doc).ToList(), output, name is null)) return 0;
+        var table = kind switch
+        {
+            "Namespace" => new TextTable("NAME", "LABELS"),
+            "Pod" => new TextTable("NAMESPACE", "NAME", "IP", "LABELS"),
+            "Tier" => new TextTable("NAME", "ORDER"),
+            _ => new TextTable("NAMESPACE", "NAME", "DIALECT", "ORDER", "SELECTOR", "TYPES"),
+        };
+        foreach (var (key, doc) in docs)
+        {
+            var meta = doc["metadata"] as JsonObject;
+            var labels = meta?["labels"] is JsonObject l ? string.Join(",", l.Select(kv => $"{kv.Key}={kv.Value}")) : "";
+            var spec = doc["spec"] as JsonObject;
+            switch (kind)
+            {
+                case "Namespace": table.Add(key, labels); break;
+                case "Pod": table.Add(meta?["namespace"]?.ToString() ?? "default", meta?["name"]?.ToString() ?? key, doc["status"]?["podIP"]?.ToString() ?? "-", labels); break;
+                case "Tier": table.Add(key, spec?["order"]?.ToString() ?? "-"); break;
+                default:
+                    var kubernetes = doc["apiVersion"]?.ToString() == "networking.k8s.io/v1";
+                    var types = kubernetes
+                        ? spec?["policyTypes"] is JsonArray pt ? string.Join(",", pt) : "Ingress" + (spec?["egress"] is not null ? ",Egress" : "")
+                        : spec?["types"] is JsonArray t ? string.Join(",", t) : "-";
+                    var selector = kubernetes ? spec?["podSelector"]?.ToJsonString() ?? "{}" : spec?["selector"]?.ToString() ?? "all()";
+                    table.Add(meta?["namespace"]?.ToString() ?? "-", meta?["name"]?.ToString() ?? key, kubernetes ? "kubernetes" : "calico",
+                        kubernetes ? "1000" : spec?["order"]?.ToString() ?? "-", selector, types);
+                    break;
+            }
+        }
+        await ctx.Out.WriteAsync(table.Render()).ConfigureAwait(false);
+        return 0;
     }
 
     private static bool WriteDocuments(CtlContext ctx, IReadOnlyList<JsonObject> docs, string output, bool asList)

@@ -83,6 +83,12 @@ public static class LabCommands
 
             var (namespaces, pods) = o.TopologyFile is null ? Topology.Default(o.Name, state.Nodes, o.PodsPerNode) : Topology.Load(o.Name, o.TopologyFile, state.Nodes);
             state.K8sNamespaces.AddRange(namespaces);
+            // Labels and named ports reach the agents as v1 Namespace and Pod documents, before any pod exists, so a
+            // new pod is never enforced without its labels (the kubelet/API server ordering in a real cluster).
+            using (var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore))
+                await new ResourceService(store).ApplyAsync(
+                    namespaces.Select((n, i) => (Resource)new NamespaceResource(new Weft.Policy.NamespaceInfo(n.Name, n.Labels), NamespaceDocument(n), new DocumentSource("lab topology", i + 1)))
+                        .Concat(pods.Select((p, i) => (Resource)new PodResource(PodDocument(p), PodJson(p), new DocumentSource("lab topology", namespaces.Count + i + 1)))).ToList(), ct).ConfigureAwait(false);
             Step(ctx, $"{pods.Count} pod(s) through the weft CNI plugin ({o.Mode} mode, MTU {state.PodMtu})");
             foreach (var pod in pods)
             {
@@ -90,6 +96,7 @@ public static class LabCommands
                 await AddPodAsync(state, pod, dist, ct).ConfigureAwait(false);
                 state.Save();
             }
+            await WaitPolicySyncedAsync(state, TimeSpan.FromSeconds(30), ct).ConfigureAwait(false);
             Step(ctx, $"lab '{o.Name}' is up in {total.Elapsed.TotalSeconds:0.0} s");
             Status(ctx, state, "table");
             return 0;
@@ -131,6 +138,7 @@ public static class LabCommands
                 "--listen-client-urls", $"http://{ip}:2379", "--advertise-client-urls", $"http://{ip}:2379",
                 "--listen-peer-urls", $"http://{ip}:2380", "--initial-advertise-peer-urls", $"http://{ip}:2380",
                 "--initial-cluster", cluster, "--initial-cluster-state", "new", "--initial-cluster-token", "weft-lab-" + state.Name,
+                "--max-txn-ops", "4096", // one `weftctl apply` is one transaction, and a lab topology can hold hundreds of documents
                 "--logger", "zap", "--log-outputs", "stderr");
             state.Save();
         }
@@ -155,42 +163,6 @@ public static class LabCommands
             await Task.Delay(50, ct).ConfigureAwait(false);
         }
         throw new LabException($"etcd in {cp} not ready after 30 s: {last}");
-    }
-
-    /// <summary>`lab add-pod`: one more pod on a node, through the plugin, as a runtime would start it.</summary>
-    public static async Task<int> AddPodCommandAsync(CtlContext ctx, string name, string nodeName, string? podName, CancellationToken ct)
-    {
-        var state = LabState.LoadOrThrow(name);
-        var node = state.Nodes.FirstOrDefault(n => n.Name == nodeName) ?? throw new ArgumentException($"no node '{nodeName}' in lab {name}");
-        podName ??= Enumerable.Range(state.Pods.Count + 1, 1000).Select(i => $"pod-{i}").First(p => state.Pods.All(q => q.Key != "default/" + p));
-        if (state.Pods.Any(p => p.Key == "default/" + podName)) throw new ArgumentException($"pod default/{podName} already exists in lab {name}");
-        var pod = new LabPod
-        {
-            Namespace = "default", Name = podName, Node = node.Name, Netns = $"{name}-p-default-{podName}", ContainerId = $"{name}-default-{podName}",
-            Labels = new() { ["app"] = podName },
-            Ports = [new LabPort { Name = "http", ContainerPort = 80 }, new LabPort { Name = "alt", ContainerPort = 81 }, new LabPort { Name = "dns", ContainerPort = 80, Protocol = "UDP" }],
-        };
-        if (state.K8sNamespaces.All(n => n.Name != "default"))
-            state.K8sNamespaces.Add(new LabNamespace { Name = "default", Labels = new() { ["kubernetes.io/metadata.name"] = "default" } });
-        var dist = DistDir();
-        state.Pods.Add(pod);
-        try { await AddPodAsync(state, pod, dist, ct).ConfigureAwait(false); }
-        catch
-        {
-            state.Pods.Remove(pod);
-            Shell.TryRun("ip", ["netns", "delete", pod.Netns]);
-            state.Namespaces.Remove(pod.Netns);
-            state.Save();
-            throw;
-        }
-        state.Save();
-        // Return once the pod answers, as `lab up` effectively does: its server starts detached.
-        var sw = Stopwatch.StartNew();
-        while (pod.Ip is { } ip && sw.Elapsed < TimeSpan.FromSeconds(5)
-               && !await Probe.ReachableAsync(pod.Netns, IPAddress.Parse(ip), 80, "TCP", TimeSpan.FromMilliseconds(200)).ConfigureAwait(false))
-            await Task.Delay(50, ct).ConfigureAwait(false);
-        ctx.Out.WriteLine($"pod {pod.Key} on {node.Name}: {pod.Ip ?? pod.Ip6}");
-        return 0;
     }
 
     private static async Task AddPodAsync(LabState state, LabPod pod, string dist, CancellationToken ct)
@@ -245,6 +217,168 @@ public static class LabCommands
             await Task.Delay(100, ct).ConfigureAwait(false);
         }
         throw new LabException($"weft-agent on {node.Name} not healthy after {timeout.TotalSeconds:0} s: {last}");
+    }
+
+    /// <summary>
+    /// Adds one pod to a running lab exactly as a runtime would after the scheduler placed it: its Pod document
+    /// first (labels, ports), then CNI ADD inside the node's namespace. Prints how long ADD took.
+    /// </summary>
+    public static async Task<int> AddPodAsync(CtlContext ctx, string name, string key, string nodeName, IReadOnlyList<string> labels, IReadOnlyList<string> ports, CancellationToken ct)
+    {
+        var state = LabState.LoadOrThrow(name);
+        var parts = key.Split('/');
+        if (parts.Length != 2 || parts.Any(p => p.Length == 0)) throw new ArgumentException($"pod '{key}': write it as NAMESPACE/NAME");
+        if (state.Pods.Any(p => p.Key == key)) throw new ArgumentException($"pod {key} already exists in lab {name}");
+        if (state.Nodes.All(n => n.Name != nodeName)) throw new ArgumentException($"no node '{nodeName}' in lab {name}");
+        var labelMap = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var l in labels)
+        {
+            var kv = l.Split('=', 2);
+            if (kv.Length != 2 || kv[0].Length == 0) throw new ArgumentException($"--label {l}: use key=value");
+            labelMap[kv[0]] = kv[1];
+        }
+        var portList = new List<LabPort>();
+        foreach (var spec in ports.DefaultIfEmpty("80/TCP").SelectMany(p => p.Split(',', StringSplitOptions.RemoveEmptyEntries)))
+        {
+            var pp = spec.Split('/');
+            if (!int.TryParse(pp[0], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var number) || number is < 1 or > 65535 ||
+                pp.Length > 2 || pp.Length == 2 && pp[1].ToUpperInvariant() is not ("TCP" or "UDP"))
+                throw new ArgumentException($"--port {spec}: use PORT or PORT/TCP|UDP");
+            var proto = pp.Length == 2 ? pp[1].ToUpperInvariant() : "TCP";
+            portList.Add(new LabPort { Name = $"serve-{number}-{proto.ToLowerInvariant()}", ContainerPort = number, Protocol = proto });
+        }
+        var pod = Topology.NewPod(name, parts[0], parts[1], nodeName, labelMap, [], portList);
+        var resources = new List<Resource>();
+        if (state.K8sNamespaces.All(n => n.Name != pod.Namespace))
+        {
+            var ns = new LabNamespace { Name = pod.Namespace, Labels = new() { ["kubernetes.io/metadata.name"] = pod.Namespace } };
+            state.K8sNamespaces.Add(ns);
+            resources.Add(new NamespaceResource(new Weft.Policy.NamespaceInfo(ns.Name, ns.Labels), NamespaceDocument(ns), new DocumentSource("lab add-pod", 1)));
+        }
+        resources.Add(new PodResource(PodDocument(pod), PodJson(pod), new DocumentSource("lab add-pod", 2)));
+        using (var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore))
+            await new ResourceService(store).ApplyAsync(resources, ct).ConfigureAwait(false);
+        state.Pods.Add(pod);
+        state.Save();
+        var sw = Stopwatch.StartNew();
+        try { await AddPodAsync(state, pod, DistDir(), ct).ConfigureAwait(false); }
+        catch
+        {
+            state.Pods.Remove(pod);
+            if (state.Namespaces.Remove(pod.Netns)) Shell.TryRun("ip", ["netns", "delete", pod.Netns]);
+            state.Save();
+            throw;
+        }
+        var took = sw.Elapsed;
+        state.Save();
+        // Return once the pod's first TCP port answers: its server starts detached and a probe right after would race it.
+        var tcp = pod.Ports.FirstOrDefault(p => p.Protocol == "TCP");
+        for (var wait = Stopwatch.StartNew(); tcp is not null && pod.Ip is { } ip && wait.Elapsed < TimeSpan.FromSeconds(5)
+             && !await Probe.ReachableAsync(pod.Netns, IPAddress.Parse(ip), tcp.ContainerPort, "TCP", TimeSpan.FromMilliseconds(200)).ConfigureAwait(false);)
+            await Task.Delay(50, ct).ConfigureAwait(false);
+        ctx.Out.WriteLine($"pod {pod.Key} on {pod.Node}: {pod.Ip} (CNI ADD {took.TotalMilliseconds:0.0} ms)");
+        return 0;
+    }
+
+    /// <summary>Removes one pod: CNI DEL in its node, its server, its namespace and its Pod document.</summary>
+    public static async Task<int> DeletePodAsync(CtlContext ctx, string name, string key, CancellationToken ct)
+    {
+        var state = LabState.LoadOrThrow(name);
+        var pod = state.FindPod(key);
+        var node = state.Nodes.First(n => n.Name == pod.Node);
+        var args = $"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.Namespace};K8S_POD_NAME={pod.Name};K8S_POD_INFRA_CONTAINER_ID={pod.ContainerId}";
+        Cni(state, node, "DEL", pod, args, DistDir());
+        Shell.Stop(pod.ServerPid, "weftctl");
+        if (state.Namespaces.Remove(pod.Netns)) Shell.TryRun("ip", ["netns", "delete", pod.Netns]);
+        state.Pods.Remove(pod);
+        state.Save();
+        using (var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore))
+            await new ResourceService(store).DeleteAsync("Pod", pod.Key, false, ct).ConfigureAwait(false);
+        ctx.Out.WriteLine($"pod {pod.Key} deleted");
+        return 0;
+    }
+
+    public static JsonObject NamespaceDocument(LabNamespace n) => new()
+    {
+        ["apiVersion"] = "v1", ["kind"] = "Namespace",
+        ["metadata"] = new JsonObject { ["name"] = n.Name, ["labels"] = new JsonObject(n.Labels.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))) },
+    };
+
+    public static JsonObject PodJson(LabPod p) => new()
+    {
+        ["apiVersion"] = "v1", ["kind"] = "Pod",
+        ["metadata"] = new JsonObject
+        {
+            ["name"] = p.Name, ["namespace"] = p.Namespace,
+            ["labels"] = new JsonObject(p.Labels.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
+            ["annotations"] = new JsonObject(p.Annotations.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
+        },
+        ["spec"] = new JsonObject
+        {
+            ["nodeName"] = p.Node,
+            ["containers"] = new JsonArray(new JsonObject
+            {
+                ["name"] = "serve",
+                ["ports"] = new JsonArray(p.Ports.Select(port => (JsonNode?)new JsonObject
+                {
+                    ["name"] = port.Name, ["containerPort"] = port.ContainerPort, ["protocol"] = port.Protocol,
+                }).ToArray()),
+            }),
+        },
+    };
+
+    private static Weft.Policy.Dialects.PodDocument PodDocument(LabPod p) => Weft.Policy.Dialects.PolicyDocuments.ReadPod(PodJson(p), $"lab pod {p.Key}");
+
+    /// <summary>
+    /// Waits until every node's agent enforces the datastore's current revision (policies, pods, endpoints), so what
+    /// a probe sees next is the programmed state. Returns how long that took.
+    /// </summary>
+    public static async Task<TimeSpan> WaitPolicySyncedAsync(LabState state, TimeSpan timeout, CancellationToken ct)
+    {
+        long target;
+        using (var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore)) target = await store.RevisionAsync(ct).ConfigureAwait(false);
+        var sw = Stopwatch.StartNew();
+        var pending = state.Nodes.ToList();
+        var last = "";
+        while (pending.Count > 0)
+        {
+            if (sw.Elapsed > timeout)
+                throw new LabException($"agents on {string.Join(", ", pending.Select(n => n.Name))} did not enforce datastore revision {target} within {timeout.TotalSeconds:0} s: {last}");
+            foreach (var node in pending.ToList())
+            {
+                var (revision, detail) = await PolicyRevisionAsync(node, ct).ConfigureAwait(false);
+                if (revision >= target) pending.Remove(node);
+                else last = $"{node.Name}: {detail}";
+            }
+            if (pending.Count > 0) await Task.Delay(5, ct).ConfigureAwait(false);
+        }
+        return sw.Elapsed;
+    }
+
+    private static async Task<(long Revision, string Detail)> PolicyRevisionAsync(LabNode node, CancellationToken ct)
+    {
+        try
+        {
+            using var http = AgentClient(node.Socket);
+            using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            cts.CancelAfter(TimeSpan.FromSeconds(2));
+            var text = await http.GetStringAsync(new Uri("http://agent/status"), cts.Token).ConfigureAwait(false);
+            var policy = JsonNode.Parse(text)?["policy"];
+            if (policy?["enforcing"]?.GetValue<bool>() != true) return (long.MaxValue, "policy off"); // nothing to wait for
+            return (policy["revision"]?.GetValue<long>() ?? 0, policy["lastError"]?.ToString() ?? $"at revision {policy["revision"]}");
+        }
+        catch (Exception e) when (e is HttpRequestException or OperationCanceledException or SocketException or JsonException)
+        {
+            return (0, e.Message);
+        }
+    }
+
+    public static async Task<int> SyncAsync(CtlContext ctx, string name, int timeoutMs, CancellationToken ct)
+    {
+        var state = LabState.LoadOrThrow(name);
+        var took = await WaitPolicySyncedAsync(state, TimeSpan.FromMilliseconds(timeoutMs), ct).ConfigureAwait(false);
+        ctx.Out.WriteLine($"every agent enforces the current datastore revision ({took.TotalMilliseconds:0.0} ms)");
+        return 0;
     }
 
     public static async Task<(bool Healthy, string Detail)> HealthAsync(LabNode node, CancellationToken ct)
@@ -416,40 +550,11 @@ public static class LabCommands
         var keys = pods.Select(p => p.Key).ToList();
         if (output == "json")
         {
-            ctx.Out.WriteLine(MatrixJson(port, protocol, keys, allowed));
+            ctx.Out.WriteLine(MatrixView.Json(port, protocol, keys, allowed));
             return 0;
         }
-        RenderMatrix(ctx, port, protocol, keys, allowed);
+        MatrixView.Render(ctx.Out, port, protocol, keys, allowed);
         return 0;
-    }
-
-    /// <summary>The shape shared with `policy simulate`: {"port","protocol","pods","allowed"}.</summary>
-    public static string MatrixJson(int port, string protocol, IReadOnlyList<string> pods, bool[][] allowed) =>
-        new JsonObject
-        {
-            ["port"] = port, ["protocol"] = protocol,
-            ["pods"] = new JsonArray(pods.Select(p => (JsonNode?)p).ToArray()),
-            ["allowed"] = new JsonArray(allowed.Select(row => (JsonNode?)new JsonArray(row.Select(b => (JsonNode?)b).ToArray())).ToArray()),
-        }.ToJsonString();
-
-    private static void RenderMatrix(CtlContext ctx, int port, string protocol, IReadOnlyList<string> pods, bool[][] allowed)
-    {
-        var color = !Console.IsOutputRedirected && Environment.GetEnvironmentVariable("NO_COLOR") is null;
-        var width = pods.Max(p => p.Length);
-        ctx.Out.WriteLine($"{protocol}/{port}: row = from, column = to ({"\u2713"} connected, . blocked)");
-        ctx.Out.Write(new string(' ', width + 1));
-        for (var j = 0; j < pods.Count; j++) ctx.Out.Write($"{j,3}");
-        ctx.Out.WriteLine();
-        for (var i = 0; i < pods.Count; i++)
-        {
-            ctx.Out.Write(pods[i].PadRight(width + 1));
-            for (var j = 0; j < pods.Count; j++)
-            {
-                var cell = allowed[i][j] ? "  \u2713" : "  .";
-                ctx.Out.Write(color ? (allowed[i][j] ? $"\u001b[32m{cell}\u001b[0m" : $"\u001b[31m{cell}\u001b[0m") : cell);
-            }
-            ctx.Out.WriteLine($"   {i}");
-        }
     }
 
     private static void Step(CtlContext ctx, string message) => ctx.Out.WriteLine($"\u2022 {message}");

@@ -76,7 +76,7 @@ public static class Topology
         return (namespaces.Values.ToList(), pods);
     }
 
-    private static LabPod NewPod(string lab, string ns, string name, string node, Dictionary<string, string> labels, Dictionary<string, string> annotations, List<LabPort> ports) => new()
+    public static LabPod NewPod(string lab, string ns, string name, string node, Dictionary<string, string> labels, Dictionary<string, string> annotations, List<LabPort> ports) => new()
     {
         Namespace = ns, Name = name, Node = node, Netns = $"{lab}-p-{ns}-{name}", ContainerId = $"{lab}-{ns}-{name}",
         Labels = labels, Annotations = annotations, Ports = ports,

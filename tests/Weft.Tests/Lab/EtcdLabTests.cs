@@ -38,10 +38,10 @@ public sealed class EtcdLabTests
         }
 
         sw.Restart();
-        var add = lab.Ctl("lab", "add-pod", "--name", lab.Name, "--node", "node-1");
+        var add = lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/pod-3", "--node", "node-1");
         Assert.True(add.ExitCode == 0, add.Stdout + add.Stderr);
         TestContext.Current.TestOutputHelper?.WriteLine($"leader {leader["name"]} killed; next pod added in {sw.Elapsed.TotalMilliseconds:0} ms (incl. weftctl)");
-        var add2 = lab.Ctl("lab", "add-pod", "--name", lab.Name, "--node", "node-2");
+        var add2 = lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/pod-4", "--node", "node-2");
         Assert.True(add2.ExitCode == 0, add2.Stdout + add2.Stderr);
 
         status = lab.Status();

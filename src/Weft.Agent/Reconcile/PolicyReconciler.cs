@@ -1,0 +1,99 @@
+using System.Diagnostics;
+using System.Threading.Channels;
+using Weft.Datastore;
+using Weft.Dataplane.Nftables;
+using Weft.Model;
+using Weft.Policy;
+
+namespace Weft.Agent.Reconcile;
+
+/// <summary>
+/// Keeps this node's nftables policy table in step with the datastore: any change to policies, tiers, namespaces,
+/// pods or endpoints (anywhere: peers' addresses feed the selector sets) coalesces into one recompute; the
+/// compiler builds the whole desired table for the local endpoints and the driver applies the difference in one
+/// transaction. Nothing is delayed on purpose: a new pod is dropped (fail closed) until this has run, so latency
+/// here is pod start-up latency. A failed apply is retried; the next attempt replaces the table whole.
+/// </summary>
+public sealed class PolicyReconciler(IDatastore store, string nodeName, NftPolicyCompiler.Options compilerOptions, AgentState state, ILogger<PolicyReconciler> log)
+    : BackgroundService
+{
+    private readonly Channel<bool> _kick = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
+    private NftPolicyDriver? _driver;
+    private LibNftTransport? _transport;
+
+    protected override async Task ExecuteAsync(CancellationToken ct)
+    {
+        _transport = new LibNftTransport();
+        _driver = new NftPolicyDriver(_transport);
+        var watcher = Task.Run(() => WatchAsync(ct), ct);
+        _kick.Writer.TryWrite(true);
+        while (!ct.IsCancellationRequested)
+        {
+            using (var timer = CancellationTokenSource.CreateLinkedTokenSource(ct))
+            {
+                // Periodic resync repairs drift (someone flushing the table by hand).
+                timer.CancelAfter(TimeSpan.FromSeconds(30));
+                try { await _kick.Reader.ReadAsync(timer.Token).ConfigureAwait(false); }
+                catch (OperationCanceledException) when (!ct.IsCancellationRequested) { _driver = new NftPolicyDriver(_transport); }
+                catch (OperationCanceledException) { break; }
+            }
+            await ReconcileOnceAsync(ct).ConfigureAwait(false);
+        }
+        await watcher.ConfigureAwait(false);
+        _transport.Dispose();
+    }
+
+    private async Task WatchAsync(CancellationToken ct)
+    {
+        while (!ct.IsCancellationRequested)
+        {
+            try
+            {
+                var rev = await store.RevisionAsync(ct).ConfigureAwait(false);
+                _kick.Writer.TryWrite(true);
+                await foreach (var e in store.WatchAsync(Keys.Root, rev, ct).ConfigureAwait(false))
+                    if (PolicyStore.IsPolicyInput(e.Key)) _kick.Writer.TryWrite(true);
+            }
+            catch (OperationCanceledException) { return; }
+            catch (Exception e)
+            {
+                log.LogWarning("policy watch failed, relisting: {Error}", e.Message);
+                try { await Task.Delay(500, ct).ConfigureAwait(false); } catch (OperationCanceledException) { return; }
+            }
+        }
+    }
+
+    private async Task ReconcileOnceAsync(CancellationToken ct)
+    {
+        var sw = Stopwatch.StartNew();
+        try
+        {
+            // Read the revision first: everything up to it is in what we load next.
+            var revision = await store.RevisionAsync(ct).ConfigureAwait(false);
+            var snapshot = await PolicyStore.LoadAsync(store, ct).ConfigureAwait(false);
+            var local = snapshot.World.Endpoints.Where(e => e.Node == nodeName && e.HostInterface is not null).ToList();
+            var ruleset = new NftPolicyCompiler(compilerOptions).Compile(snapshot.Policies, snapshot.World, local);
+            var result = _driver!.Apply(ruleset);
+            foreach (var err in snapshot.Errors) log.LogWarning("policy input skipped: {Error}", err);
+            state.Update(s => s with
+            {
+                Policy = s.Policy with
+                {
+                    Enforcing = true, Revision = revision, Endpoints = local.Count, Policies = snapshot.Policies.Policies.Count,
+                    Chains = ruleset.Chains.Count, Rules = ruleset.RuleCount, Sets = ruleset.Sets.Count,
+                    LastApplyMs = sw.Elapsed.TotalMilliseconds, LastApplyFull = result.Full, Applies = s.Policy.Applies + 1,
+                    LastError = null, DocumentErrors = snapshot.Errors,
+                },
+            });
+            if (result.Full || result.Commands > 0)
+                log.LogInformation("policy programmed: revision {Revision}, {Endpoints} local endpoint(s), {Policies} policies, {Rules} rules, {Commands} commands{Full} in {Ms:0.0} ms",
+                    revision, local.Count, snapshot.Policies.Policies.Count, ruleset.RuleCount, result.Commands, result.Full ? " (full)" : "", sw.Elapsed.TotalMilliseconds);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            log.LogError("policy programming failed: {Error}", e.Message);
+            state.Update(s => s with { Policy = s.Policy with { Errors = s.Policy.Errors + 1, LastError = e.Message } });
+            _ = Task.Delay(1000, ct).ContinueWith(_ => _kick.Writer.TryWrite(true), TaskScheduler.Default);
+        }
+    }
+}

@@ -1,0 +1,280 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json.Nodes;
+using Weft.Model;
+using Weft.Policy;
+using Weft.Policy.Ir;
+
+namespace Weft.Dataplane.Nftables;
+
+// Design notes.
+// - Per-packet cost must not grow with the number of endpoints or rules: traffic from or to a pod interface is
+//   dispatched by address through verdict maps (egress4/6 keyed by source, ingress4/6 by destination) to the chain
+//   of that endpoint; peers are matched through named address sets resolved from selectors in user space (as
+//   Cilium resolves identities), named ports through address·port sets. Conntrack accepts established flows first.
+// - Chains are shared: one chain per (policy, direction), one per distinct list of applicable policies (most
+//   endpoints share a handful), so 1k endpoints do not mean 1k copies of every rule.
+// - Verdicts across nested chains travel in the packet mark: a policy chain sets ALLOW or PASS and returns; the
+//   tier chain returns on either; the endpoint chain turns ALLOW into accept (ingress) or EGRESS_OK (egress, so
+//   ingress at the destination is still checked in the same pass), PASS into "next tier"; the end of a tier drops.
+// - Fail closed: a packet from or to a pod interface whose address is not in the maps (an endpoint the agent has
+//   not programmed yet) is dropped. Pod interfaces are recognised by name prefix; the node's own overlay device
+//   shares the prefix and is excluded.
+
+/// <summary>Compiles the policy IR for one node's endpoints into the desired content of the `inet weft-policy` table.</summary>
+public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
+{
+    public sealed record Options(string PodInterfacePrefix = "weft", IReadOnlyList<string>? NotPodInterfaces = null, int LogGroup = 1)
+    {
+        public IReadOnlyList<string> Excluded => NotPodInterfaces ?? ["weft-vxlan"];
+    }
+
+    public const string Table = "weft-policy";
+    public const uint MarkAllow = 0x10000, MarkPass = 0x20000, MarkEgressOk = 0x40000, MarkAll = MarkAllow | MarkPass | MarkEgressOk;
+
+    private PolicyRuleset _out = new();
+    private PolicyWorld _world = null!;
+    private readonly Dictionary<string, string> _policyChains = new(StringComparer.Ordinal);
+
+    public PolicyRuleset Compile(PolicySet policies, PolicyWorld world, IReadOnlyList<EndpointInfo> local)
+    {
+        _out = new PolicyRuleset { Endpoints = local.Count };
+        _world = world;
+        _policyChains.Clear();
+        foreach (var (name, type) in new[] { ("egress4", "ipv4_addr"), ("egress6", "ipv6_addr"), ("ingress4", "ipv4_addr"), ("ingress6", "ipv6_addr") })
+            _out.Maps[name] = new NftVerdictMap(name, type, new SortedDictionary<string, string>(StringComparer.Ordinal));
+
+        // Endpoints with no applicable policy share these two chains (the namespace profile: allow).
+        AddChain("allow-egress", [Rule(SetMark(MarkEgressOk), Verdict("return"))]);
+        AddChain("allow-ingress", [Rule(Verdict("accept"))]);
+
+        foreach (var ep in local)
+            foreach (var direction in new[] { Direction.Egress, Direction.Ingress })
+            {
+                var chain = EndpointChain(policies, ep, direction);
+                foreach (var addr in ep.Addresses)
+                {
+                    var map = (direction == Direction.Egress ? "egress" : "ingress") + (addr.AddressFamily == AddressFamily.InterNetwork ? "4" : "6");
+                    _out.Maps[map].Elements[addr.ToString()] = chain;
+                }
+            }
+
+        AddChain("from-pod",
+        [
+            Rule(Match("==", Meta("nfproto"), "ipv4"), new JsonObject { ["vmap"] = new JsonObject { ["key"] = Payload("ip", "saddr"), ["data"] = "@egress4" } }),
+            Rule(Match("==", Meta("nfproto"), "ipv6"), new JsonObject { ["vmap"] = new JsonObject { ["key"] = Payload("ip6", "saddr"), ["data"] = "@egress6" } }),
+            // Not programmed yet (or spoofed source): fail closed.
+            Rule(Match("==", And(Meta("mark"), MarkEgressOk), 0), Verdict("drop")),
+        ]);
+        AddChain("to-pod",
+        [
+            Rule(Match("==", Meta("nfproto"), "ipv4"), new JsonObject { ["vmap"] = new JsonObject { ["key"] = Payload("ip", "daddr"), ["data"] = "@ingress4" } }),
+            Rule(Match("==", Meta("nfproto"), "ipv6"), new JsonObject { ["vmap"] = new JsonObject { ["key"] = Payload("ip6", "daddr"), ["data"] = "@ingress6" } }),
+            Rule(Verdict("drop")),
+        ]);
+        var fromPod = new JsonArray(Match("==", Meta("iifname"), options.PodInterfacePrefix + "*"), Match("!=", Meta("iifname"), AnonSet(options.Excluded.Select(n => (JsonNode)n))));
+        var toPod = new JsonArray(Match("==", Meta("oifname"), options.PodInterfacePrefix + "*"), Match("!=", Meta("oifname"), AnonSet(options.Excluded.Select(n => (JsonNode)n))));
+        var established = Match("in", new JsonObject { ["ct"] = new JsonObject { ["key"] = "state" } }, new JsonArray("established", "related"));
+        _out.Chains["forward"] = new NftChain("forward", Texts(
+            Rule(new JsonObject { ["mangle"] = new JsonObject { ["key"] = Meta("mark"), ["value"] = new JsonObject { ["&"] = new JsonArray(Meta("mark"), ~MarkAll) } } }),
+            Rule(established.DeepClone(), Verdict("accept")),
+            Rule(Match("in", new JsonObject { ["ct"] = new JsonObject { ["key"] = "state" } }, new JsonArray("invalid")), Verdict("drop")),
+            Rule([.. fromPod.Select(n => n!.DeepClone()), Jump("from-pod")]),
+            Rule([.. toPod.Select(n => n!.DeepClone()), Jump("to-pod")])), "forward", 0);
+        // Pod to node: egress policy applies too; neighbour discovery must always work.
+        _out.Chains["input"] = new NftChain("input", Texts(
+            Rule(established.DeepClone(), Verdict("accept")),
+            Rule(Match("==", Payload("icmpv6", "type"), AnonSet([(JsonNode)"nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"])), Verdict("accept")),
+            Rule(new JsonObject { ["mangle"] = new JsonObject { ["key"] = Meta("mark"), ["value"] = new JsonObject { ["&"] = new JsonArray(Meta("mark"), ~MarkAll) } } }),
+            Rule([.. fromPod.Select(n => n!.DeepClone()), Jump("from-pod")])), "input", 0);
+        return _out;
+    }
+
+    /// <summary>The chain deciding one direction for one endpoint, shared by every endpoint with the same applicable policies.</summary>
+    private string EndpointChain(PolicySet policies, EndpointInfo ep, Direction direction)
+    {
+        var tiers = new List<(string Tier, List<PolicyIr> Policies)>();
+        foreach (var tier in policies.TierOrder)
+        {
+            var applicable = policies.InTier(tier).Where(p => p.AppliesTo(direction) && _world.Applies(p, ep)).ToList();
+            if (applicable.Count > 0) tiers.Add((tier, applicable));
+        }
+        var egress = direction == Direction.Egress;
+        if (tiers.Count == 0) return egress ? "allow-egress" : "allow-ingress";
+        var key = (egress ? "eg|" : "in|") + string.Join("|", tiers.Select(t => t.Tier + ":" + string.Join(",", t.Policies.Select(p => p.Id))));
+        var name = $"ep-{(egress ? "eg" : "in")}-{Hash(key)}";
+        if (_out.Chains.ContainsKey(name)) return name;
+        JsonArray AllowVerdict() => egress ? Rule(SetMark(MarkEgressOk), Verdict("return")) : Rule(Verdict("accept"));
+        var rules = new List<string>();
+        for (var t = 0; t < tiers.Count; t++)
+        {
+            var tierChain = $"{name}-t{t}";
+            var tierRules = new List<string>();
+            foreach (var p in tiers[t].Policies)
+            {
+                tierRules.Add(Rule(Jump(PolicyChain(p, direction))).ToJsonString());
+                tierRules.Add(Rule(Match("!=", And(Meta("mark"), MarkAllow | MarkPass), 0), Verdict("return")).ToJsonString());
+            }
+            // End of tier: at least one policy applied and none decided.
+            tierRules.Add(Rule(Verdict("drop")).ToJsonString());
+            _out.Chains[tierChain] = new NftChain(tierChain, tierRules);
+            rules.Add(Rule(Jump(tierChain)).ToJsonString());
+            var allow = AllowVerdict();
+            allow.Insert(0, Match("!=", And(Meta("mark"), MarkAllow), 0));
+            rules.Add(allow.ToJsonString());
+            if (t < tiers.Count - 1)
+                rules.Add(Rule(new JsonObject { ["mangle"] = new JsonObject { ["key"] = Meta("mark"), ["value"] = new JsonObject { ["&"] = new JsonArray(Meta("mark"), ~MarkPass) } } }).ToJsonString());
+        }
+        rules.Add(AllowVerdict().ToJsonString()); // every tier passed: the profile allows
+        _out.Chains[name] = new NftChain(name, rules);
+        return name;
+    }
+
+    private string PolicyChain(PolicyIr p, Direction direction)
+    {
+        var key = p.Id + "|" + direction;
+        if (_policyChains.TryGetValue(key, out var existing)) return existing;
+        var readable = p.Id.Replace('/', '.');
+        var name = $"pol-{(readable.Length > 200 ? readable[..200] + "-" + Hash(p.Id) : readable)}-{(direction == Direction.Egress ? "eg" : "in")}";
+        _policyChains[key] = name;
+        var rules = new List<string>();
+        foreach (var rule in p.Rules(direction))
+            foreach (var family in new[] { 4, 6 })
+                foreach (var exprs in RuleExpressions(rule, family))
+                {
+                    exprs.AddRange(Action(rule, p));
+                    rules.Add(new JsonArray([.. exprs]).ToJsonString());
+                }
+        _out.Chains[name] = new NftChain(name, rules);
+        return name;
+    }
+
+    private IEnumerable<JsonNode> Action(PolicyRule rule, PolicyIr p) => rule.Action switch
+    {
+        RuleAction.Allow => [SetMark(MarkAllow), Verdict("return")],
+        RuleAction.Deny => [Verdict("drop")],
+        RuleAction.Pass => [SetMark(MarkPass), Verdict("return")],
+        _ => [new JsonObject { ["log"] = new JsonObject { ["group"] = options.LogGroup, ["prefix"] = Truncate($"weft {p.Id} {rule.Origin}", 127) } }],
+    };
+
+    /// <summary>The expression lists for one rule in one family (several when ports mix numbers and names); none when the rule cannot match in that family.</summary>
+    private List<List<JsonNode>> RuleExpressions(PolicyRule rule, int family)
+    {
+        var none = new List<List<JsonNode>>();
+        if (rule.IpVersion is { } v && v != family) return none;
+        if (rule.Protocol == Protocols.Icmp && family == 6 || rule.Protocol == Protocols.Icmpv6 && family == 4) return none;
+        var common = new List<JsonNode>();
+        if (rule.Protocol is { } proto) common.Add(Match("==", Meta("l4proto"), proto));
+        if (rule.NotProtocol is { } np) common.Add(Match("!=", Meta("l4proto"), np));
+        var icmpProto = family == 4 ? "icmp" : "icmpv6";
+        if (rule.Icmp is { } icmp)
+        {
+            if (icmp.Type is { } t) common.Add(Match("==", Payload(icmpProto, "type"), t));
+            if (icmp.Code is { } c) common.Add(Match("==", Payload(icmpProto, "code"), c));
+        }
+        // The reader accepts notICMP with a type only, so "not this type" is one expression.
+        if (rule.NotIcmp is { Type: { } nt }) common.Add(Match("!=", Payload(icmpProto, "type"), nt));
+        var src = PeerAlternatives(rule.Source, family, "saddr", "sport", rule.Protocol);
+        var dst = PeerAlternatives(rule.Destination, family, "daddr", "dport", rule.Protocol);
+        if (src is null || dst is null) return none;
+        var result = new List<List<JsonNode>>();
+        foreach (var s in src)
+            foreach (var d in dst)
+                result.Add([.. common.Select(n => n.DeepClone()), .. s.Select(n => n.DeepClone()), .. d.Select(n => n.DeepClone())]);
+        return result;
+    }
+
+    /// <summary>Alternatives (OR) of expression lists (AND) for one side; null when the side cannot match in this family.</summary>
+    private List<List<JsonNode>>? PeerAlternatives(PeerMatch peer, int family, string addrField, string portField, int? protocol)
+    {
+        var ipProto = family == 4 ? "ip" : "ip6";
+        var fam = family == 4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6;
+        var exprs = new List<JsonNode>();
+        if (peer.Nets.Count > 0)
+        {
+            var nets = peer.Nets.Where(n => n.Family == fam).ToList();
+            if (nets.Count == 0) return null;
+            exprs.Add(Match("==", Payload(ipProto, addrField), AnonSet(nets.Select(Prefix))));
+        }
+        var notNets = peer.NotNets.Where(n => n.Family == fam).ToList();
+        if (notNets.Count > 0) exprs.Add(Match("!=", Payload(ipProto, addrField), AnonSet(notNets.Select(Prefix))));
+        if (peer.RequiresEndpoint)
+            exprs.Add(Match("==", Payload(ipProto, addrField), "@" + SelectorSet(peer, family, negated: false)));
+        if (peer.NotSelector is not null)
+            exprs.Add(Match("!=", Payload(ipProto, addrField), "@" + SelectorSet(peer, family, negated: true)));
+        foreach (var np in peer.NotPorts)
+            exprs.Add(np.IsNamed
+                ? Match("!=", Concat(Payload(ipProto, addrField), Payload("th", portField)), "@" + NamedPortSet(np.Name!, protocol, family))
+                : Match("!=", Payload("th", portField), PortValue(np)));
+        if (peer.Ports.Count == 0) return [exprs];
+        var alternatives = new List<List<JsonNode>>();
+        var numeric = peer.Ports.Where(p => !p.IsNamed).ToList();
+        if (numeric.Count > 0)
+            alternatives.Add([.. exprs.Select(e => e.DeepClone()), Match("==", Payload("th", portField), AnonSet(numeric.Select(PortValue)))]);
+        foreach (var named in peer.Ports.Where(p => p.IsNamed))
+            alternatives.Add([.. exprs.Select(e => e.DeepClone()), Match("==", Concat(Payload(ipProto, addrField), Payload("th", portField)), "@" + NamedPortSet(named.Name!, protocol, family))]);
+        return alternatives;
+    }
+
+    /// <summary>The addresses of every endpoint in the cluster the peer's selector parts (or its notSelector) pick.</summary>
+    private string SelectorSet(PeerMatch peer, int family, bool negated)
+    {
+        var key = negated ? "not|" + peer.NotSelector!.Text : $"{peer.Namespace}|{peer.NamespaceSelector?.Text}|{peer.Selector?.Text}";
+        var name = $"sel-{Hash(key)}-{family}";
+        if (_out.Sets.ContainsKey(name)) return name;
+        var fam = family == 4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6;
+        var positive = peer with { NotSelector = null };
+        var elements = new SortedSet<string>(StringComparer.Ordinal);
+        foreach (var ep in _world.Endpoints)
+        {
+            var hit = negated ? peer.NotSelector!.Matches(_world.LabelsOf(ep)) : _world.MatchesEndpointParts(positive, ep);
+            if (!hit) continue;
+            foreach (var a in ep.Addresses.Where(a => a.AddressFamily == fam)) elements.Add(JsonValue.Create(a.ToString()).ToJsonString());
+        }
+        _out.Sets[name] = new NftSet(name, JsonValue.Create(family == 4 ? "ipv4_addr" : "ipv6_addr"), elements);
+        return name;
+    }
+
+    /// <summary>address·port pairs of every endpoint with a container port of this name and protocol.</summary>
+    private string NamedPortSet(string portName, int? protocol, int family)
+    {
+        var name = $"np-{portName}-{protocol?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "any"}-{family}";
+        if (_out.Sets.ContainsKey(name)) return name;
+        var fam = family == 4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6;
+        var elements = new SortedSet<string>(StringComparer.Ordinal);
+        foreach (var ep in _world.Endpoints)
+            foreach (var port in ep.Ports.Where(p => p.Name == portName && (protocol is null || p.Protocol == protocol)))
+                foreach (var a in ep.Addresses.Where(a => a.AddressFamily == fam))
+                    elements.Add(new JsonObject { ["concat"] = new JsonArray(a.ToString(), port.Port) }.ToJsonString());
+        _out.Sets[name] = new NftSet(name, new JsonArray(family == 4 ? "ipv4_addr" : "ipv6_addr", "inet_service"), elements);
+        return name;
+    }
+
+    private static List<string> Texts(params JsonArray[] rules) => rules.Select(r => r.ToJsonString()).ToList();
+
+    private void AddChain(string name, IEnumerable<JsonArray> rules) => _out.Chains[name] = new NftChain(name, rules.Select(r => r.ToJsonString()).ToList());
+
+    // JSON helpers (libnftables' JSON schema).
+    private static JsonArray Rule(params JsonNode[] exprs) => new(exprs);
+    private static JsonObject Meta(string key) => new() { ["meta"] = new JsonObject { ["key"] = key } };
+    private static JsonObject Payload(string protocol, string field) => new() { ["payload"] = new JsonObject { ["protocol"] = protocol, ["field"] = field } };
+    private static JsonObject Concat(JsonNode a, JsonNode b) => new() { ["concat"] = new JsonArray(a, b) };
+    private static JsonObject And(JsonNode a, uint mask) => new() { ["&"] = new JsonArray(a, mask) };
+    private static JsonObject Match(string op, JsonNode left, JsonNode right) => new() { ["match"] = new JsonObject { ["op"] = op, ["left"] = left, ["right"] = right } };
+    private static JsonObject Verdict(string v) => new() { [v] = null };
+    private static JsonObject Jump(string chain) => new() { ["jump"] = new JsonObject { ["target"] = chain } };
+    private static JsonObject SetMark(uint bits) => new() { ["mangle"] = new JsonObject { ["key"] = Meta("mark"), ["value"] = new JsonObject { ["|"] = new JsonArray(Meta("mark"), bits) } } };
+    private static JsonObject AnonSet(IEnumerable<JsonNode> items) => new() { ["set"] = new JsonArray([.. items]) };
+    private static JsonNode Prefix(Cidr c) => c.PrefixLength == c.AddressBits ? JsonValue.Create(c.NetworkAddress.ToString()) : new JsonObject { ["prefix"] = new JsonObject { ["addr"] = c.NetworkAddress.ToString(), ["len"] = c.PrefixLength } };
+    private static JsonNode PortValue(PortMatch p) => p.From == p.To ? JsonValue.Create(p.From) : new JsonObject { ["range"] = new JsonArray(p.From, p.To) };
+    private static string Truncate(string s, int max) => s.Length <= max ? s : s[..max];
+
+    /// <summary>FNV-1a 64, 12 hex digits: stable names across runs so diffs stay small.</summary>
+    internal static string Hash(string text)
+    {
+        var h = 14695981039346656037UL;
+        foreach (var b in Encoding.UTF8.GetBytes(text)) { h ^= b; h *= 1099511628211UL; }
+        return (h >> 16).ToString("x12", System.Globalization.CultureInfo.InvariantCulture);
+    }
+}

@@ -1,0 +1,215 @@
+using System.Text.Json.Nodes;
+using Weft.Tests.Policy;
+using Weft.Tests.Support;
+
+namespace Weft.Tests.Lab;
+
+/// <summary>
+/// One 3-node lab holding the conformance cluster (x, y, z × a, b, c with the cases' pinned addresses; namespace x on
+/// node-1, y on node-2, z on node-3, so cross-node and same-node paths are both probed), shared by the cases.
+/// </summary>
+public sealed class PolicyLabFixture : IDisposable
+{
+    public LabRun Lab { get; } = new();
+    public HashSet<string> AppliedPolicies { get; } = new(StringComparer.Ordinal);
+    public bool Ready { get; }
+
+    public PolicyLabFixture()
+    {
+        if (!TestEnv.IsRoot) return;
+        var c = NetpolCase.Load(Path.Combine(NetpolCase.Dir, "tcp-01-default-deny-ingress.yaml"));
+        var nodes = new Dictionary<string, string> { ["x"] = "node-1", ["y"] = "node-2", ["z"] = "node-3" };
+        var docs = c.Namespaces.Values.Select(n => n.DeepClone().AsObject()).ToList();
+        foreach (var key in c.PodOrder)
+        {
+            var pod = c.Pods[key].DeepClone().AsObject();
+            pod["spec"]!["nodeName"] = nodes[pod["metadata"]!["namespace"]!.ToString()];
+            // Every pod serves every port and protocol any case probes; each case then applies its own Pod documents.
+            pod["spec"]!["containers"]![0]!["ports"] = new JsonArray([..
+                from port in new[] { 80, 81 } from proto in new[] { "TCP", "UDP" }
+                select (JsonNode)new JsonObject { ["name"] = $"serve-{port}-{proto.ToLowerInvariant()}", ["containerPort"] = port, ["protocol"] = proto }]);
+            docs.Add(pod);
+        }
+        var file = Path.Combine(Path.GetTempPath(), $"weft-netpol-topology-{Lab.Name}.yaml");
+        File.WriteAllText(file, string.Join("\n---\n", docs.Select(d => d.ToJsonString())));
+        try { Lab.Up("--nodes", "3", "--topology", file); }
+        finally { File.Delete(file); }
+        Ready = true;
+    }
+
+    public void Dispose() => Lab.Dispose();
+}
+
+/// <summary>The upstream e2e NetworkPolicy cases with real packets: policies and relabels through `weftctl apply`, probes with `lab matrix`.</summary>
+public sealed class PolicyLabConformanceTests(PolicyLabFixture fixture) : IClassFixture<PolicyLabFixture>
+{
+    // SCTP cases run by simulation only: this kernel has no SCTP sockets.
+    public static TheoryData<string> Cases() => new(NetpolCase.Files().Select(Path.GetFileNameWithoutExtension).Where(id => !id!.StartsWith("sctp-", StringComparison.Ordinal))!);
+
+    [Theory]
+    [MemberData(nameof(Cases))]
+    public void Upstream_case_holds_with_real_packets(string id)
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.True(fixture.Ready, "the lab did not come up");
+        var lab = fixture.Lab;
+        var c = NetpolCase.Load(Path.Combine(NetpolCase.Dir, id + ".yaml"));
+        // Reset: no policies, the case's own namespace and pod documents (labels, named ports).
+        foreach (var key in fixture.AppliedPolicies.ToList()) Delete(lab, key);
+        fixture.AppliedPolicies.Clear();
+        Apply(lab, c.Namespaces.Values.Concat(c.PodOrder.Select(k => c.Pods[k])));
+        var failures = new List<string>();
+        for (var s = 0; s < c.Steps.Count; s++)
+        {
+            var step = c.Steps[s];
+            foreach (var action in step.Actions)
+            {
+                var (changed, deleted) = c.Apply(action);
+                if (changed.Count > 0) Apply(lab, changed);
+                foreach (var (_, key) in deleted) Delete(lab, key);
+                foreach (var d in changed.Where(d => d["kind"]!.ToString() == "NetworkPolicy"))
+                    fixture.AppliedPolicies.Add($"{d["metadata"]!["namespace"]}/{d["metadata"]!["name"]}");
+                foreach (var (_, key) in deleted) fixture.AppliedPolicies.Remove(key);
+            }
+            var sync = lab.Ctl("lab", "sync", "--name", lab.Name, "--timeout-ms", "10000");
+            Assert.True(sync.ExitCode == 0, sync.Stdout + sync.Stderr);
+            foreach (var probe in step.Probes.Where(p => p.Protocol != "SCTP"))
+            {
+                var r = lab.Ctl("lab", "matrix", "--name", lab.Name, "--port", probe.Port.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                    "--protocol", probe.Protocol, "--timeout-ms", "400", "-o", "json");
+                Assert.True(r.ExitCode == 0, r.Stderr);
+                var m = JsonNode.Parse(r.Stdout)!;
+                var pods = m["pods"]!.AsArray().Select(p => p!.ToString()).ToList();
+                var allowed = m["allowed"]!.AsArray().Select(row => row!.AsArray().Select(v => v!.GetValue<bool>()).ToArray()).ToArray();
+                failures.AddRange(c.Mismatches(probe, pods, allowed).Select(x => $"step {s} ({step.Description}): {x}"));
+            }
+        }
+        Assert.True(failures.Count == 0, string.Join("\n", failures));
+    }
+
+    private static void Apply(LabRun lab, IEnumerable<JsonObject> docs)
+    {
+        var file = Path.Combine(Path.GetTempPath(), $"weft-netpol-{lab.Name}-{Guid.NewGuid():N}.yaml");
+        File.WriteAllText(file, string.Join("\n---\n", docs.Select(d => d.ToJsonString())));
+        try
+        {
+            var r = lab.Ctl("--lab", lab.Name, "apply", "-f", file);
+            Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+        }
+        finally { File.Delete(file); }
+    }
+
+    private static void Delete(LabRun lab, string key)
+    {
+        var r = lab.Ctl("--lab", lab.Name, "delete", "networkpolicy", key);
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+    }
+}
+
+/// <summary>Policy enforcement through failures: new pods fail closed until programmed, agents die and return, bad documents change nothing.</summary>
+public sealed class PolicyLabBehaviourTests
+{
+    private const string Policies = """
+        apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: only-from-client, namespace: default}
+        spec:
+          podSelector: {matchLabels: {role: server}}
+          ingress:
+          - from:
+            - podSelector: {matchLabels: {role: client}}
+        ---
+        apiVersion: projectcalico.org/v3
+        kind: GlobalNetworkPolicy
+        metadata: {name: deny-all-egress}
+        spec:
+          selector: app == 'database'
+          types: [Egress]
+          egress:
+          - action: Deny
+        """;
+
+    private static bool Connects(LabRun lab, string from, string toIp, int port = 80) =>
+        TestEnv.Run("ip", ["netns", "exec", lab.Netns("p-" + from.Replace('/', '-')), "nc", "-z", "-w", "1", toIp, port.ToString(System.Globalization.CultureInfo.InvariantCulture)]).ExitCode == 0;
+
+    private static string Ip(LabRun lab, string pod) =>
+        lab.Status()["pods"]!.AsArray().First(p => p!["pod"]!.ToString() == pod)!["ip"]!.ToString();
+
+    private static void Ok(TestEnv.ProcessResult r) => Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+
+    [Fact]
+    public void New_pods_fail_closed_until_programmed_and_policies_survive_agent_kills_and_bad_documents()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        using var lab = new LabRun();
+        lab.Up("--nodes", "2", "--pods-per-node", "0");
+        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/server", "--node", "node-2", "--label", "role=server"));
+        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/client", "--node", "node-1", "--label", "role=client"));
+        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/other", "--node", "node-1", "--label", "role=other"));
+        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/db", "--node", "node-1", "--label", "app=database"));
+        var file = Path.Combine(Path.GetTempPath(), $"weft-pol-{lab.Name}.yaml");
+        File.WriteAllText(file, Policies);
+        try { Ok(lab.Ctl("--lab", lab.Name, "apply", "-f", file)); }
+        finally { File.Delete(file); }
+        Ok(lab.Ctl("lab", "sync", "--name", lab.Name));
+        var server = Ip(lab, "default/server");
+        var client = Ip(lab, "default/client");
+        Assert.True(Connects(lab, "default/client", server), "client -> server is allowed");
+        Assert.False(Connects(lab, "default/other", server), "other -> server is denied");
+        Assert.False(Connects(lab, "default/db", client), "the database may not send anything (seed GlobalNetworkPolicy)");
+        Assert.True(Connects(lab, "default/client", Ip(lab, "default/db")), "ingress to the database is still allowed");
+
+        // Agent on node-1 stopped: a pod added there has no network (fail closed) until the agent programs it.
+        Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-1", "--stop"));
+        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/late", "--node", "node-1", "--label", "role=client"));
+        Assert.False(Connects(lab, "default/late", server), "an unprogrammed pod must not pass traffic");
+        Assert.True(Connects(lab, "default/client", server), "existing pods keep their programmed policy while the agent is down");
+        Assert.False(Connects(lab, "default/other", server), "and deny stays deny");
+        Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-1"));
+        Ok(lab.Ctl("lab", "sync", "--name", lab.Name));
+        Assert.True(Connects(lab, "default/late", server), "programmed after the agent returned");
+
+        // SIGKILL and restart of the server's agent: enforcement never lapses.
+        Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-2", "--kill", "--stop"));
+        Assert.False(Connects(lab, "default/other", server));
+        Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-2"));
+        Ok(lab.Ctl("lab", "sync", "--name", lab.Name));
+        Assert.False(Connects(lab, "default/other", server));
+        Assert.True(Connects(lab, "default/client", server));
+
+        // A bad document is refused whole: nothing changes in the datastore or the kernel.
+        var rulesBefore = TestEnv.Sh($"ip netns exec {lab.Netns("node-2")} nft list table inet weft-policy");
+        var bad = Path.Combine(Path.GetTempPath(), $"weft-bad-{lab.Name}.yaml");
+        File.WriteAllText(bad, """
+            apiVersion: networking.k8s.io/v1
+            kind: NetworkPolicy
+            metadata: {name: allow-all-now, namespace: default}
+            spec:
+              podSelector: {}
+              ingress: [{}]
+            ---
+            apiVersion: networking.k8s.io/v1
+            kind: NetworkPolicy
+            metadata: {name: broken, namespace: default}
+            spec:
+              podSelector: {}
+              ingress:
+              - ports: [{port: 70000}]
+            """);
+        try
+        {
+            var r = lab.Ctl("--lab", lab.Name, "apply", "-f", bad);
+            Assert.NotEqual(0, r.ExitCode);
+            Assert.Contains("spec.ingress[0].ports[0].port", r.Stderr);
+        }
+        finally { File.Delete(bad); }
+        Ok(lab.Ctl("lab", "sync", "--name", lab.Name));
+        Assert.Equal(rulesBefore, TestEnv.Sh($"ip netns exec {lab.Netns("node-2")} nft list table inet weft-policy"));
+        Assert.False(Connects(lab, "default/other", server));
+
+        // Deleting the policy opens the path again.
+        Ok(lab.Ctl("--lab", lab.Name, "delete", "networkpolicy", "default/only-from-client"));
+        Ok(lab.Ctl("lab", "sync", "--name", lab.Name));
+        Assert.True(Connects(lab, "default/other", server));
+    }
+}
