@@ -31,6 +31,7 @@ public static class CniSkeleton
             var conf = NetConf.Parse(input, env.Command);
             requestedVersion = conf.CniVersion;
             RequireVersionFor(env.Command, conf.CniVersion);
+            if (EtcdHandoff.Needed(conf)) EtcdHandoff.Run(input);
             var plugin = new Plugin(env, conf);
             using var cts = new CancellationTokenSource(TimeSpan.FromMinutes(2));
             switch (env.Command)

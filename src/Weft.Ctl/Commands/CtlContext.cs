@@ -10,7 +10,7 @@ public sealed class CtlContext(string? datastoreUri, TextWriter stdout, TextWrit
 
     public string DatastoreUri { get; } =
         !string.IsNullOrEmpty(datastoreUri) ? datastoreUri
-        : lab is not null ? Lab.LabState.LoadOrThrow(lab).Datastore
+        : lab is not null ? Lab.LabState.LoadOrThrow(lab).CtlDatastore
         : Environment.GetEnvironmentVariable("WEFT_DATASTORE") is { Length: > 0 } env ? env
         : DatastoreFactory.DefaultUri;
 

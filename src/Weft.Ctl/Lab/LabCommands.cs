@@ -27,14 +27,16 @@ public static class LabCommands
         if (o.PodsPerNode is < 0 or > 50) throw new ArgumentException($"--pods-per-node {o.PodsPerNode}: use 0 to 50");
         if (o.Backend is not ("vxlan" or "host-gw")) throw new ArgumentException($"--backend {o.Backend}: use vxlan or host-gw");
         if (o.Mode is not ("routed" or "bridge")) throw new ArgumentException($"--mode {o.Mode}: use routed or bridge");
-        if (o.Datastore != "sqlite") throw new ArgumentException($"--datastore {o.Datastore}: this build's lab supports sqlite");
+        if (o.Datastore is not ("sqlite" or "etcd")) throw new ArgumentException($"--datastore {o.Datastore}: the lab runs sqlite or etcd (a 3-member cluster)");
         if (LabState.Load(o.Name) is not null || Shell.Run("ip", "netns", "list").Split('\n').Any(l => l.StartsWith(o.Name + "-", StringComparison.Ordinal)))
             throw new ArgumentException($"lab '{o.Name}' already exists; remove it with `weftctl lab down --name {o.Name}`");
         var dist = DistDir();
         var dir = LabState.DirFor(o.Name);
         var state = new LabState
         {
-            Name = o.Name, Dir = dir, Datastore = "sqlite://" + Path.Combine(dir, "weft.db"), Backend = o.Backend, Mode = o.Mode,
+            Name = o.Name, Dir = dir, Backend = o.Backend, Mode = o.Mode,
+            Datastore = o.Datastore == "etcd" ? "etcd://" + string.Join(",", EtcdIps.Select(ip => ip + ":2379")) : "sqlite://" + Path.Combine(dir, "weft.db"),
+            ControlPlane = o.Datastore == "etcd" ? o.Name + "-cp" : null,
             PodMtu = o.Backend == "vxlan" ? 1450 : 1500, Underlay = o.Name + "-ul", Gateway = o.Name + "-gw",
         };
         var total = Stopwatch.StartNew();
@@ -52,9 +54,10 @@ public static class LabCommands
             Shell.Ip("-n", state.Gateway, "link", "set", "eth0", "up");
             Shell.Ip("-n", state.Gateway, "addr", "add", "203.0.113.1/32", "dev", "lo");
 
+            if (state.ControlPlane is not null) await StartEtcdAsync(ctx, state, ct).ConfigureAwait(false);
             Step(ctx, "datastore " + state.Datastore);
             var pool = $"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: lab-ipv4}}\nspec: {{cidr: 10.244.0.0/16, blockSize: 26, natOutgoing: true, vxlanMode: {(o.Backend == "vxlan" ? "Always" : "Never")}}}\n";
-            using (var store = Weft.Datastore.DatastoreFactory.Open(state.Datastore))
+            using (var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore))
                 await new ResourceService(store).ApplyAsync(Documents.YamlDocuments.Load(pool, "lab pool").Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList(), ct).ConfigureAwait(false);
 
             for (var i = 1; i <= o.Nodes; i++)
@@ -82,7 +85,7 @@ public static class LabCommands
             state.K8sNamespaces.AddRange(namespaces);
             // Labels and named ports reach the agents as v1 Namespace and Pod documents, before any pod exists, so a
             // new pod is never enforced without its labels (the kubelet/API server ordering in a real cluster).
-            using (var store = Weft.Datastore.DatastoreFactory.Open(state.Datastore))
+            using (var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore))
                 await new ResourceService(store).ApplyAsync(
                     namespaces.Select((n, i) => (Resource)new NamespaceResource(new Weft.Policy.NamespaceInfo(n.Name, n.Labels), NamespaceDocument(n), new DocumentSource("lab topology", i + 1)))
                         .Concat(pods.Select((p, i) => (Resource)new PodResource(PodDocument(p), PodJson(p), new DocumentSource("lab topology", namespaces.Count + i + 1)))).ToList(), ct).ConfigureAwait(false);
@@ -104,6 +107,62 @@ public static class LabCommands
             Remove(state);
             throw;
         }
+    }
+
+    private static readonly string[] EtcdIps = [UnderlayPrefix + "2", UnderlayPrefix + "3", UnderlayPrefix + "4"];
+
+    /// <summary>
+    /// A 3-member etcd in the control-plane namespace `&lt;lab&gt;-cp`, one address each on its leg into the underlay
+    /// bridge, so agents and the plugin reach it from the node namespaces exactly as they would a real cluster's.
+    /// </summary>
+    private static async Task StartEtcdAsync(CtlContext ctx, LabState state, CancellationToken ct)
+    {
+        const string etcd = "/usr/bin/etcd";
+        if (!File.Exists(etcd)) throw new LabException($"{etcd} is missing: run scripts/install-deps.sh (Debian package etcd-server)");
+        var cp = state.ControlPlane!;
+        Step(ctx, $"etcd: 3 members in {cp} ({string.Join(", ", EtcdIps)})");
+        AddNetns(state, cp);
+        Shell.Ip("-n", cp, "link", "set", "lo", "up");
+        Shell.Ip("-n", state.Underlay, "link", "add", "cp0", "type", "veth", "peer", "name", "eth0", "netns", cp);
+        Shell.Ip("-n", state.Underlay, "link", "set", "cp0", "master", "br0", "up");
+        foreach (var ip in EtcdIps) Shell.Ip("-n", cp, "addr", "add", ip + "/24", "dev", "eth0");
+        Shell.Ip("-n", cp, "link", "set", "eth0", "up");
+        var cluster = string.Join(",", EtcdIps.Select((ip, i) => $"etcd-{i + 1}=http://{ip}:2380"));
+        for (var i = 0; i < EtcdIps.Length; i++)
+        {
+            var (name, ip) = ($"etcd-{i + 1}", EtcdIps[i]);
+            var member = new LabEtcdMember { Name = name, Ip = ip, DataDir = Path.Combine(state.Dir, name) };
+            state.Etcd.Add(member);
+            member.Pid = Shell.StartDetached(cp, Path.Combine(state.Dir, name + ".log"), etcd,
+                "--name", name, "--data-dir", member.DataDir,
+                "--listen-client-urls", $"http://{ip}:2379", "--advertise-client-urls", $"http://{ip}:2379",
+                "--listen-peer-urls", $"http://{ip}:2380", "--initial-advertise-peer-urls", $"http://{ip}:2380",
+                "--initial-cluster", cluster, "--initial-cluster-state", "new", "--initial-cluster-token", "weft-lab-" + state.Name,
+                "--max-txn-ops", "4096", // one `weftctl apply` is one transaction, and a lab topology can hold hundreds of documents
+                "--logger", "zap", "--log-outputs", "stderr");
+            state.Save();
+        }
+        var sw = Stopwatch.StartNew();
+        using var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore + "&timeout=1");
+        string last = "no answer";
+        while (sw.Elapsed < TimeSpan.FromSeconds(30))
+        {
+            foreach (var m in state.Etcd)
+                if (!Shell.IsRunning(m.Pid, "etcd"))
+                {
+                    var log = Path.Combine(state.Dir, m.Name + ".log");
+                    throw new LabException($"etcd member {m.Name} exited: {(File.Exists(log) ? string.Join("\n", File.ReadLines(log).TakeLast(5)) : "no log")}");
+                }
+            try
+            {
+                await store.RevisionAsync(ct).ConfigureAwait(false);
+                Step(ctx, $"etcd ready in {sw.Elapsed.TotalSeconds:0.0} s");
+                return;
+            }
+            catch (Weft.Datastore.DatastoreUnavailableException e) { last = e.Message; }
+            await Task.Delay(50, ct).ConfigureAwait(false);
+        }
+        throw new LabException($"etcd in {cp} not ready after 30 s: {last}");
     }
 
     private static async Task AddPodAsync(LabState state, LabPod pod, string dist, CancellationToken ct)
@@ -168,7 +227,13 @@ public static class LabCommands
     public static async Task<int> AddPodAsync(CtlContext ctx, string name, string key, string nodeName, IReadOnlyList<string> labels, IReadOnlyList<string> ports, CancellationToken ct)
     {
         var pod = await AddPodAsync(LabState.LoadOrThrow(name), key, nodeName, labels, ports, ct).ConfigureAwait(false);
-        ctx.Out.WriteLine($"pod {pod.Key} on {pod.Node}: {pod.Ip}");
+        var took = Stopwatch.GetElapsedTime(pod.AddReturnedAt);
+        // Return once the pod's first TCP port answers: its server starts detached and a probe right after would race it.
+        var tcp = pod.Ports.FirstOrDefault(p => p.Protocol == "TCP");
+        for (var wait = Stopwatch.StartNew(); tcp is not null && pod.Ip is { } ip && wait.Elapsed < TimeSpan.FromSeconds(5)
+             && !await Probe.ReachableAsync(pod.Netns, IPAddress.Parse(ip), tcp.ContainerPort, "TCP", TimeSpan.FromMilliseconds(200)).ConfigureAwait(false);)
+            await Task.Delay(50, ct).ConfigureAwait(false);
+        ctx.Out.WriteLine($"pod {pod.Key} on {pod.Node}: {pod.Ip} (ready {took.TotalMilliseconds:0} ms after CNI ADD returned)");
         return 0;
     }
 
@@ -205,7 +270,7 @@ public static class LabCommands
             resources.Add(new NamespaceResource(new Weft.Policy.NamespaceInfo(ns.Name, ns.Labels), NamespaceDocument(ns), new DocumentSource("lab add-pod", 1)));
         }
         resources.Add(new PodResource(PodDocument(pod), PodJson(pod), new DocumentSource("lab add-pod", 2)));
-        using (var store = Weft.Datastore.DatastoreFactory.Open(state.Datastore))
+        using (var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore))
             await new ResourceService(store).ApplyAsync(resources, ct).ConfigureAwait(false);
         state.Pods.Add(pod);
         state.Save();
@@ -233,7 +298,7 @@ public static class LabCommands
         if (state.Namespaces.Remove(pod.Netns)) Shell.TryRun("ip", ["netns", "delete", pod.Netns]);
         state.Pods.Remove(pod);
         state.Save();
-        using (var store = Weft.Datastore.DatastoreFactory.Open(state.Datastore))
+        using (var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore))
             await new ResourceService(store).DeleteAsync("Pod", pod.Key, false, ct).ConfigureAwait(false);
         ctx.Out.WriteLine($"pod {pod.Key} deleted");
         return 0;
@@ -277,7 +342,7 @@ public static class LabCommands
     public static async Task<TimeSpan> WaitPolicySyncedAsync(LabState state, TimeSpan timeout, CancellationToken ct)
     {
         long target;
-        using (var store = Weft.Datastore.DatastoreFactory.Open(state.Datastore)) target = await store.RevisionAsync(ct).ConfigureAwait(false);
+        using (var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore)) target = await store.RevisionAsync(ct).ConfigureAwait(false);
         var sw = Stopwatch.StartNew();
         var pending = state.Nodes.ToList();
         var last = "";
@@ -369,6 +434,7 @@ public static class LabCommands
     {
         foreach (var p in state.Pods) Shell.Stop(p.ServerPid, "weftctl");
         foreach (var n in state.Nodes) Shell.Stop(n.AgentPid, "weft-agent");
+        foreach (var m in state.Etcd) Shell.Stop(m.Pid, "etcd");
         var count = 0;
         foreach (var ns in state.Namespaces.AsEnumerable().Reverse())
         {
@@ -428,6 +494,10 @@ public static class LabCommands
                     ["name"] = n.Name, ["namespace"] = n.Netns, ["underlayIP"] = n.UnderlayIp, ["agentPid"] = n.AgentPid,
                     ["health"] = health?.GetValueOrDefault(n.Name) ?? "ok",
                 }).ToArray()),
+                ["etcd"] = new JsonArray(state.Etcd.Select(m => (JsonNode?)new JsonObject
+                {
+                    ["name"] = m.Name, ["ip"] = m.Ip, ["pid"] = m.Pid, ["running"] = Shell.IsRunning(m.Pid, "etcd"),
+                }).ToArray()),
                 ["pods"] = new JsonArray(state.Pods.Select(p => (JsonNode?)new JsonObject
                 {
                     ["pod"] = p.Key, ["node"] = p.Node, ["namespace"] = p.Netns, ["ip"] = p.Ip, ["ip6"] = p.Ip6,
@@ -441,6 +511,14 @@ public static class LabCommands
         foreach (var n in state.Nodes) nodes.Add(n.Name, n.Netns, n.UnderlayIp, n.AgentPid.ToString(System.Globalization.CultureInfo.InvariantCulture), health?.GetValueOrDefault(n.Name) ?? "ok");
         ctx.Out.Write(nodes.Render());
         ctx.Out.WriteLine();
+        if (state.Etcd.Count > 0)
+        {
+            var etcd = new TextTable("ETCD MEMBER", "NAMESPACE", "CLIENT URL", "PID", "STATE");
+            foreach (var m in state.Etcd)
+                etcd.Add(m.Name, state.ControlPlane ?? "-", $"http://{m.Ip}:2379", m.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture), Shell.IsRunning(m.Pid, "etcd") ? "running" : "down");
+            ctx.Out.Write(etcd.Render());
+            ctx.Out.WriteLine();
+        }
         var pods = new TextTable("POD", "NODE", "NAMESPACE", "IP", "LABELS");
         foreach (var p in state.Pods) pods.Add(p.Key, p.Node, p.Netns, p.Ip ?? p.Ip6 ?? "-", string.Join(",", p.Labels.Select(kv => $"{kv.Key}={kv.Value}")));
         ctx.Out.Write(pods.Render());

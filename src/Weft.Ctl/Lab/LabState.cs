@@ -12,6 +12,15 @@ public sealed class LabNode
     public required string Socket { get; init; }
 }
 
+/// <summary>One member of the lab's etcd cluster, running in the control-plane namespace.</summary>
+public sealed class LabEtcdMember
+{
+    public required string Name { get; init; }
+    public required string Ip { get; init; }
+    public int Pid { get; set; }
+    public required string DataDir { get; init; }
+}
+
 public sealed class LabPort
 {
     public string? Name { get; init; }
@@ -48,7 +57,15 @@ public sealed class LabState
 {
     public required string Name { get; init; }
     public required string Dir { get; init; }
+    /// <summary>The URI agents and the plugin use, from inside the lab's namespaces.</summary>
     public required string Datastore { get; init; }
+    /// <summary>The etcd members' namespace (`&lt;lab&gt;-cp`), or null with sqlite.</summary>
+    public string? ControlPlane { get; init; }
+    public List<LabEtcdMember> Etcd { get; init; } = [];
+
+    /// <summary>The URI for weftctl in the root namespace: etcd is reached through the control-plane namespace.</summary>
+    [JsonIgnore]
+    public string CtlDatastore => ControlPlane is null ? Datastore : $"{Datastore}?netns=/var/run/netns/{ControlPlane}";
     public string Backend { get; init; } = "vxlan";
     public string Mode { get; init; } = "routed";
     public int PodMtu { get; set; } = 1450;

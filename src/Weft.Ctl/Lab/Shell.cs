@@ -34,7 +34,10 @@ internal static class Shell
     public static int StartDetached(string netns, string logFile, string file, params string[] args)
     {
         var psi = new ProcessStartInfo("setsid") { UseShellExecute = false, RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { "--fork", "sh", "-c", "echo $$; exec \"$@\" >>\"$0\" 2>&1 </dev/null", logFile, "ip", "netns", "exec", netns, file }) psi.ArgumentList.Add(a);
+        // Close every inherited descriptor beyond stdio: a long-lived daemon must not keep open what its starter
+        // held (a build lock taken with flock around the tests stays locked for as long as any copy lives).
+        const string script = "echo $$; for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ \"$fd\" -gt 2 ] && eval \"exec $fd>&-\" 2>/dev/null; done; exec \"$@\" >>\"$0\" 2>&1 </dev/null";
+        foreach (var a in new[] { "--fork", "bash", "-c", script, logFile, "ip", "netns", "exec", netns, file }) psi.ArgumentList.Add(a);
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi) ?? throw new LabException($"cannot start {file}");
         p.StandardInput.Close();

@@ -8,13 +8,13 @@ using Weft.Resources;
 
 namespace Weft.Tests.Ipam;
 
-public sealed class IpamServiceTests : IDisposable
+/// <summary>The IPAM service's behaviour, run against every datastore backend.</summary>
+public abstract class IpamServiceContract : IDisposable
 {
-    private readonly string _dir = Support.TestEnv.TempDir("ipam");
-    private string Uri => "sqlite://" + Path.Combine(_dir, "weft.db");
-    private IDatastore Open() => DatastoreFactory.Open(Uri);
+    /// <summary>A new client on the same underlying store (another plugin process, as far as IPAM knows).</summary>
+    protected abstract IDatastore Open();
 
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public abstract void Dispose();
 
     private async Task Pools(params IPPool[] pools)
     {
@@ -22,10 +22,10 @@ public sealed class IpamServiceTests : IDisposable
         await new ResourceService(ds).ApplyAsync(pools.Select(p => (Resource)new IPPoolResource(p, new DocumentSource("test", 1))).ToList());
     }
 
-    private static IPPool Pool(string name, string cidr, int blockSize, string selector = "all()", bool disabled = false) =>
+    protected static IPPool Pool(string name, string cidr, int blockSize, string selector = "all()", bool disabled = false) =>
         new() { Name = name, Cidr = cidr, BlockSize = blockSize, NodeSelector = selector, Disabled = disabled };
 
-    private static AssignRequest Req(string handle, string node = "n1", bool v6 = true) => new(handle, node) { Network = "net", IPv6 = v6 };
+    protected static AssignRequest Req(string handle, string node = "n1", bool v6 = true) => new(handle, node) { Network = "net", IPv6 = v6 };
 
     [Fact]
     public async Task Assigns_from_a_block_affine_to_the_node_and_is_idempotent_per_handle()
@@ -179,6 +179,15 @@ public sealed class IpamServiceTests : IDisposable
         Assert.Equal(64, results.Distinct().Count());
     }
 
+}
+
+public sealed class IpamServiceTests : IpamServiceContract
+{
+    private readonly string _dir = Support.TestEnv.TempDir("ipam");
+    protected override IDatastore Open() => DatastoreFactory.Open("sqlite://" + Path.Combine(_dir, "weft.db"));
+
+    public override void Dispose() => Directory.Delete(_dir, recursive: true);
+
     /// <summary>
     /// Property: whatever interleaving of assigns and releases across nodes and handles, no address is ever held
     /// by two handles, and every handle's view matches the blocks.
@@ -213,4 +222,19 @@ public sealed class IpamServiceTests : IDisposable
             finally { Directory.Delete(dir, true); }
         }, iter: 40);
     }
+}
+
+/// <summary>The same IPAM behaviour on a real etcd: compare-and-swap of blocks across concurrent clients.</summary>
+public sealed class EtcdIpamServiceTests : IpamServiceContract, IClassFixture<Support.EtcdFixture>
+{
+    private readonly Support.EtcdFixture _etcd;
+
+    public EtcdIpamServiceTests(Support.EtcdFixture etcd)
+    {
+        _etcd = etcd;
+        etcd.Wipe();
+    }
+
+    protected override IDatastore Open() => DatastoreFactory.Open(_etcd.Uri);
+    public override void Dispose() { }
 }
