@@ -19,6 +19,7 @@ public sealed class PolicyReconciler(IDatastore store, string nodeName, NftPolic
 {
     private readonly Channel<bool> _kick = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
     private NftPolicyDriver? _driver;
+    private readonly NftPolicyCompiler _compiler = new(compilerOptions); // keeps unchanged policies' chains between runs
     private LibNftTransport? _transport;
 
     protected override async Task ExecuteAsync(CancellationToken ct)
@@ -72,7 +73,7 @@ public sealed class PolicyReconciler(IDatastore store, string nodeName, NftPolic
             var revision = await store.RevisionAsync(ct).ConfigureAwait(false);
             var snapshot = await PolicyStore.LoadAsync(store, ct).ConfigureAwait(false);
             var local = snapshot.World.Endpoints.Where(e => e.Node == nodeName && e.HostInterface is not null).ToList();
-            var ruleset = new NftPolicyCompiler(compilerOptions).Compile(snapshot.Policies, snapshot.World, local);
+            var ruleset = _compiler.Compile(snapshot.Policies, snapshot.World, local);
             var result = _driver!.Apply(ruleset);
             foreach (var err in snapshot.Errors) log.LogWarning("policy input skipped: {Error}", err);
             state.Update(s => s with

@@ -125,6 +125,13 @@ public readonly record struct Cidr : IComparable<Cidr>
         return result;
     }
 
+    /// <summary>The prefix of the given (shorter or equal) length that contains this one; no address objects involved.</summary>
+    public Cidr Supernet(int prefixLength)
+    {
+        if (prefixLength < 0 || prefixLength > PrefixLength) throw new ArgumentOutOfRangeException(nameof(prefixLength));
+        return new Cidr(Network, prefixLength, Family);
+    }
+
     /// <summary>The subnet of the given length that contains this address.</summary>
     public static Cidr Enclosing(IPAddress address, int prefixLength) => new(address, prefixLength);
 

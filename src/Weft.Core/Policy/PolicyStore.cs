@@ -41,7 +41,7 @@ public static class PolicyStore
                 return null;
             }
         }
-        var policies = policyKvs.Items.Select(kv => Read(kv, PolicyDocuments.ReadPolicy)).OfType<PolicyIr>().ToList();
+        var policies = policyKvs.Items.Select(kv => Read(kv, PolicyDocuments.ReadPolicy) is { } p ? p with { Version = kv.ModRevision } : null).OfType<PolicyIr>().ToList();
         var tiers = tierKvs.Items.Select(kv => Read(kv, (d, w) => (object)PolicyDocuments.ReadTier(d, w))).OfType<(string Name, double Order)>()
             .ToDictionary(t => t.Name, t => t.Order, StringComparer.Ordinal);
         var namespaces = nsKvs.Items.Select(kv => Read(kv, PolicyDocuments.ReadNamespace)).OfType<NamespaceInfo>().ToList();

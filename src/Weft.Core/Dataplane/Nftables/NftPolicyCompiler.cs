@@ -37,11 +37,23 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
     private PolicyWorld _world = null!;
     private readonly Dictionary<string, string> _policyChains = new(StringComparer.Ordinal);
 
+    /// <summary>
+    /// A policy chain as compiled last time: its rules and merged sets depend only on the policy, so they are reused
+    /// while the policy's version (its datastore revision) is unchanged; the selector and named-port sets it refers
+    /// to depend on the cluster and are rebuilt from the recorded references on every compile.
+    /// </summary>
+    private sealed record CachedChain(long Version, NftChain Chain, List<NftSet> MergedSets, List<Action> Refs);
+
+    private Dictionary<string, CachedChain> _cache = new(StringComparer.Ordinal);
+    private Dictionary<string, CachedChain> _nextCache = new(StringComparer.Ordinal);
+    private List<Action>? _recording;
+
     public PolicyRuleset Compile(PolicySet policies, PolicyWorld world, IReadOnlyList<EndpointInfo> local)
     {
         _out = new PolicyRuleset { Endpoints = local.Count };
         _world = world;
         _policyChains.Clear();
+        _nextCache = new Dictionary<string, CachedChain>(StringComparer.Ordinal);
         foreach (var (name, type) in new[] { ("egress4", "ipv4_addr"), ("egress6", "ipv6_addr"), ("ingress4", "ipv4_addr"), ("ingress6", "ipv6_addr") })
             _out.Maps[name] = new NftVerdictMap(name, type, new SortedDictionary<string, string>(StringComparer.Ordinal));
 
@@ -88,6 +100,7 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
             Rule(Match("==", Payload("icmpv6", "type"), AnonSet([(JsonNode)"nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"])), Verdict("accept")),
             Rule(new JsonObject { ["mangle"] = new JsonObject { ["key"] = Meta("mark"), ["value"] = new JsonObject { ["&"] = new JsonArray(Meta("mark"), ~MarkAll) } } }),
             Rule([.. fromPod.Select(n => n!.DeepClone()), Jump("from-pod")])), "input", 0);
+        _cache = _nextCache; // policies gone since the last compile drop out of the cache
         return _out;
     }
 
@@ -138,6 +151,16 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
         var readable = p.Id.Replace('/', '.');
         var name = $"pol-{(readable.Length > 200 ? readable[..200] + "-" + Hash(p.Id) : readable)}-{(direction == Direction.Egress ? "eg" : "in")}";
         _policyChains[key] = name;
+        if (p.Version != 0 && _cache.TryGetValue(key, out var cached) && cached.Version == p.Version)
+        {
+            _out.Chains[name] = cached.Chain;
+            foreach (var set in cached.MergedSets) _out.Sets[set.Name] = set;
+            foreach (var replay in cached.Refs) replay();
+            _nextCache[key] = cached;
+            return name;
+        }
+        var setsBefore = new HashSet<string>(_out.Sets.Keys, StringComparer.Ordinal);
+        _recording = [];
         var rules = new List<string>();
         var list = p.Rules(direction);
         for (var i = 0; i < list.Count;)
@@ -160,6 +183,10 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
             i++;
         }
         _out.Chains[name] = new NftChain(name, rules);
+        if (p.Version != 0)
+            _nextCache[key] = new CachedChain(p.Version, _out.Chains[name],
+                _out.Sets.Values.Where(x => x.Interval && !setsBefore.Contains(x.Name)).ToList(), _recording);
+        _recording = null;
         return name;
     }
 
@@ -180,19 +207,53 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
         return strayPorts.Count == 0 && ports.All(pm => !pm.IsNamed) && (ports.Count == 0 || r.Protocol is not null);
     }
 
-    private readonly record struct Box(UInt128 AddrLo, UInt128 AddrHi, int ProtoLo, int ProtoHi, int PortLo, int PortHi)
+    private readonly record struct Box(Cidr Prefix, int ProtoLo, int ProtoHi, int PortLo, int PortHi)
     {
         public bool Overlaps(in Box o) =>
-            AddrLo <= o.AddrHi && o.AddrLo <= AddrHi && ProtoLo <= o.ProtoHi && o.ProtoLo <= ProtoHi && PortLo <= o.PortHi && o.PortLo <= PortHi;
+            Prefix.Overlaps(o.Prefix) && ProtoLo <= o.ProtoHi && o.ProtoLo <= ProtoHi && PortLo <= o.PortHi && o.PortLo <= PortHi;
+    }
+
+    /// <summary>
+    /// The boxes of one set, indexed so an overlap check costs O(prefix length + log n): two prefixes overlap only
+    /// when one contains the other, so look up every supernet by (network, length) and every subnet in a sorted view.
+    /// </summary>
+    private sealed class BoxIndex
+    {
+        private readonly Dictionary<(UInt128, int), List<Box>> _byPrefix = [];
+        private readonly SortedSet<(UInt128 Lo, int Len)> _sorted = [];
+
+        public bool Overlaps(in Box b)
+        {
+            var p = b.Prefix;
+            for (var len = 0; len <= p.PrefixLength; len++)
+            {
+                var super = p.Supernet(len);
+                if (_byPrefix.TryGetValue((super.Network, len), out var list))
+                    foreach (var o in list) if (o.Overlaps(b)) return true;
+            }
+            var hi = p.HostBits >= 128 ? UInt128.MaxValue : p.Network + (p.Size - 1);
+            foreach (var (lo, len) in _sorted.GetViewBetween((p.Network, p.PrefixLength + 1), (hi, int.MaxValue)))
+                foreach (var o in _byPrefix[(lo, len)]) if (o.Overlaps(b)) return true;
+            return false;
+        }
+
+        public void Add(in Box b)
+        {
+            var key = (b.Prefix.Network, b.Prefix.PrefixLength);
+            if (!_byPrefix.TryGetValue(key, out var list)) _byPrefix[key] = list = [];
+            list.Add(b);
+            _sorted.Add(key);
+        }
     }
 
     /// <summary>Rules for rules[from..to) in one family: one set lookup, plus any rule whose boxes overlap the set's (the kernel refuses overlapping elements; order within the run does not matter).</summary>
     private List<string> MergedRun(PolicyIr p, Direction direction, IReadOnlyList<PolicyRule> rules, int from, int to, int family)
     {
         var fam = family == 4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6;
-        var boxes = new List<Box>();
+        var index = new BoxIndex();
         var elements = new SortedSet<string>(StringComparer.Ordinal);
         var leftovers = new List<PolicyRule>();
+        var mine = new List<(Box Box, string Json)>();
         for (var k = from; k < to; k++)
         {
             var r = rules[k];
@@ -200,30 +261,35 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
             var addr = direction == Direction.Ingress ? r.Source : r.Destination;
             var ports = direction == Direction.Ingress ? r.Destination.Ports : addr.Ports;
             var nets = addr.Nets.Count == 0 ? [new Cidr(family == 4 ? IPAddress.Any : IPAddress.IPv6Any, 0)] : addr.Nets.Where(n => n.Family == fam).ToList();
-            var prefixes = nets.SelectMany(n => n.Subtract(addr.NotNets)).ToList();
             var (protoLo, protoHi) = r.Protocol is { } proto ? (proto, proto) : (0, 255);
-            var portRanges = ports.Count == 0 ? [(0, 65535)] : ports.Select(pm => (pm.From, pm.To)).ToList();
-            var mine = new List<(Box Box, string Json)>();
-            foreach (var prefix in prefixes)
-                foreach (var (lo, hi) in portRanges)
-                {
-                    var box = new Box(prefix.Network, Cidr.ToInteger(prefix.LastAddress), protoLo, protoHi, lo, hi);
-                    var json = new JsonObject
-                    {
-                        ["concat"] = new JsonArray(Prefix(prefix),
-                            protoLo == protoHi ? JsonValue.Create(protoLo) : new JsonObject { ["range"] = new JsonArray(protoLo, protoHi) },
-                            lo == hi ? JsonValue.Create(lo) : new JsonObject { ["range"] = new JsonArray(lo, hi) }),
-                    }.ToJsonString();
-                    mine.Add((box, json));
-                }
-            // Exact duplicates are harmless; partial overlaps go to a plain rule after the set (same action, so same result).
-            if (mine.Any(m => !elements.Contains(m.Json) && boxes.Any(b => b.Overlaps(m.Box)) || mine.Where((m, i) => mine.Skip(i + 1).Any(o => o.Box.Overlaps(m.Box))).Any()))
+            var protoJson = protoLo == protoHi ? Num(protoLo) : $"{{\"range\":[{Num(protoLo)},{Num(protoHi)}]}}";
+            mine.Clear();
+            foreach (var prefix in nets.SelectMany(n => addr.NotNets.Count == 0 ? [n] : n.Subtract(addr.NotNets)))
+            {
+                var address = AddressText(prefix);
+                var prefixJson = prefix.PrefixLength == prefix.AddressBits
+                    ? $"\"{address}\""
+                    : $"{{\"prefix\":{{\"addr\":\"{address}\",\"len\":{Num(prefix.PrefixLength)}}}}}";
+                if (ports.Count == 0) mine.Add((new Box(prefix, protoLo, protoHi, 0, 65535), $"{{\"concat\":[{prefixJson},{protoJson},{{\"range\":[0,65535]}}]}}"));
+                else
+                    foreach (var pm in ports)
+                        mine.Add((new Box(prefix, protoLo, protoHi, pm.From, pm.To),
+                            $"{{\"concat\":[{prefixJson},{protoJson},{(pm.From == pm.To ? Num(pm.From) : $"{{\"range\":[{Num(pm.From)},{Num(pm.To)}]}}")}]}}"));
+            }
+            // Exact duplicates are harmless; partial overlaps go to a plain rule after the set (same action, same result).
+            var clash = false;
+            for (var m = 0; m < mine.Count && !clash; m++)
+            {
+                if (!elements.Contains(mine[m].Json) && index.Overlaps(mine[m].Box)) clash = true;
+                for (var o = m + 1; o < mine.Count && !clash; o++) clash = mine[m].Box.Overlaps(mine[o].Box);
+            }
+            if (clash)
             {
                 leftovers.Add(r);
                 continue;
             }
             foreach (var (box, json) in mine)
-                if (elements.Add(json)) boxes.Add(box);
+                if (elements.Add(json)) index.Add(box);
         }
         var result = new List<string>();
         var ipProto = family == 4 ? "ip" : "ip6";
@@ -242,6 +308,16 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
             }
         return result;
     }
+
+    /// <summary>IPv4 dotted quads straight from the integer (10k elements per change make IPAddress objects show up).</summary>
+    private static string AddressText(Cidr c)
+    {
+        if (!c.IsIPv4) return c.NetworkAddress.ToString();
+        var v = (uint)c.Network;
+        return string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{v >> 24}.{(v >> 16) & 255}.{(v >> 8) & 255}.{v & 255}");
+    }
+
+    private static string Num(int n) => n.ToString(System.Globalization.CultureInfo.InvariantCulture);
 
     private IEnumerable<JsonNode> Action(PolicyRule rule, PolicyIr p) => rule.Action switch
     {
@@ -313,6 +389,7 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
     /// <summary>The addresses of every endpoint in the cluster the peer's selector parts (or its notSelector) pick.</summary>
     private string SelectorSet(PeerMatch peer, int family, bool negated)
     {
+        _recording?.Add(() => SelectorSet(peer, family, negated));
         var key = negated ? "not|" + peer.NotSelector!.Text : $"{peer.Namespace}|{peer.NamespaceSelector?.Text}|{peer.Selector?.Text}";
         var name = $"sel-{Hash(key)}-{family}";
         if (_out.Sets.ContainsKey(name)) return name;
@@ -332,6 +409,7 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
     /// <summary>address·port pairs of every endpoint with a container port of this name and protocol.</summary>
     private string NamedPortSet(string portName, int? protocol, int family)
     {
+        _recording?.Add(() => NamedPortSet(portName, protocol, family));
         var name = $"np-{portName}-{protocol?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "any"}-{family}";
         if (_out.Sets.ContainsKey(name)) return name;
         var fam = family == 4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6;

@@ -93,13 +93,14 @@ public sealed class NftPolicyDriver(INftTransport transport)
         // Set contents before the rules that use them change, so a new rule never sees a half-filled set.
         foreach (var set in d.Sets.Values)
         {
+            if (a.Sets.TryGetValue(set.Name, out var same) && ReferenceEquals(same, set)) continue; // reused by the compiler: unchanged
             var old = a.Sets.GetValueOrDefault(set.Name)?.Elements ?? [];
             AddElements(c, set.Name, set.Elements.Where(e => !old.Contains(e)).ToList());
             DeleteElements(c, set.Name, old.Where(e => !set.Elements.Contains(e)).ToList());
         }
         foreach (var ch in added) AddRules(c, ch);
         foreach (var ch in d.Chains.Values)
-            if (a.Chains.TryGetValue(ch.Name, out var old) && !old.SameAs(ch))
+            if (a.Chains.TryGetValue(ch.Name, out var old) && !ReferenceEquals(old, ch) && !old.SameAs(ch))
             {
                 c.Add(Flush("chain", ChainRef(ch.Name)));
                 AddRules(c, ch);

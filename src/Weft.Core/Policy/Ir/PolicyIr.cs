@@ -135,6 +135,8 @@ public sealed record PolicyIr
     public bool AppliesToEgress { get; init; }
     public IReadOnlyList<PolicyRule> Ingress { get; init; } = [];
     public IReadOnlyList<PolicyRule> Egress { get; init; } = [];
+    /// <summary>Changes whenever the policy's content does (its datastore mod revision); 0 = unknown. Lets compilers reuse work.</summary>
+    public long Version { get; init; }
 
     /// <summary>A name for people: "NetworkPolicy x/allow-web (kubernetes)".</summary>
     public string Display => $"{Kind} {(Namespace is null ? "" : Namespace + "/")}{Name}" + (Dialect == "kubernetes" ? " (kubernetes)" : "");
