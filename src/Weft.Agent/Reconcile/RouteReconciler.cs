@@ -49,7 +49,7 @@ public sealed class RouteReconciler(IDatastore store, IBackend backend, LocalNod
                 _kick.Writer.TryWrite(true);
                 await foreach (var e in store.WatchAsync(Keys.Root, rev, ct).ConfigureAwait(false))
                     if (e.Key.StartsWith(Keys.Nodes, StringComparison.Ordinal) || e.Key.StartsWith(Keys.Blocks, StringComparison.Ordinal) ||
-                        e.Key.StartsWith(Keys.Pools, StringComparison.Ordinal))
+                        e.Key.StartsWith(Keys.Pools, StringComparison.Ordinal) || e.Key.StartsWith(Keys.Endpoints, StringComparison.Ordinal))
                         _kick.Writer.TryWrite(true);
             }
             catch (OperationCanceledException) { return; }
@@ -70,14 +70,24 @@ public sealed class RouteReconciler(IDatastore store, IBackend backend, LocalNod
                 .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.NodeRecord, kv.Key)).ToList();
             var blocks = (await store.ListAsync(Keys.Blocks, ct).ConfigureAwait(false)).Items
                 .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.AllocationBlock, kv.Key)).ToList();
+            var endpoints = (await store.ListAsync(Keys.Endpoints, ct).ConfigureAwait(false)).Items
+                .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.WorkloadEndpoint, kv.Key)).ToList();
             var peers = new List<PeerStatus>();
             var programs = new List<PeerProgram>();
             foreach (var peer in nodes.Where(n => n.Name != me.Name))
             {
                 var peerBlocks = blocks.Where(b => b.Affinity == peer.Name).Select(b => b.Network).ToList();
+                // A peer's pod whose address came from a block affine to another node (borrowed, or pinned with
+                // cni.projectcalico.org/ipAddrs) needs its own host route, as Calico programs for borrowed IPs.
+                var blockRoutes = peerBlocks.ToList();
+                foreach (var ep in endpoints.Where(e => e.Node == peer.Name))
+                    foreach (var a in ep.Addresses)
+                        if (System.Net.IPAddress.TryParse(a.Split('/')[0], out var ip) && ip.AddressFamily == AddressFamily.InterNetwork &&
+                            !peerBlocks.Any(b => b.Contains(ip)))
+                            blockRoutes.Add(Cidr.Host(ip));
                 try
                 {
-                    programs.Add(backend.ProgramFor(me, peer, peerBlocks));
+                    programs.Add(backend.ProgramFor(me, peer, blockRoutes));
                     peers.Add(new PeerStatus(peer.Name, peer.UnderlayAddress, peerBlocks.Count, "programmed", null));
                 }
                 catch (BackendException e)

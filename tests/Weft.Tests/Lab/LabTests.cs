@@ -70,6 +70,34 @@ public sealed class LabTests
         Assert.Equal(0, lab.Ctl("lab", "exec", "--name", lab.Name, "--node", "node-1", "--", "ping", "-c", "1", "-W", "2", to).ExitCode);
     }
 
+    [Theory]
+    [InlineData("vxlan")]
+    [InlineData("host-gw")]
+    public void Pods_pinned_to_addresses_of_one_block_on_three_nodes_reach_each_other(string backend)
+    {
+        // One /26 block can only be affine to one node; the others borrow from it and need a /32 route each.
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        using var lab = new LabRun();
+        var topology = Path.Combine(Path.GetTempPath(), $"weft-pinned-{lab.Name}.yaml");
+        File.WriteAllText(topology, string.Join("\n---\n", Enumerable.Range(1, 3).Select(i => $$"""
+            apiVersion: v1
+            kind: Pod
+            metadata:
+              name: p{{i}}
+              namespace: default
+              annotations: {cni.projectcalico.org/ipAddrs: '["10.244.9.{{10 + i}}"]'}
+            spec:
+              nodeName: node-{{i}}
+              containers: [{name: s, ports: [{containerPort: 80, protocol: TCP}]}]
+            """)));
+        try { lab.Up("--nodes", "3", "--backend", backend, "--topology", topology); }
+        finally { File.Delete(topology); }
+        var ips = lab.Status()["pods"]!.AsArray().Select(p => p!["ip"]!.GetValue<string>()).Order().ToList();
+        Assert.Equal(["10.244.9.11", "10.244.9.12", "10.244.9.13"], ips);
+        var m = lab.Matrix("TCP", 80);
+        Assert.True(LabRun.AllTrue(m), m.ToJsonString());
+    }
+
     [Fact]
     public void Lab_down_removes_every_namespace_process_and_file_even_without_its_state_file()
     {
