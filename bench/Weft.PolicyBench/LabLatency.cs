@@ -16,6 +16,7 @@ public static class LabLatency
     public static async Task<int> RunAsync(string weftctl, int nodes, int rounds)
     {
         var name = $"plb{Environment.ProcessId % 1000}";
+        Environment.SetEnvironmentVariable("WEFT_DIST", Path.GetDirectoryName(weftctl)); // where the lab code finds weft and weft-agent
         Run(weftctl, "lab", "up", "--name", name, "--nodes", nodes.ToString(CultureInfo.InvariantCulture), "--pods-per-node", "2");
         try
         {
@@ -48,6 +49,8 @@ public static class LabLatency
                     if (Stopwatch.GetElapsedTime(pod.AddReturnedAt) > TimeSpan.FromSeconds(10)) throw new InvalidOperationException($"pod {pod.Key} never connected");
                 newPod.Add(Stopwatch.GetElapsedTime(pod.AddReturnedAt).TotalMilliseconds);
             }
+            Console.WriteLine($"apply→enforced, slowest rounds: {string.Join(", ", applied.Select((v, i) => (v, i)).OrderByDescending(x => x.v).Take(4).Select(x => $"#{x.i} {x.v:0.0} ms"))}");
+            Console.WriteLine($"new pod, slowest rounds: {string.Join(", ", newPod.Select((v, i) => (v, i)).OrderByDescending(x => x.v).Take(4).Select(x => $"#{x.i} {x.v:0.0} ms"))}");
             Console.WriteLine();
             Console.WriteLine($"| lab ({nodes} nodes, sqlite datastore) | rounds | median ms | p90 ms | p99 ms | max ms |");
             Console.WriteLine("|---|---|---|---|---|---|");

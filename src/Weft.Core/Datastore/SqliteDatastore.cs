@@ -6,7 +6,8 @@ namespace Weft.Datastore;
 /// The embedded backend: one SQLite file in WAL mode shared by every plugin process and the agent on a machine.
 /// Writes take the write lock up front (BEGIN IMMEDIATE) so concurrent compare-and-swaps serialise instead of
 /// deadlocking; readers never block writers. Each committed transaction bumps one global revision and appends its
-/// changes to an event log, which is what watches read (SQLite has no cross-process notification, so they poll).
+/// changes to an event log, which is what watches read. SQLite has no cross-process notification: watches wake on
+/// inotify events for the WAL file (another process committed) and poll as a fallback.
 /// </summary>
 public sealed class SqliteDatastore : IDatastore
 {
@@ -14,6 +15,9 @@ public sealed class SqliteDatastore : IDatastore
     private readonly SqliteDb _db;
     private readonly Lock _lock = new();
     private readonly TimeSpan _pollInterval;
+    private FileSystemWatcher? _walWatcher;
+    private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private static readonly Task Never = new TaskCompletionSource().Task;
 
     public string Describe => "sqlite://" + _db.Path;
 
@@ -189,6 +193,7 @@ public sealed class SqliteDatastore : IDatastore
         var end = PrefixEnd(prefix);
         while (!ct.IsCancellationRequested)
         {
+            var changed = ChangeSignal(); // taken before reading, so a commit right after the read still wakes us
             List<WatchEvent> batch;
             lock (_lock)
             {
@@ -219,9 +224,38 @@ public sealed class SqliteDatastore : IDatastore
             foreach (var e in batch) yield return e;
             if (batch.Count == 0)
             {
-                try { await Task.Delay(_pollInterval, ct).ConfigureAwait(false); }
+                try { await Task.WhenAny(Task.Delay(_pollInterval, ct), changed).ConfigureAwait(false); }
                 catch (OperationCanceledException) { yield break; }
+                if (ct.IsCancellationRequested) yield break;
             }
+        }
+    }
+
+    /// <summary>A task that completes at the next write to the WAL file (by any process); created on first watch only.</summary>
+    private Task ChangeSignal()
+    {
+        lock (_lock)
+        {
+            if (_walWatcher is null)
+            {
+                try
+                {
+                    var dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(_db.Path))!;
+                    _walWatcher = new FileSystemWatcher(dir, System.IO.Path.GetFileName(_db.Path) + "-wal")
+                    {
+                        NotifyFilter = NotifyFilters.LastWrite | NotifyFilters.Size | NotifyFilters.FileName,
+                    };
+                    _walWatcher.Changed += (_, _) => Interlocked.Exchange(ref _changed, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
+                    _walWatcher.Created += (_, _) => Interlocked.Exchange(ref _changed, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
+                    _walWatcher.EnableRaisingEvents = true;
+                }
+                catch (Exception e) when (e is IOException or ArgumentException or PlatformNotSupportedException)
+                {
+                    _walWatcher = null; // no inotify (limits reached): polling alone still works
+                    return Never;
+                }
+            }
+            return Volatile.Read(ref _changed).Task;
         }
     }
 
@@ -243,6 +277,10 @@ public sealed class SqliteDatastore : IDatastore
 
     public void Dispose()
     {
-        lock (_lock) _db.Dispose();
+        lock (_lock)
+        {
+            _walWatcher?.Dispose();
+            _db.Dispose();
+        }
     }
 }
