@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Multi-node figures for BENCHMARKS.md (issue 3), all inside throwaway namespaces:
 #  1. iperf3 pod->pod across nodes through a weft lab (vxlan, host-gw), each next to a bare-kernel twin wired by
-#     hand in the same run (plain vxlan device with static FDB; plain routes), interleaved, REPEAT rounds.
+#     hand in the same run (plain vxlan device with static FDB; plain routes), interleaved, REPEAT rounds. Weft runs
+#     with policy off (the Flannel-style network the bare twin is comparable to) and with policy on (nftables
+#     enforcement: conntrack on every flow, which the bare twin does not pay).
 #  2. lab up time for 3 and 10 nodes (2 pods per node).
 #  3. weft-agent RSS, idle, on a node with 100 pods.
 # Usage: bench/lab-bench.sh [seconds-per-iperf=5] [rounds=3]      (as root, after ./build.sh)
@@ -12,7 +14,7 @@ W=dist/weftctl
 p="lb$$"; p=${p:0:8}
 bare="${p}b"
 cleanup() {
-  for l in "${p}v" "${p}h" "${p}3" "${p}10" "${p}m"; do $W lab down --name "$l" >/dev/null 2>&1 || true; done
+  for l in "${p}v" "${p}h" "${p}vp" "${p}hp" "${p}3" "${p}10" "${p}m"; do $W lab down --name "$l" >/dev/null 2>&1 || true; done
   for n in $(ip netns list | awk '{print $1}' | grep "^$bare-" || true); do ip netns delete "$n"; done
   pkill -f "iperf3 -s -p 52" 2>/dev/null || true
 }
@@ -60,24 +62,28 @@ podns() { $W lab status --name "$1" -o json | python3 -c 'import json,sys; d=jso
 
 declare -A sum
 echo "# weft lab-bench $(date -u +%FT%TZ): iperf3 -t $T, $R interleaved rounds"
-$W lab up --name "${p}v" --nodes 2 --pods-per-node 1 --backend vxlan >/dev/null
-$W lab up --name "${p}h" --nodes 2 --pods-per-node 1 --backend host-gw >/dev/null
+$W lab up --name "${p}v" --nodes 2 --pods-per-node 1 --backend vxlan --policy off >/dev/null
+$W lab up --name "${p}h" --nodes 2 --pods-per-node 1 --backend host-gw --policy off >/dev/null
+$W lab up --name "${p}vp" --nodes 2 --pods-per-node 1 --backend vxlan --policy on >/dev/null
+$W lab up --name "${p}hp" --nodes 2 --pods-per-node 1 --backend host-gw --policy on >/dev/null
 read -r vc _ vs vsip <<<"$(podns "${p}v")"
 read -r hc _ hs hsip <<<"$(podns "${p}h")"
+read -r vpc _ vps vpsip <<<"$(podns "${p}vp")"
+read -r hpc _ hps hpsip <<<"$(podns "${p}hp")"
 for r in $(seq "$R"); do
-  a=$(iperf "$vc" "$vs" "$vsip"); bare_up vxlan; b=$(iperf "$bare-p1" "$bare-p2" 10.99.2.2); bare_down
-  c=$(iperf "$hc" "$hs" "$hsip"); bare_up routes; d=$(iperf "$bare-p1" "$bare-p2" 10.99.2.2); bare_down
-  echo "round $r: weft vxlan $a, bare vxlan $b, weft host-gw $c, bare routes $d Gbit/s"
-  sum[wv]+="$a "; sum[bv]+="$b "; sum[wh]+="$c "; sum[bh]+="$d "
+  a=$(iperf "$vc" "$vs" "$vsip"); bare_up vxlan; b=$(iperf "$bare-p1" "$bare-p2" 10.99.2.2); bare_down; e=$(iperf "$vpc" "$vps" "$vpsip")
+  c=$(iperf "$hc" "$hs" "$hsip"); bare_up routes; d=$(iperf "$bare-p1" "$bare-p2" 10.99.2.2); bare_down; f=$(iperf "$hpc" "$hps" "$hpsip")
+  echo "round $r: weft vxlan $a (policy on $e), bare vxlan $b, weft host-gw $c (policy on $f), bare routes $d Gbit/s"
+  sum[wv]+="$a "; sum[bv]+="$b "; sum[wh]+="$c "; sum[bh]+="$d "; sum[pv]+="$e "; sum[ph]+="$f "
 done
 med() { python3 -c 'import sys,statistics; print("%.2f" % statistics.median(float(x) for x in sys.argv[1:]))' $1; }
-wv=$(med "${sum[wv]}"); bv=$(med "${sum[bv]}"); wh=$(med "${sum[wh]}"); bh=$(med "${sum[bh]}")
+wv=$(med "${sum[wv]}"); bv=$(med "${sum[bv]}"); wh=$(med "${sum[wh]}"); bh=$(med "${sum[bh]}"); pv=$(med "${sum[pv]}"); ph=$(med "${sum[ph]}")
 echo
-echo "| path | weft Gbit/s (median) | bare kernel Gbit/s (median) | ratio |"
-echo "|---|---|---|---|"
-echo "| pod->pod across nodes, vxlan | $wv | $bv | $(python3 -c "print('%.2fx' % ($wv/$bv))") |"
-echo "| pod->pod across nodes, host-gw / plain routes | $wh | $bh | $(python3 -c "print('%.2fx' % ($wh/$bh))") |"
-$W lab down --name "${p}v" >/dev/null; $W lab down --name "${p}h" >/dev/null
+echo "| path | weft, policy off, Gbit/s (median) | bare kernel Gbit/s (median) | ratio | weft, policy on (nftables + conntrack) | ratio to bare |"
+echo "|---|---|---|---|---|---|"
+echo "| pod->pod across nodes, vxlan | $wv | $bv | $(python3 -c "print('%.2fx' % ($wv/$bv))") | $pv | $(python3 -c "print('%.2fx' % ($pv/$bv))") |"
+echo "| pod->pod across nodes, host-gw / plain routes | $wh | $bh | $(python3 -c "print('%.2fx' % ($wh/$bh))") | $ph | $(python3 -c "print('%.2fx' % ($ph/$bh))") |"
+for l in v h vp hp; do $W lab down --name "${p}$l" >/dev/null; done
 
 echo
 echo "| lab up (2 pods per node, vxlan, routed) | seconds |"

@@ -95,30 +95,45 @@ try
     var iperfPid = Background("ip", ["netns", "exec", server, "iperf3", "-s", "-p", "5201"]);
     var listenerPid = Background("ip", ["netns", "exec", server, "python3", "-c", "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',7000));s.listen(512)\nwhile True:\n c,_=s.accept();c.close()"]);
     Thread.Sleep(500);
-    Console.WriteLine();
-    Console.WriteLine($"| path (client -> node -> server, allowing rule last of N) | iperf3 Gbit/s (-t {iperfSeconds}) | ratio to no rules | TCP connect median us ({connects} connects) | connect p99 us |");
-    Console.WriteLine("|---|---|---|---|---|");
-    double? baseline = null;
-    void Measure(string label)
+    // Interleaved rounds (each variant once per round), medians: throughput on this VM drifts by ±5% between runs.
+    var variants = new List<(string Label, Action Install, Action Remove)>
     {
-        var gbit = Iperf(client, "10.250.2.2", iperfSeconds);
-        baseline ??= gbit;
-        var (median, p99) = ConnectLatency(client, "10.250.2.2", connects);
-        Console.WriteLine($"| {label} | {gbit:0.00} | {gbit / baseline.Value:0.00}x | {median:0} | {p99:0} |");
-    }
-    Measure("no policy, no rules");
-    foreach (var rules in new[] { 10, 10000 })
+        ("no table, no conntrack (bare forwarding)", () => { }, () => { }),
+    };
+    foreach (var rules in new[] { 0, 10, 10000 })
     {
-        var (policies, world, local) = Scenario(rules, 1000, IPAddress.Parse("10.250.1.2"), 0, serverIp: IPAddress.Parse("10.250.2.2"));
-        using (var transport = NetNs.Run("/var/run/netns/" + router, () => new LibNftTransport()))
+        var n = rules;
+        LibNftTransport? t = null;
+        variants.Add(($"weft nftables, {n} rules{(n == 0 ? " (enforcement on, no policy)" : "")}", () =>
         {
-            new NftPolicyDriver(transport).Apply(new NftPolicyCompiler(new NftPolicyCompiler.Options()).Compile(policies, world, local));
-            Measure($"weft nftables, {rules} rules");
-            new NftPolicyDriver(transport).Remove();
+            var (policies, world, local) = Scenario(n, 1000, IPAddress.Parse("10.250.1.2"), 0, serverIp: IPAddress.Parse("10.250.2.2"));
+            t = NetNs.Run("/var/run/netns/" + router, () => new LibNftTransport());
+            new NftPolicyDriver(t).Apply(new NftPolicyCompiler(new NftPolicyCompiler.Options()).Compile(policies, world, local));
+        }, () => { new NftPolicyDriver(t!).Remove(); t!.Dispose(); }));
+        if (n == 0) continue;
+        variants.Add(($"iptables linear chain ({iptables}), {n} rules", () => Run("ip", ["netns", "exec", router, iptablesRestore], IptablesRestoreInput(n, IPAddress.Parse("10.250.1.2"), "10.250.2.2")),
+            () => Run("ip", ["netns", "exec", router, iptablesRestore], "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")));
+    }
+    var results = variants.ToDictionary(v => v.Label, _ => (Gbit: new List<double>(), Median: new List<double>(), P99: new List<double>()));
+    for (var round = 0; round < 3; round++)
+        foreach (var (label, install, remove) in variants)
+        {
+            install();
+            results[label].Gbit.Add(Iperf(client, "10.250.2.2", iperfSeconds));
+            var (median, p99) = ConnectLatency(client, "10.250.2.2", connects);
+            results[label].Median.Add(median);
+            results[label].P99.Add(p99);
+            remove();
         }
-        Run("ip", ["netns", "exec", router, iptablesRestore], IptablesRestoreInput(rules, IPAddress.Parse("10.250.1.2"), "10.250.2.2"));
-        Measure($"iptables linear chain ({iptables}), {rules} rules");
-        Run("ip", ["netns", "exec", router, iptablesRestore], "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n");
+    var weft0 = Median(results[variants[1].Label].Gbit);
+    var bare = Median(results[variants[0].Label].Gbit);
+    Console.WriteLine();
+    Console.WriteLine($"| path (client -> node -> server, allowing rule last of N), 3 interleaved rounds | iperf3 Gbit/s (-t {iperfSeconds}, median) | ratio to weft with 0 rules | ratio to bare forwarding | TCP connect median us ({connects} connects) | connect p99 us |");
+    Console.WriteLine("|---|---|---|---|---|---|");
+    foreach (var (label, _, _) in variants)
+    {
+        var r = results[label];
+        Console.WriteLine($"| {label} | {Median(r.Gbit):0.00} | {Median(r.Gbit) / weft0:0.00}x | {Median(r.Gbit) / bare:0.00}x | {Median(r.Median):0} | {Median(r.P99):0} |");
     }
     Kill(iperfPid);
     Kill(listenerPid);

@@ -46,7 +46,7 @@ var state = new AgentState(me.Name, backend.Type);
 state.Update(s => s with { Underlay = $"{me.UnderlayAddress}/{me.UnderlayPrefix}", Vtep = me.VtepAddress?.ToString(), Mtu = me.UnderlayMtu - backend.Overhead });
 builder.Services.AddSingleton(store);
 builder.Services.AddSingleton(state);
-builder.Services.AddHostedService(sp => new RouteReconciler(store, backend, me, state, options.Resync, sp.GetRequiredService<ILogger<RouteReconciler>>()));
+builder.Services.AddHostedService(sp => new RouteReconciler(store, backend, me, state, options.Resync, sp.GetRequiredService<ILogger<RouteReconciler>>(), options.Policy));
 if (options.Policy)
     builder.Services.AddHostedService(sp => new PolicyReconciler(store, me.Name, new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(), state, sp.GetRequiredService<ILogger<PolicyReconciler>>()));
 

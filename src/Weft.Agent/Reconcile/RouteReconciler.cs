@@ -15,10 +15,10 @@ namespace Weft.Agent.Reconcile;
 /// difference. A restart reads the kernel back and adopts it, so traffic keeps flowing; a periodic resync repairs
 /// drift (someone deleting a route by hand).
 /// </summary>
-public sealed class RouteReconciler(IDatastore store, IBackend backend, LocalNode me, AgentState state, TimeSpan resync, ILogger<RouteReconciler> log)
+public sealed class RouteReconciler(IDatastore store, IBackend backend, LocalNode me, AgentState state, TimeSpan resync, ILogger<RouteReconciler> log, bool policyEnforced = true)
     : BackgroundService
 {
-    private readonly NatProgrammer _nat = new();
+    private readonly NatProgrammer _nat = new(untrackPodToPod: !policyEnforced);
     private readonly Channel<bool> _kick = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
 
     protected override async Task ExecuteAsync(CancellationToken ct)

@@ -9,7 +9,7 @@ using Weft.Resources;
 
 namespace Weft.Ctl.Lab;
 
-public sealed record LabUpOptions(string Name, int Nodes, int PodsPerNode, string Backend, string Mode, string Datastore, string? TopologyFile);
+public sealed record LabUpOptions(string Name, int Nodes, int PodsPerNode, string Backend, string Mode, string Datastore, string? TopologyFile, string Policy = "on");
 
 /// <summary>
 /// `weftctl lab`: a real multi-node cluster on one machine. An underlay namespace with a bridge joins one
@@ -27,6 +27,7 @@ public static class LabCommands
         if (o.PodsPerNode is < 0 or > 50) throw new ArgumentException($"--pods-per-node {o.PodsPerNode}: use 0 to 50");
         if (o.Backend is not ("vxlan" or "host-gw")) throw new ArgumentException($"--backend {o.Backend}: use vxlan or host-gw");
         if (o.Mode is not ("routed" or "bridge")) throw new ArgumentException($"--mode {o.Mode}: use routed or bridge");
+        if (o.Policy is not ("on" or "off")) throw new ArgumentException($"--policy {o.Policy}: use on or off");
         if (o.Datastore is not ("sqlite" or "etcd")) throw new ArgumentException($"--datastore {o.Datastore}: the lab runs sqlite or etcd (a 3-member cluster)");
         if (LabState.Load(o.Name) is not null || Shell.Run("ip", "netns", "list").Split('\n').Any(l => l.StartsWith(o.Name + "-", StringComparison.Ordinal)))
             throw new ArgumentException($"lab '{o.Name}' already exists; remove it with `weftctl lab down --name {o.Name}`");
@@ -34,7 +35,7 @@ public static class LabCommands
         var dir = LabState.DirFor(o.Name);
         var state = new LabState
         {
-            Name = o.Name, Dir = dir, Backend = o.Backend, Mode = o.Mode,
+            Name = o.Name, Dir = dir, Backend = o.Backend, Mode = o.Mode, Policy = o.Policy,
             Datastore = o.Datastore == "etcd" ? "etcd://" + string.Join(",", EtcdIps.Select(ip => ip + ":2379")) : "sqlite://" + Path.Combine(dir, "weft.db"),
             ControlPlane = o.Datastore == "etcd" ? o.Name + "-cp" : null,
             PodMtu = o.Backend == "vxlan" ? 1450 : 1500, Underlay = o.Name + "-ul", Gateway = o.Name + "-gw",
@@ -76,7 +77,7 @@ public static class LabCommands
             foreach (var node in state.Nodes)
             {
                 node.AgentPid = Shell.StartDetached(node.Netns, Path.Combine(dir, node.Name + ".log"), Path.Combine(dist, "weft-agent"),
-                    "--nodename", node.Name, "--datastore", state.Datastore, "--backend", o.Backend, "--underlay-interface", "eth0", "--socket", node.Socket);
+                    "--nodename", node.Name, "--datastore", state.Datastore, "--backend", o.Backend, "--underlay-interface", "eth0", "--socket", node.Socket, "--policy", state.Policy);
                 state.Save();
             }
             await Task.WhenAll(state.Nodes.Select(n => WaitHealthyAsync(state, n, TimeSpan.FromSeconds(60), ct))).ConfigureAwait(false);
@@ -465,7 +466,7 @@ public static class LabCommands
         }
         var dist = DistDir();
         node.AgentPid = Shell.StartDetached(node.Netns, Path.Combine(state.Dir, node.Name + ".log"), Path.Combine(dist, "weft-agent"),
-            "--nodename", node.Name, "--datastore", state.Datastore, "--backend", state.Backend, "--underlay-interface", "eth0", "--socket", node.Socket);
+            "--nodename", node.Name, "--datastore", state.Datastore, "--backend", state.Backend, "--underlay-interface", "eth0", "--socket", node.Socket, "--policy", state.Policy);
         state.Save();
         await WaitHealthyAsync(state, node, TimeSpan.FromSeconds(60), ct).ConfigureAwait(false);
         ctx.Out.WriteLine($"weft-agent on {node.Name} restarted (pid {node.AgentPid})");

@@ -68,6 +68,8 @@ public sealed class LabState
     public string CtlDatastore => ControlPlane is null ? Datastore : $"{Datastore}?netns=/var/run/netns/{ControlPlane}";
     public string Backend { get; init; } = "vxlan";
     public string Mode { get; init; } = "routed";
+    /// <summary>Whether the lab's agents enforce network policy ("on", the default) or not ("off").</summary>
+    public string Policy { get; init; } = "on";
     public int PodMtu { get; set; } = 1450;
     public string Underlay { get; init; } = "";
     public string Gateway { get; init; } = "";
