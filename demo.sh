@@ -18,5 +18,13 @@ echo; echo "== reachability matrix, TCP/80 (every pod to every pod, real connect
 dist/weftctl lab matrix --name "$name" --port 80
 echo; echo "== UDP/80"
 dist/weftctl lab matrix --name "$name" --port 80 --protocol UDP
+echo; echo "== network policy: apply examples/policies/demo-web-db.yaml (a Kubernetes NetworkPolicy and a Calico GlobalNetworkPolicy)"
+dist/weftctl --lab "$name" apply -f examples/policies/demo-web-db.yaml
+dist/weftctl lab sync --name "$name"
+dist/weftctl --lab "$name" get networkpolicy
+echo; echo "== TCP/80 with the policies enforced by every node's nftables (real connections)"
+dist/weftctl lab matrix --name "$name" --port 80
+echo; echo "== why is pod-3 -> pod-1 blocked?"
+dist/weftctl --lab "$name" policy trace --from default/pod-3 --to default/pod-1 --port 80
 echo; echo "== IPAM"
 dist/weftctl --lab "$name" ipam show --show-blocks

@@ -49,7 +49,7 @@ public sealed class PolicyEvaluator(PolicySet policies, PolicyWorld world)
             var applicable = policies.InTier(tier).Where(p => p.AppliesTo(direction) && world.Applies(p, subject)).ToList();
             if (applicable.Count == 0) continue;
             anyApplied = true;
-            steps.Add($"tier {tier}: {applicable.Count} {direction.ToString().ToLowerInvariant()} polic{(applicable.Count == 1 ? "y" : "ies")} select {subject.Key}: {string.Join(", ", applicable.Select(p => p.Display))}");
+            steps.Add($"tier {tier}: {applicable.Count} {direction.ToString().ToLowerInvariant()} polic{(applicable.Count == 1 ? "y selects" : "ies select")} {subject.Key}: {string.Join(", ", applicable.Select(p => p.Display))}");
             var passed = false;
             foreach (var policy in applicable)
             {
