@@ -35,15 +35,17 @@ public sealed class LabRun : IDisposable
 public sealed class LabTests
 {
     [Theory]
-    [InlineData("vxlan", "routed")]
-    [InlineData("vxlan", "bridge")]
-    [InlineData("host-gw", "routed")]
-    [InlineData("host-gw", "bridge")]
-    public void Three_nodes_two_pods_each_reach_every_pod_without_nat(string backend, string mode)
+    [InlineData("vxlan", "routed", "sqlite")]
+    [InlineData("vxlan", "bridge", "sqlite")]
+    [InlineData("host-gw", "routed", "sqlite")]
+    [InlineData("host-gw", "bridge", "sqlite")]
+    [InlineData("vxlan", "routed", "etcd")]
+    [InlineData("host-gw", "bridge", "etcd")]
+    public void Three_nodes_two_pods_each_reach_every_pod_without_nat(string backend, string mode, string datastore)
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
         using var lab = new LabRun();
-        lab.Up("--nodes", "3", "--pods-per-node", "2", "--backend", backend, "--mode", mode);
+        lab.Up("--nodes", "3", "--pods-per-node", "2", "--backend", backend, "--mode", mode, "--datastore", datastore);
         var status = lab.Status();
         Assert.Equal(3, status["nodes"]!.AsArray().Count);
         Assert.All(status["nodes"]!.AsArray(), n => Assert.Equal("ok", n!["health"]!.GetValue<string>()));
