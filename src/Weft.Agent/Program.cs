@@ -47,7 +47,14 @@ state.Update(s => s with { Underlay = $"{me.UnderlayAddress}/{me.UnderlayPrefix}
 builder.Services.AddSingleton(store);
 builder.Services.AddSingleton(state);
 builder.Services.AddHostedService(sp => new RouteReconciler(store, backend, me, state, options.Resync, sp.GetRequiredService<ILogger<RouteReconciler>>(), options.Policy));
-if (options.Policy)
+if (!options.Policy)
+{
+    // Enforcement switched off: a table left by an earlier run would keep dropping new pods (fail closed). Remove it.
+    using var transport = new Weft.Dataplane.Nftables.LibNftTransport();
+    new Weft.Dataplane.Nftables.NftPolicyDriver(transport).Remove();
+    log.LogInformation("policy enforcement off: the weft-policy nftables table is removed");
+}
+else
     builder.Services.AddHostedService(sp => new PolicyReconciler(store, me.Name, new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(), state, sp.GetRequiredService<ILogger<PolicyReconciler>>()));
 
 var socketDir = Path.GetDirectoryName(options.SocketPath);

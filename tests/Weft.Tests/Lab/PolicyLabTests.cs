@@ -212,4 +212,20 @@ public sealed class PolicyLabBehaviourTests
         Ok(lab.Ctl("lab", "sync", "--name", lab.Name));
         Assert.True(Connects(lab, "default/other", server));
     }
+
+    [Fact]
+    public void An_agent_started_with_policy_off_removes_the_table_an_earlier_run_left()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        using var lab = new LabRun();
+        lab.Up("--nodes", "1", "--pods-per-node", "1");
+        var node = lab.Netns("node-1");
+        Assert.Contains("weft-policy", TestEnv.Sh($"ip netns exec {node} nft list tables"));
+        Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-1", "--kill", "--stop"));
+        // Runs until `timeout` ends it: by then it has started and removed the table.
+        TestEnv.Run("timeout", ["3", "ip", "netns", "exec", node, TestEnv.Dist + "/weft-agent", "--nodename", "node-1", "--datastore",
+            $"sqlite:///var/lib/weft/labs/{lab.Name}/weft.db", "--underlay-interface", "eth0", "--socket", Path.Combine(Path.GetTempPath(), $"weft-off-{lab.Name}.sock"),
+            "--metrics-address", "127.0.0.1:19962", "--policy", "off"]);
+        Assert.DoesNotContain("weft-policy", TestEnv.Sh($"ip netns exec {node} nft list tables"));
+    }
 }
