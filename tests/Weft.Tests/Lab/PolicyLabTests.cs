@@ -226,6 +226,7 @@ public sealed class PolicyLabBehaviourTests
         TestEnv.Run("timeout", ["3", "ip", "netns", "exec", node, TestEnv.Dist + "/weft-agent", "--nodename", "node-1", "--datastore",
             $"sqlite:///var/lib/weft/labs/{lab.Name}/weft.db", "--underlay-interface", "eth0", "--socket", Path.Combine(Path.GetTempPath(), $"weft-off-{lab.Name}.sock"),
             "--metrics-address", "127.0.0.1:19962", "--policy", "off"]);
+        File.Delete(Path.Combine(Path.GetTempPath(), $"weft-off-{lab.Name}.sock"));
         Assert.DoesNotContain("weft-policy", TestEnv.Sh($"ip netns exec {node} nft list tables"));
     }
 }
