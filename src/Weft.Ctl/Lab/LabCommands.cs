@@ -295,7 +295,7 @@ public static class LabCommands
         var node = state.Nodes.First(n => n.Name == pod.Node);
         var args = $"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.Namespace};K8S_POD_NAME={pod.Name};K8S_POD_INFRA_CONTAINER_ID={pod.ContainerId}";
         Cni(state, node, "DEL", pod, args, DistDir());
-        Shell.Stop(pod.ServerPid, "weftctl");
+        Shell.Stop(pod.ServerPid, "weftctl", pod.Netns);
         if (state.Namespaces.Remove(pod.Netns)) Shell.TryRun("ip", ["netns", "delete", pod.Netns]);
         state.Pods.Remove(pod);
         state.Save();
@@ -433,9 +433,9 @@ public static class LabCommands
 
     private static int Remove(LabState state)
     {
-        foreach (var p in state.Pods) Shell.Stop(p.ServerPid, "weftctl");
-        foreach (var n in state.Nodes) Shell.Stop(n.AgentPid, "weft-agent");
-        foreach (var m in state.Etcd) Shell.Stop(m.Pid, "etcd");
+        foreach (var p in state.Pods) Shell.Stop(p.ServerPid, "weftctl", p.Netns);
+        foreach (var n in state.Nodes) Shell.Stop(n.AgentPid, "weft-agent", n.Netns);
+        foreach (var m in state.Etcd) Shell.Stop(m.Pid, "etcd", state.ControlPlane);
         var count = 0;
         foreach (var ns in state.Namespaces.AsEnumerable().Reverse())
         {
@@ -451,10 +451,10 @@ public static class LabCommands
     {
         var state = LabState.LoadOrThrow(name);
         var node = state.Nodes.FirstOrDefault(n => n.Name == nodeName) ?? throw new ArgumentException($"no node '{nodeName}' in lab {name}");
-        if (Shell.IsRunning(node.AgentPid, "weft-agent"))
+        if (Shell.IsRunning(node.AgentPid, "weft-agent") && Shell.InNetns(node.AgentPid, node.Netns))
         {
             if (kill) Shell.Run("kill", "-KILL", node.AgentPid.ToString(System.Globalization.CultureInfo.InvariantCulture));
-            else Shell.Stop(node.AgentPid, "weft-agent");
+            else Shell.Stop(node.AgentPid, "weft-agent", node.Netns);
             for (var i = 0; i < 100 && Shell.IsRunning(node.AgentPid, "weft-agent"); i++) await Task.Delay(20, ct).ConfigureAwait(false);
         }
         if (stopOnly)

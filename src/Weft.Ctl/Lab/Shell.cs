@@ -50,9 +50,11 @@ internal static class Shell
     /// Ends a process we started, by PID, only if it is still the program we started: SIGTERM, then SIGKILL after
     /// 3 s. Our detached processes are not our children, so exit is observed through /proc (a zombie counts as gone).
     /// </summary>
-    public static void Stop(int pid, string expected)
+    public static void Stop(int pid, string expected, string? netns = null)
     {
         if (!IsRunning(pid, expected)) return;
+        // PIDs wrap quickly here (pid_max 32768): a stale PID may now be another lab's process with the same name.
+        if (netns is not null && !InNetns(pid, netns)) return;
         var id = pid.ToString(System.Globalization.CultureInfo.InvariantCulture);
         TryRun("kill", ["-TERM", id]);
         for (var i = 0; i < 150 && IsRunning(pid, expected); i++) Thread.Sleep(20);
@@ -67,6 +69,13 @@ internal static class Shell
         foreach (var line in stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
             if (int.TryParse(line, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var pid) && pid != Environment.ProcessId)
                 Stop(pid, "");
+    }
+
+    /// <summary>Is the process inside that named network namespace (`ip netns identify`)?</summary>
+    public static bool InNetns(int pid, string netns)
+    {
+        var (code, stdout, _) = TryRun("ip", ["netns", "identify", pid.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        return code == 0 && stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Contains(netns, StringComparer.Ordinal);
     }
 
     public static bool IsRunning(int pid, string expected)
