@@ -209,7 +209,7 @@ public static class LabCommands
         string last = "no answer";
         while (deadline.Elapsed < timeout)
         {
-            if (!Shell.IsRunning(node.AgentPid, "weft-agent"))
+            if (!Shell.IsRunning(node.AgentPid, "weft-agent") && !await StillRunningAfterAsync(node.AgentPid, ct).ConfigureAwait(false))
             {
                 var log = Path.Combine(state.Dir, node.Name + ".log");
                 throw new LabException($"weft-agent on {node.Name} exited: {(File.Exists(log) ? File.ReadAllText(log).Trim() : "no log")}");
@@ -386,6 +386,13 @@ public static class LabCommands
         var took = await WaitPolicySyncedAsync(state, TimeSpan.FromMilliseconds(timeoutMs), ct).ConfigureAwait(false);
         ctx.Out.WriteLine($"every agent enforces the current datastore revision ({took.TotalMilliseconds:0.0} ms)");
         return 0;
+    }
+
+    /// <summary>A second look before declaring an agent dead: a process caught mid-exec reads as gone for a moment.</summary>
+    private static async Task<bool> StillRunningAfterAsync(int pid, CancellationToken ct)
+    {
+        await Task.Delay(300, ct).ConfigureAwait(false);
+        return Shell.IsRunning(pid, "weft-agent");
     }
 
     public static async Task<(bool Healthy, string Detail)> HealthAsync(LabNode node, CancellationToken ct)

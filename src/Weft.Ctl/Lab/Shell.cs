@@ -80,7 +80,15 @@ internal static class Shell
 
     public static bool IsRunning(int pid, string expected)
     {
-        try { return pid > 0 && File.ReadAllText($"/proc/{pid}/cmdline").Contains(expected, StringComparison.Ordinal) && !File.ReadAllText($"/proc/{pid}/stat").Contains(") Z", StringComparison.Ordinal); }
+        if (pid <= 0) return false;
+        try
+        {
+            if (File.ReadAllText($"/proc/{pid}/stat").Contains(") Z", StringComparison.Ordinal)) return false;
+            var cmdline = File.ReadAllText($"/proc/{pid}/cmdline");
+            // Mid-exec (our detached processes exec twice: sh → ip netns exec → the program) cmdline reads empty for a
+            // moment; that is the process we started, still alive, not a sign that it exited.
+            return cmdline.Length == 0 || cmdline.Contains(expected, StringComparison.Ordinal);
+        }
         catch (IOException) { return false; }
     }
 }
