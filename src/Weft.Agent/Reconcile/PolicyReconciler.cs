@@ -26,7 +26,7 @@ public sealed class PolicyReconciler(IDatastore store, string nodeName, NftPolic
     {
         _transport = new LibNftTransport();
         _driver = new NftPolicyDriver(_transport);
-        var watcher = Task.Run(() => WatchAsync(ct), ct);
+        var watcher = Task.Run(() => DatastoreTrigger.WatchAsync(store, PolicyStore.IsPolicyInput, _kick.Writer, log, "policy", ct), ct);
         _kick.Writer.TryWrite(true);
         while (!ct.IsCancellationRequested)
         {
@@ -44,25 +44,6 @@ public sealed class PolicyReconciler(IDatastore store, string nodeName, NftPolic
         _transport.Dispose();
     }
 
-    private async Task WatchAsync(CancellationToken ct)
-    {
-        while (!ct.IsCancellationRequested)
-        {
-            try
-            {
-                var rev = await store.RevisionAsync(ct).ConfigureAwait(false);
-                _kick.Writer.TryWrite(true);
-                await foreach (var e in store.WatchAsync(Keys.Root, rev, ct).ConfigureAwait(false))
-                    if (PolicyStore.IsPolicyInput(e.Key)) _kick.Writer.TryWrite(true);
-            }
-            catch (OperationCanceledException) { return; }
-            catch (Exception e)
-            {
-                log.LogWarning("policy watch failed, relisting: {Error}", e.Message);
-                try { await Task.Delay(500, ct).ConfigureAwait(false); } catch (OperationCanceledException) { return; }
-            }
-        }
-    }
 
     private async Task ReconcileOnceAsync(CancellationToken ct)
     {

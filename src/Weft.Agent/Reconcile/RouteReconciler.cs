@@ -23,7 +23,7 @@ public sealed class RouteReconciler(IDatastore store, IBackend backend, LocalNod
 
     protected override async Task ExecuteAsync(CancellationToken ct)
     {
-        var watcher = Task.Run(() => WatchAsync(ct), ct);
+        var watcher = Task.Run(() => DatastoreTrigger.WatchAsync(store, IsRouteInput, _kick.Writer, log, "route", ct), ct);
         _kick.Writer.TryWrite(true);
         while (!ct.IsCancellationRequested)
         {
@@ -39,27 +39,9 @@ public sealed class RouteReconciler(IDatastore store, IBackend backend, LocalNod
         await watcher.ConfigureAwait(false);
     }
 
-    private async Task WatchAsync(CancellationToken ct)
-    {
-        while (!ct.IsCancellationRequested)
-        {
-            try
-            {
-                var rev = await store.RevisionAsync(ct).ConfigureAwait(false);
-                _kick.Writer.TryWrite(true);
-                await foreach (var e in store.WatchAsync(Keys.Root, rev, ct).ConfigureAwait(false))
-                    if (e.Key.StartsWith(Keys.Nodes, StringComparison.Ordinal) || e.Key.StartsWith(Keys.Blocks, StringComparison.Ordinal) ||
-                        e.Key.StartsWith(Keys.Pools, StringComparison.Ordinal) || e.Key.StartsWith(Keys.Endpoints, StringComparison.Ordinal))
-                        _kick.Writer.TryWrite(true);
-            }
-            catch (OperationCanceledException) { return; }
-            catch (Exception e)
-            {
-                log.LogWarning("watch failed, relisting: {Error}", e.Message);
-                try { await Task.Delay(500, ct).ConfigureAwait(false); } catch (OperationCanceledException) { return; }
-            }
-        }
-    }
+    private static bool IsRouteInput(string key) =>
+        key.StartsWith(Keys.Nodes, StringComparison.Ordinal) || key.StartsWith(Keys.Blocks, StringComparison.Ordinal) ||
+        key.StartsWith(Keys.Pools, StringComparison.Ordinal) || key.StartsWith(Keys.Endpoints, StringComparison.Ordinal);
 
     public async Task ReconcileOnceAsync(CancellationToken ct)
     {
