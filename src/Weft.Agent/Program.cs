@@ -2,6 +2,7 @@ using System.Net;
 using System.Text.Json.Serialization;
 using Weft.Agent.Backends;
 using Weft.Agent.Config;
+using Weft.Agent.Flows;
 using Weft.Agent.Reconcile;
 using Weft.Datastore;
 
@@ -46,6 +47,16 @@ var state = new AgentState(me.Name, backend.Type);
 state.Update(s => s with { Underlay = $"{me.UnderlayAddress}/{me.UnderlayPrefix}", Vtep = me.VtepAddress?.ToString(), Mtu = me.UnderlayMtu - backend.Overhead });
 builder.Services.AddSingleton(store);
 builder.Services.AddSingleton(state);
+// Flows: the policy table logs its verdicts to NFLOG group 2 (group 1 is for Log rules); the collector names them.
+const int FlowLogGroup = 2;
+var flowsOn = options.FlowBuffer > 0;
+var ring = new Weft.Flows.FlowRing(Math.Max(1, options.FlowBuffer));
+var flowIds = new FlowIdentities(me.Name);
+var flowCounters = new FlowCounters();
+builder.Services.AddSingleton(new ObserverService(ring, flowCounters, me.Name));
+builder.Services.AddGrpc();
+if (flowsOn)
+    builder.Services.AddHostedService(sp => new FlowCollector(ring, flowIds, flowCounters, me.Name, FlowLogGroup, store, refreshIdentities: !options.Policy, sp.GetRequiredService<ILogger<FlowCollector>>()));
 builder.Services.AddHostedService(sp => new RouteReconciler(store, backend, me, state, options.Resync, sp.GetRequiredService<ILogger<RouteReconciler>>(), options.Policy));
 if (!options.Policy)
 {
@@ -55,7 +66,7 @@ if (!options.Policy)
     log.LogInformation("policy enforcement off: the weft-policy nftables table is removed");
 }
 else
-    builder.Services.AddHostedService(sp => new PolicyReconciler(store, me.Name, new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(), state, sp.GetRequiredService<ILogger<PolicyReconciler>>()));
+    builder.Services.AddHostedService(sp => new PolicyReconciler(store, me.Name, new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(FlowLogGroup: flowsOn ? FlowLogGroup : 0), state, sp.GetRequiredService<ILogger<PolicyReconciler>>(), flowsOn ? flowIds : null));
 
 var socketDir = Path.GetDirectoryName(options.SocketPath);
 if (!string.IsNullOrEmpty(socketDir)) Directory.CreateDirectory(socketDir);
@@ -63,14 +74,25 @@ if (File.Exists(options.SocketPath)) File.Delete(options.SocketPath); // a socke
 var metrics = IPEndPoint.Parse(options.MetricsAddress);
 builder.WebHost.ConfigureKestrel(k =>
 {
-    k.ListenUnixSocket(options.SocketPath);
+    // One socket for the local API and the flow API (gRPC): HTTP/2 with prior knowledge, since cleartext HTTP/2
+    // cannot be negotiated next to HTTP/1.1 (curl: --http2-prior-knowledge). The metrics port also answers /healthz
+    // and /status over HTTP/1.1.
+    k.ListenUnixSocket(options.SocketPath, l => l.Protocols = Microsoft.AspNetCore.Server.Kestrel.Core.HttpProtocols.Http2);
     k.Listen(metrics);
+    if (flowsOn && options.FlowAddress.Length > 0)
+        k.Listen(IPEndPoint.Parse(options.FlowAddress), l => l.Protocols = Microsoft.AspNetCore.Server.Kestrel.Core.HttpProtocols.Http2);
 });
 
 var app = builder.Build();
 app.MapGet("/healthz", (AgentState s) => s.Snapshot.Synced ? Results.Text("ok\n") : Results.Text("syncing\n", statusCode: 503));
 app.MapGet("/status", (AgentState s) => Results.Json(s.Snapshot, AgentJson.Default.AgentSnapshot));
-app.MapGet("/metrics", (AgentState s) => Results.Text(s.Metrics(), "text/plain; version=0.0.4"));
+app.MapGet("/metrics", (AgentState s) =>
+{
+    var text = new System.Text.StringBuilder(s.Metrics());
+    if (flowsOn) flowCounters.AppendMetrics(text, ring, flowIds.LocalEndpoints);
+    return Results.Text(text.ToString(), "text/plain; version=0.0.4");
+});
+app.MapGrpcService<ObserverService>();
 await app.RunAsync();
 store.Dispose();
 return 0;

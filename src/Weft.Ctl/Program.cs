@@ -124,6 +124,59 @@ delPod.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.DeletePodAsync(
 foreach (var c in new[] { up, down, status, exec, matrix, serve, restart, sync, addPod, delPod }) lab.Subcommands.Add(c);
 root.Subcommands.Add(lab);
 
+// observe: hubble observe's flags and meanings
+Option<string[]> Many(string name, string description, params string[] aliases)
+{
+    var o = new Option<string[]>(name, aliases) { Description = description, AllowMultipleArgumentsPerToken = false };
+    return o;
+}
+var obsPod = Many("--pod", "flows from or to this pod ([namespace/]name prefix)");
+var obsNamespace = Many("--namespace", "flows from or to pods of this namespace", "-n");
+var obsFromPod = Many("--from-pod", "flows from this pod");
+var obsToPod = Many("--to-pod", "flows to this pod");
+var obsIp = Many("--ip", "flows from or to this address or CIDR");
+var obsFromIp = Many("--from-ip", "flows from this address or CIDR");
+var obsToIp = Many("--to-ip", "flows to this address or CIDR");
+var obsLabel = Many("--label", "flows from or to pods with these labels (k=v[,k2=v2])", "-l");
+var obsFromLabel = Many("--from-label", "flows from pods with these labels");
+var obsToLabel = Many("--to-label", "flows to pods with these labels");
+var obsVerdict = Many("--verdict", "FORWARDED or DROPPED");
+var obsProtocol = Many("--protocol", "tcp, udp, sctp, icmpv4, icmpv6");
+var obsPort = new Option<int[]>("--port") { Description = "source or destination port" };
+var obsFromPort = new Option<int[]>("--from-port") { Description = "source port" };
+var obsToPort = new Option<int[]>("--to-port") { Description = "destination port" };
+var obsDirection = Many("--traffic-direction", "ingress or egress");
+var obsNode = Many("--node", "flows seen on this node (name, or prefix*)");
+var obsLast = new Option<int?>("--last") { Description = "the last N flows (default 20 unless --since, --all or --follow)" };
+var obsAll = new Option<bool>("--all") { Description = "every flow in the nodes' buffers" };
+var obsSince = new Option<string?>("--since") { Description = "flows since a duration ago (5m) or an RFC 3339 time" };
+var obsFollow = new Option<bool>("--follow", "-f") { Description = "keep printing new flows" };
+var obsOut = new Option<string>("--output", "-o") { Description = "compact, json (Hubble's JSON, one per line) or table", DefaultValueFactory = _ => "compact" };
+var obsServer = Many("--server", "an agent's flow API: HOST[:4244] or unix:///path (default: the lab's nodes, else every registered node)");
+var observe = new Command("observe", "show flows (forwarded and dropped connections) from every node, as hubble observe")
+{
+    obsPod, obsNamespace, obsFromPod, obsToPod, obsIp, obsFromIp, obsToIp, obsLabel, obsFromLabel, obsToLabel, obsVerdict, obsProtocol,
+    obsPort, obsFromPort, obsToPort, obsDirection, obsNode, obsLast, obsAll, obsSince, obsFollow, obsOut, obsServer,
+};
+observe.SetAction((r, ct) => Guard(() => FlowCommands.ObserveAsync(Ctx(r), new ObserveOptions
+{
+    Pods = r.GetValue(obsPod) ?? [], Namespaces = r.GetValue(obsNamespace) ?? [], FromPods = r.GetValue(obsFromPod) ?? [], ToPods = r.GetValue(obsToPod) ?? [],
+    Ips = r.GetValue(obsIp) ?? [], FromIps = r.GetValue(obsFromIp) ?? [], ToIps = r.GetValue(obsToIp) ?? [],
+    Labels = r.GetValue(obsLabel) ?? [], FromLabels = r.GetValue(obsFromLabel) ?? [], ToLabels = r.GetValue(obsToLabel) ?? [],
+    Verdicts = r.GetValue(obsVerdict) ?? [], Protocols = r.GetValue(obsProtocol) ?? [],
+    Ports = r.GetValue(obsPort) ?? [], FromPorts = r.GetValue(obsFromPort) ?? [], ToPorts = r.GetValue(obsToPort) ?? [],
+    Directions = r.GetValue(obsDirection) ?? [], Nodes = r.GetValue(obsNode) ?? [],
+    Last = r.GetValue(obsLast), All = r.GetValue(obsAll), Since = r.GetValue(obsSince), Follow = r.GetValue(obsFollow),
+    Output = r.GetValue(obsOut)!, Servers = r.GetValue(obsServer) ?? [], Lab = r.GetValue(labOption),
+}, ct)));
+root.Subcommands.Add(observe);
+
+var statusServer = Many("--server", "an agent's flow API: HOST[:4244] or unix:///path");
+var statusOut = new Option<string>("--output", "-o") { Description = "text or json", DefaultValueFactory = _ => "text" };
+var clusterStatus = new Command("status", "the cluster at a glance: datastore, nodes and agents, endpoints, policies, IPAM, flows") { statusServer, statusOut };
+clusterStatus.SetAction((r, ct) => Guard(() => FlowCommands.StatusAsync(Ctx(r), r.GetValue(labOption), r.GetValue(statusServer) ?? [], r.GetValue(statusOut)!, ct)));
+root.Subcommands.Add(clusterStatus);
+
 var version = new Command("version", "print weftctl's version");
 version.SetAction(_ => { Console.WriteLine($"weftctl {typeof(CtlContext).Assembly.GetName().Version}"); return 0; });
 root.Subcommands.Add(version);

@@ -19,6 +19,10 @@ public sealed class AgentOptions
     public TimeSpan Resync { get; set; } = TimeSpan.FromSeconds(10);
     /// <summary>Enforce network policy with the nftables dataplane (fail closed for endpoints not yet programmed).</summary>
     public bool Policy { get; set; } = true;
+    /// <summary>Flow capture (NFLOG verdicts, conntrack ends) into a ring of this many flows; 0 turns it off.</summary>
+    public int FlowBuffer { get; set; } = Weft.Flows.FlowRing.DefaultCapacity;
+    /// <summary>The flow API for remote readers (gRPC over TCP, Hubble's port); empty turns it off.</summary>
+    public string FlowAddress { get; set; } = "0.0.0.0:4244";
     /// <summary>From net-conf.json: the pool to create when none covers it.</summary>
     public FlannelNetConf? NetConf { get; private set; }
 
@@ -45,6 +49,11 @@ public sealed class AgentOptions
                 case "--policy":
                     o.Policy = Value() switch { "on" => true, "off" => false, var v => throw new ArgumentException($"--policy {v}: use on or off") };
                     break;
+                case "--flows":
+                    o.FlowBuffer = Value() switch { "on" => o.FlowBuffer > 0 ? o.FlowBuffer : Weft.Flows.FlowRing.DefaultCapacity, "off" => 0, var v => throw new ArgumentException($"--flows {v}: use on or off") };
+                    break;
+                case "--flow-buffer": o.FlowBuffer = Int(a, Value()); break;
+                case "--flow-address": o.FlowAddress = Value(); break;
                 case "--resync-seconds": o.Resync = TimeSpan.FromSeconds(Int(a, Value())); break;
                 case "--label":
                     var kv = Value().Split('=', 2);
@@ -89,6 +98,8 @@ public sealed class AgentOptions
                     case "socket": SocketPath = S(); break;
                     case "metricsAddress": MetricsAddress = S(); break;
                     case "netConf": NetConfPath = S(); break;
+                    case "flowBuffer": FlowBuffer = N(); break;
+                    case "flowAddress": FlowAddress = S(); break;
                     default: throw new ArgumentException($"{path}: unknown key '{p.Name}'");
                 }
             }
@@ -100,6 +111,8 @@ public sealed class AgentOptions
         if (!Backends.Contains(Backend)) throw new ArgumentException($"backend '{Backend}' is unknown; use {string.Join(" or ", Backends)}");
         if (Vni is < 1 or > 16_777_215) throw new ArgumentException($"VNI {Vni} is out of range (1-16777215)");
         if (Port is < 1 or > 65535) throw new ArgumentException($"port {Port} is out of range");
+        if (FlowBuffer is < 0 or > 1 << 20) throw new ArgumentException($"flow buffer {FlowBuffer} is out of range (0-1048576)");
+        if (FlowAddress.Length > 0 && !System.Net.IPEndPoint.TryParse(FlowAddress, out _)) throw new ArgumentException($"flow address '{FlowAddress}' is not IP:PORT");
         if (string.IsNullOrWhiteSpace(NodeName) || NodeName.Contains('/', StringComparison.Ordinal))
             throw new ArgumentException($"node name '{NodeName}' is invalid");
     }
@@ -120,6 +133,9 @@ public sealed class AgentOptions
           --socket PATH               local API (default /var/run/weft/agent.sock)
           --metrics-address IP:PORT   Prometheus metrics (default 0.0.0.0:9962)
           --policy on|off             enforce network policy with nftables, fail closed for new pods (default on)
+          --flows on|off              capture flows (policy verdicts, connection ends) for `weftctl observe` (default on)
+          --flow-buffer N             flows kept per node (default 4095, as Hubble)
+          --flow-address IP:PORT      flow API for remote readers, gRPC (default 0.0.0.0:4244; "" for none)
         """;
 }
 

@@ -14,7 +14,7 @@ namespace Weft.Agent.Reconcile;
 /// transaction. Nothing is delayed on purpose: a new pod is dropped (fail closed) until this has run, so latency
 /// here is pod start-up latency. A failed apply is retried; the next attempt replaces the table whole.
 /// </summary>
-public sealed class PolicyReconciler(IDatastore store, string nodeName, NftPolicyCompiler.Options compilerOptions, AgentState state, ILogger<PolicyReconciler> log)
+public sealed class PolicyReconciler(IDatastore store, string nodeName, NftPolicyCompiler.Options compilerOptions, AgentState state, ILogger<PolicyReconciler> log, Flows.FlowIdentities? flowIdentities = null)
     : BackgroundService
 {
     private readonly Channel<bool> _kick = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
@@ -56,6 +56,7 @@ public sealed class PolicyReconciler(IDatastore store, string nodeName, NftPolic
             var local = snapshot.World.Endpoints.Where(e => e.Node == nodeName && e.HostInterface is not null).ToList();
             var ruleset = _compiler.Compile(snapshot.Policies, snapshot.World, local);
             var result = _driver!.Apply(ruleset);
+            flowIdentities?.Update(snapshot.World, ruleset.LogMeanings);
             foreach (var err in snapshot.Errors) log.LogWarning("policy input skipped: {Error}", err);
             state.Update(s => s with
             {

@@ -6,7 +6,7 @@ namespace Weft.Native;
 /// <summary>The libc calls .NET does not expose: netlink sockets, setns, statfs. Nothing outside Native/ sees a raw fd.</summary>
 internal static unsafe partial class Libc
 {
-    public const int AF_NETLINK = 16, SOCK_RAW = 3, SOCK_CLOEXEC = 0x80000, NETLINK_ROUTE = 0;
+    public const int AF_NETLINK = 16, SOCK_RAW = 3, SOCK_CLOEXEC = 0x80000, NETLINK_ROUTE = 0, NETLINK_NETFILTER = 12;
     public const int CLONE_NEWNET = 0x40000000;
     public const int O_RDONLY = 0, O_CLOEXEC = 0x80000;
     public const int EINTR = 4;

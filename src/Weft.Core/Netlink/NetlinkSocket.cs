@@ -40,15 +40,16 @@ internal sealed class NetlinkSocket : IDisposable
 
     private NetlinkSocket(NetlinkSocketHandle fd) => _fd = fd;
 
-    public static unsafe NetlinkSocket Open()
+    public static unsafe NetlinkSocket Open(int protocol = Libc.NETLINK_ROUTE, uint groups = 0)
     {
-        var fd = Libc.socket(Libc.AF_NETLINK, Libc.SOCK_RAW | Libc.SOCK_CLOEXEC, Libc.NETLINK_ROUTE);
+        var fd = Libc.socket(Libc.AF_NETLINK, Libc.SOCK_RAW | Libc.SOCK_CLOEXEC, protocol);
         if (fd < 0) throw new NetlinkException("open netlink socket", Marshal.GetLastPInvokeError());
         var handle = new NetlinkSocketHandle(fd);
         // struct sockaddr_nl { u16 family; u16 pad; u32 pid; u32 groups; }
         var addr = stackalloc byte[12];
         new Span<byte>(addr, 12).Clear();
         BinaryPrimitives.WriteUInt16LittleEndian(new Span<byte>(addr, 2), Libc.AF_NETLINK);
+        BinaryPrimitives.WriteUInt32LittleEndian(new Span<byte>(addr + 8, 4), groups);
         if (Libc.bind(handle, addr, 12) != 0)
         {
             var errno = Marshal.GetLastPInvokeError();
@@ -129,6 +130,47 @@ internal sealed class NetlinkSocket : IDisposable
     }
 
     public static int Align(int len) => (len + 3) & ~3;
+
+    /// <summary>
+    /// For event sockets (NFLOG, conntrack): a receive buffer beyond rmem_max (SO_RCVBUFFORCE, root) so bursts are
+    /// absorbed, and a receive timeout so the reading thread notices shutdown.
+    /// </summary>
+    public unsafe void ConfigureForEvents(int receiveBufferBytes, TimeSpan receiveTimeout)
+    {
+        const int SO_RCVBUFFORCE = 33, SO_RCVTIMEO = 20;
+        var size = receiveBufferBytes;
+        if (Libc.setsockopt(_fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, 4) != 0) _ = Libc.setsockopt(_fd, SOL_SOCKET, SO_RCVBUF, &size, 4);
+        var tv = stackalloc long[2]; // struct timeval { long tv_sec; long tv_usec; }
+        tv[0] = (long)receiveTimeout.TotalSeconds;
+        tv[1] = (long)(receiveTimeout.TotalMicroseconds % 1_000_000);
+        _ = Libc.setsockopt(_fd, SOL_SOCKET, SO_RCVTIMEO, (int*)tv, 16);
+    }
+
+    /// <summary>
+    /// One datagram of events into the socket's buffer: its length, 0 when the receive timed out, or -ENOBUFS when
+    /// the kernel had to drop events because the buffer was full (the caller counts them as lost and reads on).
+    /// </summary>
+    public unsafe int ReceiveEvents(out ReadOnlySpan<byte> data)
+    {
+        const int EAGAIN = 11, ENOBUFS = 105;
+        fixed (byte* p = _rx)
+        {
+            while (true)
+            {
+                var n = Libc.recv(_fd, p, _rx.Length, 0);
+                if (n >= 0)
+                {
+                    data = _rx.AsSpan(0, (int)n);
+                    return (int)n;
+                }
+                var errno = Marshal.GetLastPInvokeError();
+                data = default;
+                if (errno == EAGAIN) return 0;
+                if (errno == ENOBUFS) return -ENOBUFS;
+                if (errno != Libc.EINTR) throw new NetlinkException("receive netlink events", errno);
+            }
+        }
+    }
 
     public void Dispose() => _fd.Dispose();
 }

@@ -411,15 +411,21 @@ public static class LabCommands
         }
     }
 
+    /// <summary>The agent's socket speaks HTTP/2 only (it also carries the gRPC flow API).</summary>
     public static HttpClient AgentClient(string socket) => new(new SocketsHttpHandler
     {
         ConnectCallback = async (_, ct) =>
         {
             var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-            await s.ConnectAsync(new UnixDomainSocketEndPoint(socket), ct).ConfigureAwait(false);
+            try { await s.ConnectAsync(new UnixDomainSocketEndPoint(socket), ct).ConfigureAwait(false); }
+            catch { s.Dispose(); throw; }
             return new NetworkStream(s, ownsSocket: true);
         },
-    });
+    })
+    {
+        DefaultRequestVersion = System.Net.HttpVersion.Version20,
+        DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact,
+    };
 
     public static Task<int> DownAsync(CtlContext ctx, string name)
     {

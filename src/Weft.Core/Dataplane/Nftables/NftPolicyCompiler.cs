@@ -25,7 +25,8 @@ namespace Weft.Dataplane.Nftables;
 /// <summary>Compiles the policy IR for one node's endpoints into the desired content of the `inet weft-policy` table.</summary>
 public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
 {
-    public sealed record Options(string PodInterfacePrefix = "weft", IReadOnlyList<string>? NotPodInterfaces = null, int LogGroup = 1)
+    /// <param name="FlowLogGroup">NFLOG group for verdicts on new connections (flows); 0 turns flow logging off</param>
+    public sealed record Options(string PodInterfacePrefix = "weft", IReadOnlyList<string>? NotPodInterfaces = null, int LogGroup = 1, int FlowLogGroup = 2)
     {
         public IReadOnlyList<string> Excluded => NotPodInterfaces ?? ["weft-vxlan"];
     }
@@ -58,8 +59,10 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
             _out.Maps[name] = new NftVerdictMap(name, type, new SortedDictionary<string, string>(StringComparer.Ordinal));
 
         // Endpoints with no applicable policy share these two chains (the namespace profile: allow).
-        AddChain("allow-egress", [Rule(SetMark(MarkEgressOk), Verdict("return"))]);
-        AddChain("allow-ingress", [Rule(Verdict("accept"))]);
+        AddChain("allow-egress", [Rule([.. FlowLogStatement('A', Direction.Egress, FlowLog.Profile), SetMark(MarkEgressOk), Verdict("return")])]);
+        AddChain("allow-ingress", [Rule([.. FlowLogStatement('A', Direction.Ingress, FlowLog.Profile), Verdict("accept")])]);
+        _out.LogMeanings[FlowLog.Profile] = "";
+        _out.LogMeanings[FlowLog.Unprogrammed] = "";
 
         foreach (var ep in local)
             foreach (var direction in new[] { Direction.Egress, Direction.Ingress })
@@ -77,13 +80,13 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
             Rule(Match("==", Meta("nfproto"), "ipv4"), new JsonObject { ["vmap"] = new JsonObject { ["key"] = Payload("ip", "saddr"), ["data"] = "@egress4" } }),
             Rule(Match("==", Meta("nfproto"), "ipv6"), new JsonObject { ["vmap"] = new JsonObject { ["key"] = Payload("ip6", "saddr"), ["data"] = "@egress6" } }),
             // Not programmed yet (or spoofed source): fail closed.
-            Rule(Match("==", And(Meta("mark"), MarkEgressOk), 0), Verdict("drop")),
+            Rule([Match("==", And(Meta("mark"), MarkEgressOk), 0), .. FlowLogStatement('D', Direction.Egress, FlowLog.Unprogrammed), Verdict("drop")]),
         ]);
         AddChain("to-pod",
         [
             Rule(Match("==", Meta("nfproto"), "ipv4"), new JsonObject { ["vmap"] = new JsonObject { ["key"] = Payload("ip", "daddr"), ["data"] = "@ingress4" } }),
             Rule(Match("==", Meta("nfproto"), "ipv6"), new JsonObject { ["vmap"] = new JsonObject { ["key"] = Payload("ip6", "daddr"), ["data"] = "@ingress6" } }),
-            Rule(Verdict("drop")),
+            Rule([.. FlowLogStatement('D', Direction.Ingress, FlowLog.Unprogrammed), Verdict("drop")]),
         ]);
         var fromPod = new JsonArray(Match("==", Meta("iifname"), options.PodInterfacePrefix + "*"), Match("!=", Meta("iifname"), AnonSet(options.Excluded.Select(n => (JsonNode)n))));
         var toPod = new JsonArray(Match("==", Meta("oifname"), options.PodInterfacePrefix + "*"), Match("!=", Meta("oifname"), AnonSet(options.Excluded.Select(n => (JsonNode)n))));
@@ -119,6 +122,7 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
         var name = $"ep-{(egress ? "eg" : "in")}-{Hash(key)}";
         if (_out.Chains.ContainsKey(name)) return name;
         JsonArray AllowVerdict() => egress ? Rule(SetMark(MarkEgressOk), Verdict("return")) : Rule(Verdict("accept"));
+        JsonArray ProfileVerdict() => Rule([.. FlowLogStatement('A', direction, FlowLog.Profile), .. AllowVerdict().Select(n => n!.DeepClone())]);
         var rules = new List<string>();
         for (var t = 0; t < tiers.Count; t++)
         {
@@ -130,7 +134,8 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
                 tierRules.Add(Rule(Match("!=", And(Meta("mark"), MarkAllow | MarkPass), 0), Verdict("return")).ToJsonString());
             }
             // End of tier: at least one policy applied and none decided.
-            tierRules.Add(Rule(Verdict("drop")).ToJsonString());
+            tierRules.Add(Rule([.. FlowLogStatement('D', direction, tierChain), Verdict("drop")]).ToJsonString());
+            _out.LogMeanings[tierChain] = string.Join(",", tiers[t].Policies.Select(p => p.Id));
             _out.Chains[tierChain] = new NftChain(tierChain, tierRules);
             rules.Add(Rule(Jump(tierChain)).ToJsonString());
             var allow = AllowVerdict();
@@ -139,7 +144,7 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
             if (t < tiers.Count - 1)
                 rules.Add(Rule(new JsonObject { ["mangle"] = new JsonObject { ["key"] = Meta("mark"), ["value"] = new JsonObject { ["&"] = new JsonArray(Meta("mark"), ~MarkPass) } } }).ToJsonString());
         }
-        rules.Add(AllowVerdict().ToJsonString()); // every tier passed: the profile allows
+        rules.Add(ProfileVerdict().ToJsonString()); // every tier passed: the profile allows
         _out.Chains[name] = new NftChain(name, rules);
         return name;
     }
@@ -148,6 +153,7 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
     {
         var key = p.Id + "|" + direction;
         if (_policyChains.TryGetValue(key, out var existing)) return existing;
+        _out.LogMeanings[PolicyToken(p, direction)] = p.Id;
         var readable = p.Id.Replace('/', '.');
         var name = $"pol-{(readable.Length > 200 ? readable[..200] + "-" + Hash(p.Id) : readable)}-{(direction == Direction.Egress ? "eg" : "in")}";
         _policyChains[key] = name;
@@ -177,7 +183,7 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
             foreach (var family in new[] { 4, 6 })
                 foreach (var exprs in RuleExpressions(list[i], family))
                 {
-                    exprs.AddRange(Action(list[i], p));
+                    exprs.AddRange(Action(list[i], p, direction));
                     rules.Add(new JsonArray([.. exprs]).ToJsonString());
                 }
             i++;
@@ -298,12 +304,12 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
             var setName = $"m-{Hash($"{p.Id}|{direction}|{from}")}-{family}";
             _out.Sets[setName] = new NftSet(setName, new JsonArray(family == 4 ? "ipv4_addr" : "ipv6_addr", "inet_proto", "inet_service"), elements) { Interval = true };
             var key = new JsonObject { ["concat"] = new JsonArray(Payload(ipProto, direction == Direction.Ingress ? "saddr" : "daddr"), Meta("l4proto"), Payload("th", "dport")) };
-            result.Add(new JsonArray([Match("==", key, "@" + setName), .. Action(rules[from], p)]).ToJsonString());
+            result.Add(new JsonArray([Match("==", key, "@" + setName), .. Action(rules[from], p, direction)]).ToJsonString());
         }
         foreach (var r in leftovers)
             foreach (var exprs in RuleExpressions(r, family))
             {
-                exprs.AddRange(Action(r, p));
+                exprs.AddRange(Action(r, p, direction));
                 result.Add(new JsonArray([.. exprs]).ToJsonString());
             }
         return result;
@@ -319,10 +325,10 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
 
     private static string Num(int n) => n.ToString(System.Globalization.CultureInfo.InvariantCulture);
 
-    private IEnumerable<JsonNode> Action(PolicyRule rule, PolicyIr p) => rule.Action switch
+    private IEnumerable<JsonNode> Action(PolicyRule rule, PolicyIr p, Direction direction) => rule.Action switch
     {
-        RuleAction.Allow => [SetMark(MarkAllow), Verdict("return")],
-        RuleAction.Deny => [Verdict("drop")],
+        RuleAction.Allow => [.. FlowLogStatement('A', direction, PolicyToken(p, direction)), SetMark(MarkAllow), Verdict("return")],
+        RuleAction.Deny => [.. FlowLogStatement('X', direction, PolicyToken(p, direction)), Verdict("drop")],
         RuleAction.Pass => [SetMark(MarkPass), Verdict("return")],
         _ => [new JsonObject { ["log"] = new JsonObject { ["group"] = options.LogGroup, ["prefix"] = Truncate($"weft {p.Id} {rule.Origin}", 127) } }],
     };
@@ -421,6 +427,12 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
         _out.Sets[name] = new NftSet(name, new JsonArray(family == 4 ? "ipv4_addr" : "ipv6_addr", "inet_service"), elements);
         return name;
     }
+
+    /// <summary>The flow log statement for a verdict (see <see cref="FlowLog"/>), or nothing when flow logging is off.</summary>
+    private JsonObject[] FlowLogStatement(char verdict, Direction direction, string token) =>
+        options.FlowLogGroup <= 0 ? [] : [new JsonObject { ["log"] = new JsonObject { ["group"] = options.FlowLogGroup, ["prefix"] = FlowLog.Prefix(verdict, direction, token) } }];
+
+    private static string PolicyToken(PolicyIr p, Direction direction) => Hash(p.Id + "|" + direction);
 
     private static List<string> Texts(params JsonArray[] rules) => rules.Select(r => r.ToJsonString()).ToList();
 

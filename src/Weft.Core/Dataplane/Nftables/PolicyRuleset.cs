@@ -31,5 +31,7 @@ public sealed class PolicyRuleset
     /// <summary>In declaration order: chains that others jump to come first.</summary>
     public Dictionary<string, NftChain> Chains { get; } = new(StringComparer.Ordinal);
     public int Endpoints { get; set; }
+    /// <summary>Flow log tokens (see <see cref="FlowLog"/>) → the policies they stand for, comma-separated ids ("" for none).</summary>
+    public Dictionary<string, string> LogMeanings { get; } = new(StringComparer.Ordinal);
     public int RuleCount => Chains.Values.Sum(c => c.Rules.Count);
 }

@@ -1,0 +1,155 @@
+using System.Net;
+using Weft.Dataplane.Nftables;
+using Weft.Datastore;
+using Weft.Flows;
+using Weft.Flows.Api;
+using Weft.Policy;
+using Weft.Policy.Ir;
+
+namespace Weft.Agent.Flows;
+
+/// <summary>
+/// Turns what the kernel reports into flows in the node's ring: policy verdicts on new connections (NFLOG, from the
+/// nftables policy table) and connection ends (conntrack DESTROY events), each named with the endpoints at both
+/// ends and, for verdicts, the deciding policy. One dedicated thread per kernel source; nothing here blocks them.
+/// </summary>
+public sealed class FlowCollector(FlowRing ring, FlowIdentities ids, FlowCounters counters, string nodeName, int logGroup,
+    IDatastore store, bool refreshIdentities, ILogger<FlowCollector> log) : BackgroundService
+{
+    protected override Task ExecuteAsync(CancellationToken ct)
+    {
+        var verdicts = Task.Factory.StartNew(() => Guard("policy verdicts (NFLOG)", () => ReadVerdicts(ct)), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        var ends = Task.Factory.StartNew(() => Guard("connection ends (conntrack)", () => ReadConnectionEnds(ct)), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        var sampler = SampleAsync(ct);
+        return Task.WhenAll(verdicts, ends, sampler, refreshIdentities ? RefreshIdentitiesAsync(ct) : Task.CompletedTask);
+    }
+
+    private void Guard(string what, Action loop)
+    {
+        try { loop(); }
+        catch (Exception e) when (e is Weft.Netlink.NetlinkException or InvalidDataException)
+        {
+            log.LogError("flow capture of {What} stopped: {Error}", what, e.Message);
+        }
+    }
+
+    private void ReadVerdicts(CancellationToken ct)
+    {
+        using var socket = NflogSocket.Open((ushort)logGroup);
+        log.LogInformation("flow capture: NFLOG group {Group}, ring of {Capacity} flows", logGroup, ring.Capacity);
+        var batch = new List<LoggedPacket>(256);
+        long lostBefore = 0;
+        while (!ct.IsCancellationRequested)
+        {
+            batch.Clear();
+            socket.Receive(batch);
+            if (socket.Lost != lostBefore)
+            {
+                counters.AddLost(socket.Lost - lostBefore);
+                lostBefore = socket.Lost;
+            }
+            if (batch.Count == 0) continue;
+            foreach (var p in batch)
+            {
+                var flow = FromVerdict(p, ids, nodeName);
+                if (flow is null)
+                {
+                    counters.AddIgnored();
+                    continue;
+                }
+                counters.Count(flow);
+                ring.Add(flow);
+            }
+            ring.Publish();
+        }
+    }
+
+    private void ReadConnectionEnds(CancellationToken ct)
+    {
+        ConntrackEventSocket.EnableAccounting();
+        using var socket = ConntrackEventSocket.Open();
+        var batch = new List<ConntrackEnd>(64);
+        while (!ct.IsCancellationRequested)
+        {
+            batch.Clear();
+            socket.Receive(batch);
+            var added = false;
+            foreach (var end in batch)
+            {
+                // Only connections of this node's pods: the node's own traffic (datastore, BGP) is not pod traffic.
+                var egress = ids.IsLocal(end.Source);
+                if (!egress && !ids.IsLocal(end.Destination)) continue;
+                var flow = FromConnectionEnd(end, ids, nodeName, egress);
+                counters.Count(flow);
+                ring.Add(flow);
+                added = true;
+            }
+            if (added) ring.Publish();
+        }
+    }
+
+    private async Task SampleAsync(CancellationToken ct)
+    {
+        using var timer = new PeriodicTimer(TimeSpan.FromSeconds(1));
+        try { while (await timer.WaitForNextTickAsync(ct).ConfigureAwait(false)) counters.Sample(); }
+        catch (OperationCanceledException) { }
+    }
+
+    /// <summary>With policy enforcement off nobody else loads the cluster's endpoints: do it here, on every change.</summary>
+    private async Task RefreshIdentitiesAsync(CancellationToken ct)
+    {
+        var kick = System.Threading.Channels.Channel.CreateBounded<bool>(new System.Threading.Channels.BoundedChannelOptions(1) { FullMode = System.Threading.Channels.BoundedChannelFullMode.DropWrite });
+        var watcher = Task.Run(() => Reconcile.DatastoreTrigger.WatchAsync(store, PolicyStore.IsPolicyInput, kick.Writer, log, "flow identities", ct), ct);
+        kick.Writer.TryWrite(true);
+        try
+        {
+            while (await kick.Reader.WaitToReadAsync(ct).ConfigureAwait(false))
+            {
+                kick.Reader.TryRead(out _);
+                try { ids.Update((await PolicyStore.LoadAsync(store, ct).ConfigureAwait(false)).World, null); }
+                catch (Exception e) when (e is not OperationCanceledException) { log.LogWarning("flow identities not refreshed: {Error}", e.Message); }
+            }
+        }
+        catch (OperationCanceledException) { }
+        await watcher.ConfigureAwait(false);
+    }
+
+    /// <summary>A flow for one logged verdict, or null when the packet was logged by something else (a Log rule).</summary>
+    public static Flow? FromVerdict(in LoggedPacket p, FlowIdentities ids, string nodeName)
+    {
+        if (!FlowLog.TryParse(p.Prefix, out var verdict, out var direction, out var token)) return null;
+        var f = NewFlow(p.Headers.IpVersion, p.Headers.Source, p.Headers.Destination, p.Headers.Protocol, p.Headers.SourcePort, p.Headers.DestinationPort, p.Headers.IcmpType, p.Headers.IcmpCode, ids, nodeName);
+        f.TimeUnixNano = p.TimeUnixNano;
+        f.TcpFlags = p.Headers.TcpFlags;
+        f.Event = "policy-verdict";
+        f.TrafficDirection = direction == Direction.Ingress ? "INGRESS" : "EGRESS";
+        f.Verdict = verdict == 'A' ? "FORWARDED" : "DROPPED";
+        if (verdict != 'A') f.DropReasonDesc = verdict == 'X' ? "POLICY_DENY" : "POLICY_DENIED";
+        f.Policy = token == FlowLog.Unprogrammed ? "(endpoint not programmed yet)" : ids.Meaning(token) ?? "";
+        return f;
+    }
+
+    public static Flow FromConnectionEnd(in ConntrackEnd end, FlowIdentities ids, string nodeName, bool egress)
+    {
+        var f = NewFlow(end.IpVersion, end.Source, end.Destination, end.Protocol, end.SourcePort, end.DestinationPort, end.IcmpType, end.IcmpCode, ids, nodeName);
+        f.TimeUnixNano = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks * 100;
+        f.Event = "conntrack-destroy";
+        f.Verdict = "FORWARDED";
+        f.TrafficDirection = egress ? "EGRESS" : "INGRESS";
+        f.Packets = end.Packets;
+        f.Bytes = end.Bytes;
+        return f;
+    }
+
+    private static Flow NewFlow(int version, IPAddress src, IPAddress dst, int protocol, ushort sport, ushort dport, byte icmpType, byte icmpCode, FlowIdentities ids, string nodeName)
+    {
+        var f = new Flow
+        {
+            IpVersion = version, IpSource = src.ToString(), IpDestination = dst.ToString(), Protocol = protocol,
+            SourcePort = sport, DestinationPort = dport, IcmpType = icmpType, IcmpCode = icmpCode, NodeName = nodeName,
+        };
+        if (ids.At(src) is { } s) f.Source = s;
+        if (ids.At(dst) is { } d) f.Destination = d;
+        return f;
+    }
+}
