@@ -82,8 +82,9 @@ var mode = new Option<string>("--mode") { Description = "routed or bridge", Defa
 var topology = new Option<string?>("--topology") { Description = "YAML stream of v1 Namespace and v1 Pod" };
 // `lab up --datastore sqlite|etcd` reuses the global --datastore option as the kind of datastore to run.
 var labPolicy = new Option<string>("--policy") { Description = "on (agents enforce network policy, default) or off", DefaultValueFactory = _ => "on" };
-var up = new Command("up", "build the lab") { labName, nodes, podsPerNode, backend, mode, topology, labPolicy };
-up.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.UpAsync(Ctx(r), new(r.GetValue(labName)!, r.GetValue(nodes), r.GetValue(podsPerNode), r.GetValue(backend)!, r.GetValue(mode)!, r.GetValue(datastore) ?? "sqlite", r.GetValue(topology), r.GetValue(labPolicy)!), ct)));
+var labFlows = new Option<string>("--flows") { Description = "on (agents capture flows, default) or off", DefaultValueFactory = _ => "on" };
+var up = new Command("up", "build the lab") { labName, nodes, podsPerNode, backend, mode, topology, labPolicy, labFlows };
+up.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.UpAsync(Ctx(r), new(r.GetValue(labName)!, r.GetValue(nodes), r.GetValue(podsPerNode), r.GetValue(backend)!, r.GetValue(mode)!, r.GetValue(datastore) ?? "sqlite", r.GetValue(topology), r.GetValue(labPolicy)!, r.GetValue(labFlows)!), ct)));
 var down = new Command("down", "remove every namespace, process and file of the lab") { labName };
 down.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.DownAsync(Ctx(r), r.GetValue(labName)!)));
 var labOut = new Option<string>("--output", "-o") { DefaultValueFactory = _ => "table" };

@@ -9,7 +9,7 @@ using Weft.Resources;
 
 namespace Weft.Ctl.Lab;
 
-public sealed record LabUpOptions(string Name, int Nodes, int PodsPerNode, string Backend, string Mode, string Datastore, string? TopologyFile, string Policy = "on");
+public sealed record LabUpOptions(string Name, int Nodes, int PodsPerNode, string Backend, string Mode, string Datastore, string? TopologyFile, string Policy = "on", string Flows = "on");
 
 /// <summary>
 /// `weftctl lab`: a real multi-node cluster on one machine. An underlay namespace with a bridge joins one
@@ -28,6 +28,7 @@ public static class LabCommands
         if (o.Backend is not ("vxlan" or "host-gw")) throw new ArgumentException($"--backend {o.Backend}: use vxlan or host-gw");
         if (o.Mode is not ("routed" or "bridge")) throw new ArgumentException($"--mode {o.Mode}: use routed or bridge");
         if (o.Policy is not ("on" or "off")) throw new ArgumentException($"--policy {o.Policy}: use on or off");
+        if (o.Flows is not ("on" or "off")) throw new ArgumentException($"--flows {o.Flows}: use on or off");
         if (o.Datastore is not ("sqlite" or "etcd")) throw new ArgumentException($"--datastore {o.Datastore}: the lab runs sqlite or etcd (a 3-member cluster)");
         if (LabState.Load(o.Name) is not null || Shell.Run("ip", "netns", "list").Split('\n').Any(l => l.StartsWith(o.Name + "-", StringComparison.Ordinal)))
             throw new ArgumentException($"lab '{o.Name}' already exists; remove it with `weftctl lab down --name {o.Name}`");
@@ -35,7 +36,7 @@ public static class LabCommands
         var dir = LabState.DirFor(o.Name);
         var state = new LabState
         {
-            Name = o.Name, Dir = dir, Backend = o.Backend, Mode = o.Mode, Policy = o.Policy,
+            Name = o.Name, Dir = dir, Backend = o.Backend, Mode = o.Mode, Policy = o.Policy, Flows = o.Flows,
             Datastore = o.Datastore == "etcd" ? "etcd://" + string.Join(",", EtcdIps.Select(ip => ip + ":2379")) : "sqlite://" + Path.Combine(dir, "weft.db"),
             ControlPlane = o.Datastore == "etcd" ? o.Name + "-cp" : null,
             PodMtu = o.Backend == "vxlan" ? 1450 : 1500, Underlay = o.Name + "-ul", Gateway = o.Name + "-gw",
@@ -77,7 +78,7 @@ public static class LabCommands
             foreach (var node in state.Nodes)
             {
                 node.AgentPid = Shell.StartDetached(node.Netns, Path.Combine(dir, node.Name + ".log"), Path.Combine(dist, "weft-agent"),
-                    "--nodename", node.Name, "--datastore", state.Datastore, "--backend", o.Backend, "--underlay-interface", "eth0", "--socket", node.Socket, "--policy", state.Policy);
+                    "--nodename", node.Name, "--datastore", state.Datastore, "--backend", o.Backend, "--underlay-interface", "eth0", "--socket", node.Socket, "--policy", state.Policy, "--flows", state.Flows);
                 state.Save();
             }
             await Task.WhenAll(state.Nodes.Select(n => WaitHealthyAsync(state, n, TimeSpan.FromSeconds(60), ct))).ConfigureAwait(false);
@@ -479,7 +480,7 @@ public static class LabCommands
         }
         var dist = DistDir();
         node.AgentPid = Shell.StartDetached(node.Netns, Path.Combine(state.Dir, node.Name + ".log"), Path.Combine(dist, "weft-agent"),
-            "--nodename", node.Name, "--datastore", state.Datastore, "--backend", state.Backend, "--underlay-interface", "eth0", "--socket", node.Socket, "--policy", state.Policy);
+            "--nodename", node.Name, "--datastore", state.Datastore, "--backend", state.Backend, "--underlay-interface", "eth0", "--socket", node.Socket, "--policy", state.Policy, "--flows", state.Flows);
         state.Save();
         await WaitHealthyAsync(state, node, TimeSpan.FromSeconds(60), ct).ConfigureAwait(false);
         ctx.Out.WriteLine($"weft-agent on {node.Name} restarted (pid {node.AgentPid})");
@@ -588,6 +589,8 @@ public static class LabCommands
         Shell.Ip("netns", "add", name);
         state.Namespaces.Add(name);
         state.Save();
+        // As on a real host (and in a pod, where the runtime's loopback plugin does it): 127.0.0.1 works.
+        Shell.Ip("-n", name, "link", "set", "lo", "up");
     }
 
     private static void ValidateName(string name)

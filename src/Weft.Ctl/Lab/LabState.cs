@@ -70,6 +70,8 @@ public sealed class LabState
     public string Mode { get; init; } = "routed";
     /// <summary>Whether the lab's agents enforce network policy ("on", the default) or not ("off").</summary>
     public string Policy { get; init; } = "on";
+    /// <summary>on: agents capture flows for `weftctl observe`.</summary>
+    public string Flows { get; init; } = "on";
     public int PodMtu { get; set; } = 1450;
     public string Underlay { get; init; } = "";
     public string Gateway { get; init; } = "";

@@ -1,0 +1,294 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Weft.Tests.Support;
+
+namespace Weft.Tests.Lab;
+
+/// <summary>A 2-node lab (pod-1, pod-3 on node-1; pod-2, pod-4 on node-2) whose agents capture flows.</summary>
+public sealed class FlowLabFixture : IDisposable
+{
+    public LabRun Lab { get; } = new();
+    public bool Ready { get; }
+
+    public FlowLabFixture()
+    {
+        if (!TestEnv.IsRoot) return;
+        Lab.Up("--nodes", "2", "--pods-per-node", "2");
+        Ready = true;
+    }
+
+    public void Dispose() => Lab.Dispose();
+}
+
+/// <summary>`weftctl observe` and `weftctl status` against real agents: what the matrix probes is what the flows say.</summary>
+public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLabFixture>
+{
+    private LabRun Lab => fixture.Lab;
+
+    private const string IsolatePod1 = """
+        apiVersion: networking.k8s.io/v1
+        kind: NetworkPolicy
+        metadata: {name: isolate-pod-1, namespace: default}
+        spec:
+          podSelector: {matchLabels: {app: pod-1}}
+          policyTypes: [Ingress]
+          ingress:
+          - from:
+            - podSelector: {matchLabels: {app: pod-2}}
+        """;
+
+    private const string DenyPod4To81 = """
+        apiVersion: projectcalico.org/v3
+        kind: NetworkPolicy
+        metadata: {name: no-81-from-pod-4, namespace: default}
+        spec:
+          selector: app == 'pod-4'
+          types: [Egress]
+          egress:
+          - action: Deny
+            protocol: TCP
+            destination: {ports: [81]}
+          - action: Allow
+        """;
+
+    private void Apply(string yaml)
+    {
+        var file = Path.Combine(Path.GetTempPath(), $"weft-flowlab-{Lab.Name}-{Guid.NewGuid():N}.yaml");
+        File.WriteAllText(file, yaml);
+        try { Ok(Lab.Ctl("--lab", Lab.Name, "apply", "-f", file)); }
+        finally { File.Delete(file); }
+        Ok(Lab.Ctl("lab", "sync", "--name", Lab.Name));
+    }
+
+    private static TestEnv.ProcessResult Ok(TestEnv.ProcessResult r)
+    {
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+        return r;
+    }
+
+    private List<JsonObject> Observe(params string[] args)
+    {
+        var r = Ok(Lab.Ctl(["--lab", Lab.Name, "observe", "-o", "json", .. args]));
+        return r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
+    }
+
+    private static string Since() => DateTime.UtcNow.AddMilliseconds(-1).ToString("yyyy-MM-ddTHH:mm:ss.fffZ", CultureInfo.InvariantCulture);
+
+    private static JsonObject Flow(JsonObject line) => line["flow"]!.AsObject();
+
+    private static string Pod(JsonObject flow, string side) =>
+        flow[side]?["pod_name"] is { } name ? $"{flow[side]!["namespace"]}/{name}" : flow["IP"]![side]!.ToString();
+
+    private (List<string> Pods, bool[][] Allowed) Matrix(int port = 80, string protocol = "TCP")
+    {
+        var m = JsonNode.Parse(Ok(Lab.Ctl("lab", "matrix", "--name", Lab.Name, "--port", port.ToString(CultureInfo.InvariantCulture), "--protocol", protocol, "--timeout-ms", "400", "-o", "json")).Stdout)!;
+        return (m["pods"]!.AsArray().Select(p => p!.ToString()).ToList(), m["allowed"]!.AsArray().Select(r => r!.AsArray().Select(c => c!.GetValue<bool>()).ToArray()).ToArray());
+    }
+
+    private static HashSet<(string, string)> Pairs(List<string> pods, bool[][] allowed, bool want) =>
+        [.. from i in Enumerable.Range(0, pods.Count) from j in Enumerable.Range(0, pods.Count) where i != j && allowed[i][j] == want select (pods[i], pods[j])];
+
+    [Fact]
+    public void A_deny_policy_shows_exactly_the_dropped_pairs_with_pods_and_policy_and_the_rest_forwarded()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.True(fixture.Ready, "the lab did not come up");
+        Apply(IsolatePod1);
+        try
+        {
+            var since = Since();
+            var (pods, allowed) = Matrix();
+            var blocked = Pairs(pods, allowed, want: false);
+            Assert.Equal([("default/pod-3", "default/pod-1"), ("default/pod-4", "default/pod-1")], blocked.Order());
+
+            var drops = Observe("--since", since, "--verdict", "DROPPED").Select(Flow).ToList();
+            Assert.Equal(blocked, drops.Select(f => (Pod(f, "source"), Pod(f, "destination"))).ToHashSet());
+            Assert.All(drops, f =>
+            {
+                Assert.Equal("POLICY_DENIED", f["drop_reason_desc"]!.ToString());
+                Assert.Equal("INGRESS", f["traffic_direction"]!.ToString());
+                Assert.Equal("node-1", f["node_name"]!.ToString()); // pod-1's node decides its ingress
+                var by = f["ingress_denied_by"]!.AsArray().Single()!;
+                Assert.Equal(("isolate-pod-1", "default"), (by["name"]!.ToString(), by["namespace"]!.ToString()));
+                Assert.Equal(80, f["l4"]!["TCP"]!["destination_port"]!.GetValue<int>());
+                Assert.Contains("k8s:app=pod-1", f["destination"]!["labels"]!.AsArray().Select(l => l!.ToString()));
+            });
+
+            var forwarded = Observe("--since", since, "--verdict", "FORWARDED", "--all").Select(Flow).ToList();
+            var seen = forwarded.Select(f => (Pod(f, "source"), Pod(f, "destination"))).ToHashSet();
+            Assert.Superset(Pairs(pods, allowed, want: true), seen);
+            // pod-2 → pod-1 is allowed by the policy, on ingress; the egress side has no policy (profile).
+            Assert.Contains(forwarded, f => Pod(f, "source") == "default/pod-2" && Pod(f, "destination") == "default/pod-1"
+                && f["traffic_direction"]!.ToString() == "INGRESS" && f["ingress_allowed_by"]?[0]?["name"]?.ToString() == "isolate-pod-1");
+            Assert.DoesNotContain(forwarded, f => blocked.Contains((Pod(f, "source"), Pod(f, "destination"))) && f["traffic_direction"]!.ToString() == "INGRESS");
+        }
+        finally
+        {
+            Ok(Lab.Ctl("--lab", Lab.Name, "delete", "knp", "default/isolate-pod-1"));
+        }
+    }
+
+    [Fact]
+    public void A_calico_deny_rule_is_reported_as_policy_deny_on_egress()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.True(fixture.Ready, "the lab did not come up");
+        Apply(DenyPod4To81);
+        try
+        {
+            var since = Since();
+            var (pods, allowed) = Matrix(port: 81);
+            Assert.Equal(pods.Where(p => p != "default/pod-4").Select(p => ("default/pod-4", p)).Order(), Pairs(pods, allowed, want: false).Order());
+            var drops = Observe("--since", since, "--verdict", "DROPPED", "--from-pod", "default/pod-4").Select(Flow).ToList();
+            Assert.NotEmpty(drops);
+            Assert.All(drops, f =>
+            {
+                Assert.Equal(("POLICY_DENY", 181, "EGRESS", "node-2"), (f["drop_reason_desc"]!.ToString(), f["drop_reason"]!.GetValue<int>(), f["traffic_direction"]!.ToString(), f["node_name"]!.ToString()));
+                Assert.Equal("no-81-from-pod-4", f["egress_denied_by"]![0]!["name"]!.ToString());
+            });
+        }
+        finally
+        {
+            Ok(Lab.Ctl("--lab", Lab.Name, "delete", "networkpolicy", "default/no-81-from-pod-4"));
+        }
+    }
+
+    [Fact]
+    public void Every_filter_narrows_to_what_it_names()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.True(fixture.Ready, "the lab did not come up");
+        var since = Since();
+        Matrix();
+        Matrix(port: 80, protocol: "UDP");
+        var status = Lab.Status();
+        var pod2Ip = status["pods"]!.AsArray().Single(p => p!["pod"]!.ToString() == "default/pod-2")!["ip"]!.ToString();
+        var all = Observe("--since", since).Select(Flow).ToList();
+        Assert.NotEmpty(all);
+
+        void Check(string[] args, Func<JsonObject, bool> holds)
+        {
+            var got = Observe(["--since", since, .. args]).Select(Flow).ToList();
+            Assert.True(got.Count > 0, "no flows for " + string.Join(' ', args));
+            Assert.All(got, f => Assert.True(holds(f), string.Join(' ', args) + ": " + f.ToJsonString()));
+        }
+        Check(["--from-pod", "default/pod-1"], f => Pod(f, "source") == "default/pod-1");
+        Check(["--to-pod", "pod-2"], f => Pod(f, "destination") == "default/pod-2");
+        Check(["--pod", "default/pod-3"], f => Pod(f, "source") == "default/pod-3" || Pod(f, "destination") == "default/pod-3");
+        Check(["--namespace", "default"], f => f["source"]!["namespace"]?.ToString() == "default" || f["destination"]!["namespace"]?.ToString() == "default");
+        Check(["--label", "app=pod-4"], f => Pod(f, "source") == "default/pod-4" || Pod(f, "destination") == "default/pod-4");
+        Check(["--to-label", "app=pod-4"], f => Pod(f, "destination") == "default/pod-4");
+        Check(["--protocol", "udp"], f => f["l4"]!["UDP"] is not null);
+        Check(["--protocol", "tcp", "--port", "80"], f => f["l4"]!["TCP"]!["destination_port"]!.GetValue<int>() == 80 || f["l4"]!["TCP"]!["source_port"]!.GetValue<int>() == 80);
+        Check(["--traffic-direction", "egress"], f => f["traffic_direction"]!.ToString() == "EGRESS");
+        Check(["--node", "node-2"], f => f["node_name"]!.ToString() == "node-2");
+        Check(["--to-ip", pod2Ip], f => f["IP"]!["destination"]!.ToString() == pod2Ip);
+        Check(["--ip", pod2Ip + "/32"], f => f["IP"]!["destination"]!.ToString() == pod2Ip || f["IP"]!["source"]!.ToString() == pod2Ip);
+        Check(["--verdict", "FORWARDED"], f => f["verdict"]!.ToString() == "FORWARDED");
+        Assert.Empty(Observe("--since", since, "--from-pod", "default/no-such-pod"));
+        Assert.Empty(Observe("--since", DateTime.UtcNow.AddMinutes(5).ToString("o", CultureInfo.InvariantCulture)));
+
+        // --last N: the N most recent across both nodes, oldest first.
+        var last = Observe("--since", since, "--last", "3").Select(Flow).ToList();
+        Assert.Equal(3, last.Count);
+        var times = all.Select(f => DateTime.Parse(f["time"]!.ToString(), CultureInfo.InvariantCulture, DateTimeStyles.AdjustToUniversal)).ToList();
+        Assert.Equal(times.Order(), times); // merged in time order
+        Assert.Equal(all.TakeLast(3).Select(f => f.ToJsonString()), last.Select(f => f.ToJsonString()));
+
+        // Compact and table outputs name the pods too; bad flags are an error, not a crash.
+        var compact = Ok(Lab.Ctl("--lab", Lab.Name, "observe", "--since", since, "--from-pod", "default/pod-1", "--last", "1")).Stdout;
+        Assert.Matches(@"\[node-\d\]: default/pod-1:\d+ -> default/pod-\d:80 policy-verdict:", compact);
+        Assert.Contains("SOURCE", Ok(Lab.Ctl("--lab", Lab.Name, "observe", "--since", since, "-o", "table")).Stdout);
+        var bad = Lab.Ctl("--lab", Lab.Name, "observe", "--verdict", "MAYBE");
+        Assert.Equal(1, bad.ExitCode);
+        Assert.Contains("--verdict", bad.Stderr);
+    }
+
+    [Fact]
+    public void Follow_streams_new_flows_as_they_happen()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.True(fixture.Ready, "the lab did not come up");
+        var psi = new ProcessStartInfo(TestEnv.Weftctl, ["--lab", Lab.Name, "observe", "-f", "-o", "json", "--to-pod", "default/pod-2"])
+        { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var p = Process.Start(psi)!;
+        try
+        {
+            var lines = new System.Collections.Concurrent.BlockingCollection<string>();
+            _ = Task.Run(() => { while (p.StandardOutput.ReadLine() is { } l) lines.Add(l); lines.CompleteAdding(); });
+            Thread.Sleep(1500); // connected to both agents
+            Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-3", "--", "sh", "-c", $"echo | nc -w1 {PodIp("default/pod-2")} 80 >/dev/null || true"));
+            Assert.True(lines.TryTake(out var line, TimeSpan.FromSeconds(10)), "no flow within 10 s; stderr: " + (p.HasExited ? p.StandardError.ReadToEnd() : ""));
+            var f = Flow(JsonNode.Parse(line!)!.AsObject());
+            Assert.Equal(("default/pod-3", "default/pod-2"), (Pod(f, "source"), Pod(f, "destination")));
+            Assert.False(p.HasExited);
+        }
+        finally
+        {
+            if (!p.HasExited) p.Kill();
+            p.WaitForExit(5000);
+        }
+    }
+
+    private string PodIp(string pod) => Lab.Status()["pods"]!.AsArray().Single(p => p!["pod"]!.ToString() == pod)!["ip"]!.ToString();
+
+    private static long RssKiB(int pid) =>
+        long.Parse(File.ReadAllLines($"/proc/{pid}/status").Single(l => l.StartsWith("VmRSS:", StringComparison.Ordinal)).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
+
+    private void Flood(string fromPod, string toIp, int packets) =>
+        Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, fromPod, "--", "python3", "-c",
+            $"import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range({packets}):\n  try: s.sendto(b'x'*16,('{toIp}',9))\n  except OSError: pass"));
+
+    private static double Metric(string text, string name, string labels) =>
+        text.Split('\n').Where(l => l.StartsWith(name + labels, StringComparison.Ordinal)).Select(l => double.Parse(l.Split(' ')[^1], CultureInfo.InvariantCulture)).Sum();
+
+    [Fact]
+    public void A_flood_of_drops_keeps_the_ring_bounded_moves_the_metrics_and_not_the_memory()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.True(fixture.Ready, "the lab did not come up");
+        Apply(IsolatePod1);
+        try
+        {
+            var node1 = Lab.Status()["nodes"]!.AsArray().Single(n => n!["name"]!.ToString() == "node-1")!;
+            var pid = node1["agentPid"]!.GetValue<int>();
+            string Metrics() => Ok(TestEnv.Run("ip", ["netns", "exec", node1["namespace"]!.ToString(), "curl", "-s", "http://127.0.0.1:9962/metrics"])).Stdout;
+            const string udpDrops = "{verdict=\"DROPPED\",traffic_direction=\"INGRESS\",protocol=\"UDP\"}";
+            var before = Metric(Metrics(), "weft_flows_processed_total", udpDrops);
+            var rssBefore = RssKiB(pid);
+
+            Flood("default/pod-3", PodIp("default/pod-1"), 30_000);
+            Thread.Sleep(500);
+            var rssAfterFirst = RssKiB(pid);
+            Flood("default/pod-3", PodIp("default/pod-1"), 30_000);
+            Thread.Sleep(500);
+            var rssAfterSecond = RssKiB(pid);
+
+            var metrics = Metrics();
+            var lost = Metric(metrics, "weft_flows_lost_total", "");
+            var dropped = Metric(metrics, "weft_flows_processed_total", udpDrops) - before;
+            Console.WriteLine($"flood: {dropped} UDP drops counted, {lost} batches lost; RSS {rssBefore} → {rssAfterFirst} → {rssAfterSecond} KiB");
+            Assert.True(dropped >= 60_000 || lost > 0 && dropped >= 30_000, $"UDP drops counted: {dropped}, lost batches: {lost}");
+            Assert.True(Metric(metrics, "weft_drops_total", "{reason=\"POLICY_DENIED\"}") >= dropped);
+            Assert.Equal(2, Metric(metrics, "weft_endpoints", ""), 0); // pod-1 and pod-3
+
+            var status = JsonNode.Parse(Ok(Lab.Ctl("--lab", Lab.Name, "status", "-o", "json")).Stdout)!;
+            var n1 = status["nodes"]!.AsArray().Single(n => n!["name"]!.ToString() == "node-1")!;
+            Assert.Equal(4095, n1["flows"]!.GetValue<int>());
+            Assert.Equal(4095, n1["maxFlows"]!.GetValue<int>());
+            Assert.True(n1["seenFlows"]!.GetValue<long>() > 60_000);
+            // 4095 flows are a few MB; 120k flows through the agent must not add more than that, twice.
+            Assert.True(rssAfterFirst - rssBefore < 24 * 1024, $"RSS {rssBefore} → {rssAfterFirst} KiB after 30k drops");
+            Assert.True(rssAfterSecond - rssAfterFirst < 8 * 1024, $"RSS {rssAfterFirst} → {rssAfterSecond} KiB after 30k more: growing");
+
+            var text = Ok(Lab.Ctl("--lab", Lab.Name, "status")).Stdout;
+            Assert.Contains("2/2 agents reachable", text);
+            Assert.Contains("Endpoints:      4", text);
+        }
+        finally
+        {
+            Ok(Lab.Ctl("--lab", Lab.Name, "delete", "knp", "default/isolate-pod-1"));
+        }
+    }
+}
