@@ -86,10 +86,11 @@ builder.WebHost.ConfigureKestrel(k =>
 var app = builder.Build();
 app.MapGet("/healthz", (AgentState s) => s.Snapshot.Synced ? Results.Text("ok\n") : Results.Text("syncing\n", statusCode: 503));
 app.MapGet("/status", (AgentState s) => Results.Json(s.Snapshot, AgentJson.Default.AgentSnapshot));
-app.MapGet("/metrics", (AgentState s) =>
+app.MapGet("/metrics", async (AgentState s, CancellationToken ct) =>
 {
     var text = new System.Text.StringBuilder(s.Metrics());
     if (flowsOn) flowCounters.AppendMetrics(text, ring, flowIds.LocalEndpoints);
+    await IpamMetrics.AppendAsync(text, store, me.Name, ct);
     return Results.Text(text.ToString(), "text/plain; version=0.0.4");
 });
 app.MapGrpcService<ObserverService>();

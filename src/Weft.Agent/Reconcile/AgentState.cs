@@ -31,8 +31,42 @@ public sealed record PolicyStatus
     public IReadOnlyList<string> DocumentErrors { get; init; } = [];
 }
 
+/// <summary>A Prometheus histogram of durations (seconds); few writers, lock-free.</summary>
+public sealed class DurationHistogram(string name, string help, params double[] bounds)
+{
+    private readonly long[] _counts = new long[bounds.Length + 1];
+    private long _sumMicros;
+
+    public void Observe(TimeSpan d)
+    {
+        var s = d.TotalSeconds;
+        var i = 0;
+        while (i < bounds.Length && s > bounds[i]) i++;
+        Interlocked.Increment(ref _counts[i]);
+        Interlocked.Add(ref _sumMicros, (long)d.TotalMicroseconds);
+    }
+
+    public void Append(StringBuilder sb)
+    {
+        var inv = System.Globalization.CultureInfo.InvariantCulture;
+        sb.Append(inv, $"# HELP {name} {help}\n# TYPE {name} histogram\n");
+        long cumulative = 0;
+        for (var i = 0; i < bounds.Length; i++)
+        {
+            cumulative += Interlocked.Read(ref _counts[i]);
+            sb.Append(inv, $"{name}_bucket{{le=\"{bounds[i].ToString("0.####", inv)}\"}} {cumulative}\n");
+        }
+        cumulative += Interlocked.Read(ref _counts[^1]);
+        sb.Append(inv, $"{name}_bucket{{le=\"+Inf\"}} {cumulative}\n{name}_sum {(Interlocked.Read(ref _sumMicros) / 1e6).ToString("0.######", inv)}\n{name}_count {cumulative}\n");
+    }
+}
+
 public sealed class AgentState
 {
+    /// <summary>Datastore change → kernel programmed, per policy programming run (compile + one transaction).</summary>
+    public DurationHistogram PolicyApply { get; } = new("weft_policy_apply_duration_seconds", "policy programming time (compile + one nftables transaction)",
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5);
+
     private AgentSnapshot _snapshot;
     public AgentState(string node, string backend) => _snapshot = new(node, backend, "", null, 0, false, null, 0, 0, 0, 0, [], null);
     public AgentSnapshot Snapshot => Volatile.Read(ref _snapshot);
@@ -72,6 +106,7 @@ public sealed class AgentState
         M("weft_policy_apply_seconds", "gauge", "duration of the last policy programming (compile + one nftables transaction)", (p.LastApplyMs / 1000).ToString("0.######", inv));
         M("weft_policy_applies_total", "counter", "policy programming transactions", p.Applies.ToString(inv));
         M("weft_policy_apply_errors_total", "counter", "policy programming attempts that failed", p.Errors.ToString(inv));
+        PolicyApply.Append(sb);
         return sb.ToString();
     }
 }

@@ -57,6 +57,7 @@ public sealed class PolicyReconciler(IDatastore store, string nodeName, NftPolic
             var ruleset = _compiler.Compile(snapshot.Policies, snapshot.World, local);
             var result = _driver!.Apply(ruleset);
             flowIdentities?.Update(snapshot.World, ruleset.LogMeanings);
+            state.PolicyApply.Observe(sw.Elapsed);
             foreach (var err in snapshot.Errors) log.LogWarning("policy input skipped: {Error}", err);
             state.Update(s => s with
             {

@@ -272,6 +272,9 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
             Assert.True(dropped >= 60_000 || lost > 0 && dropped >= 30_000, $"UDP drops counted: {dropped}, lost batches: {lost}");
             Assert.True(Metric(metrics, "weft_drops_total", "{reason=\"POLICY_DENIED\"}") >= dropped);
             Assert.Equal(2, Metric(metrics, "weft_endpoints", ""), 0); // pod-1 and pod-3
+            Assert.True(Metric(metrics, "weft_ipam_addresses_in_use", "") >= 2);
+            Assert.True(Metric(metrics, "weft_ipam_addresses", "") >= 64);
+            Assert.True(Metric(metrics, "weft_policy_apply_duration_seconds_count", "") >= 1);
 
             var status = JsonNode.Parse(Ok(Lab.Ctl("--lab", Lab.Name, "status", "-o", "json")).Stdout)!;
             var n1 = status["nodes"]!.AsArray().Single(n => n!["name"]!.ToString() == "node-1")!;
