@@ -231,6 +231,29 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         }
     }
 
+    [Fact]
+    public void A_connection_end_is_a_flow_with_its_counters()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.True(fixture.Ready, "the lab did not come up");
+        var since = Since();
+        var ip = PodIp("default/pod-2");
+        Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-1", "--", "sh", "-c", $"echo hello | nc -u -w1 -p 40123 {ip} 80 >/dev/null || true"));
+        // UDP entries live 30 s or more; end them now, as a timeout would.
+        TestEnv.Run("ip", ["netns", "exec", Lab.Netns("node-1"), "conntrack", "-D", "-p", "udp", "--sport", "40123"]);
+        List<JsonObject> ends = [];
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (ends.Count == 0 && DateTime.UtcNow < deadline)
+        {
+            ends = Observe("--since", since, "--from-pod", "default/pod-1", "--from-port", "40123", "--all").Select(Flow).Where(f => f["event"]?.ToString() == "conntrack-destroy").ToList();
+            if (ends.Count == 0) Thread.Sleep(200);
+        }
+        var end = Assert.Single(ends);
+        Assert.Equal(("default/pod-2", "EGRESS", "node-1", "FORWARDED"), (Pod(end, "destination"), end["traffic_direction"]!.ToString(), end["node_name"]!.ToString(), end["verdict"]!.ToString()));
+        Assert.True(end["packets"]!.GetValue<long>() >= 2, end.ToJsonString()); // the datagram and its echo
+        Assert.Contains("connection closed", end["Summary"]!.ToString());
+    }
+
     private string PodIp(string pod) => Lab.Status()["pods"]!.AsArray().Single(p => p!["pod"]!.ToString() == pod)!["ip"]!.ToString();
 
     private static long RssKiB(int pid) =>
