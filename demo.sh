@@ -26,5 +26,9 @@ echo; echo "== TCP/80 with the policies enforced by every node's nftables (real 
 dist/weftctl lab matrix --name "$name" --port 80
 echo; echo "== why is pod-3 -> pod-1 blocked?"
 dist/weftctl --lab "$name" policy trace --from default/pod-3 --to default/pod-1 --port 80
+echo; echo "== the dropped connections, as every node's agent saw them (weftctl observe, hubble's flags)"
+dist/weftctl --lab "$name" observe --verdict DROPPED --last 10
+echo; echo "== the cluster at a glance"
+dist/weftctl --lab "$name" status
 echo; echo "== IPAM"
 dist/weftctl --lab "$name" ipam show --show-blocks
