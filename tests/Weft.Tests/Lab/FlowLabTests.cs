@@ -254,6 +254,46 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         Assert.Contains("connection closed", end["Summary"]!.ToString());
     }
 
+    [Fact]
+    public void A_remote_reader_gets_a_nodes_flows_over_tcp_4244()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.True(fixture.Ready, "the lab did not come up");
+        var since = Since();
+        Matrix();
+        // From node-2's namespace, as a relay or an operator's laptop would: node-1's underlay address, Hubble's port.
+        var node1Ip = Lab.Status()["nodes"]!.AsArray().Single(n => n!["name"]!.ToString() == "node-1")!["underlayIP"]!.ToString();
+        var r = Ok(TestEnv.Run("ip", ["netns", "exec", Lab.Netns("node-2"), TestEnv.Weftctl, "observe", "--server", node1Ip, "--since", since, "-o", "json"]));
+        var flows = r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => Flow(JsonNode.Parse(l)!.AsObject())).ToList();
+        Assert.NotEmpty(flows);
+        Assert.All(flows, f => Assert.Equal("node-1", f["node_name"]!.ToString()));
+    }
+
+    [Fact]
+    public void An_unreachable_agent_is_a_warning_and_the_other_nodes_still_answer()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.True(fixture.Ready, "the lab did not come up");
+        var since = Since();
+        Matrix();
+        Ok(Lab.Ctl("lab", "restart-agent", "--name", Lab.Name, "--node", "node-2", "--stop"));
+        try
+        {
+            var r = Ok(Lab.Ctl("--lab", Lab.Name, "observe", "--since", since, "-o", "json"));
+            Assert.Contains("node node-2", r.Stderr);
+            var flows = r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => Flow(JsonNode.Parse(l)!.AsObject())).ToList();
+            Assert.NotEmpty(flows);
+            Assert.All(flows, f => Assert.Equal("node-1", f["node_name"]!.ToString()));
+            var status = Lab.Ctl("--lab", Lab.Name, "status");
+            Assert.Equal(1, status.ExitCode);
+            Assert.Contains("1/2 agents reachable", status.Stdout);
+        }
+        finally
+        {
+            Ok(Lab.Ctl("lab", "restart-agent", "--name", Lab.Name, "--node", "node-2"));
+        }
+    }
+
     private string PodIp(string pod) => Lab.Status()["pods"]!.AsArray().Single(p => p!["pod"]!.ToString() == pod)!["ip"]!.ToString();
 
     private static long RssKiB(int pid) =>
