@@ -47,6 +47,7 @@ var state = new AgentState(me.Name, backend.Type);
 state.Update(s => s with { Underlay = $"{me.UnderlayAddress}/{me.UnderlayPrefix}", Vtep = me.VtepAddress?.ToString(), Mtu = me.UnderlayMtu - backend.Overhead });
 builder.Services.AddSingleton(store);
 builder.Services.AddSingleton(state);
+builder.Services.AddHostedService<MemoryTrimmer>();
 // Flows: the policy table logs its verdicts to NFLOG group 2 (group 1 is for Log rules); the collector names them.
 const int FlowLogGroup = 2;
 var flowsOn = options.FlowBuffer > 0;
@@ -86,6 +87,12 @@ builder.WebHost.ConfigureKestrel(k =>
 var app = builder.Build();
 app.MapGet("/healthz", (AgentState s) => s.Snapshot.Synced ? Results.Text("ok\n") : Results.Text("syncing\n", statusCode: 503));
 app.MapGet("/status", (AgentState s) => Results.Json(s.Snapshot, AgentJson.Default.AgentSnapshot));
+app.MapGet("/debug/memory", () =>
+{
+    var gc = GC.GetGCMemoryInfo();
+    return Results.Text($"gc heap {gc.HeapSizeBytes / 1024} KiB, committed {gc.TotalCommittedBytes / 1024} KiB, fragmented {gc.FragmentedBytes / 1024} KiB, " +
+        $"total allocated {GC.GetTotalAllocatedBytes() / 1024} KiB, gen0 collections {GC.CollectionCount(0)}, gen2 {GC.CollectionCount(2)}, threads {System.Diagnostics.Process.GetCurrentProcess().Threads.Count}\n");
+});
 app.MapGet("/metrics", async (AgentState s, CancellationToken ct) =>
 {
     var text = new System.Text.StringBuilder(s.Metrics());
