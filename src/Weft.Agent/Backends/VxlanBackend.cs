@@ -15,6 +15,7 @@ public sealed class VxlanBackend(int vni, int port) : IBackend
     public const string DeviceName = "weft-vxlan";
     public string Type => "vxlan";
     public int Overhead => 50;
+    public int Port => port;
     public int OwnedDeviceIndex { get; private set; }
 
     public LocalNode Prepare(RtNetlink netlink, LocalNode me)

@@ -9,7 +9,7 @@ namespace Weft.Agent.Reconcile;
 /// address. The whole table is rebuilt in one nftables transaction (add, delete, re-add), so there is never a
 /// moment with neither the old nor the new rules; it is only rewritten when the pool set changes.
 /// </summary>
-public sealed class NatProgrammer(bool untrackPodToPod = false)
+public sealed class NatProgrammer(bool untrackPodToPod = false, int? tunnelPort = null)
 {
     public const string Table = "weft-nat";
     private string? _applied;
@@ -22,7 +22,7 @@ public sealed class NatProgrammer(bool untrackPodToPod = false)
         var key = string.Join(",", masq) + "|" + string.Join(",", cluster);
         if (key == _applied) return false;
         using var nft = new Nft();
-        nft.Run(Build(masq, cluster, untrackPodToPod));
+        nft.Run(Build(masq, cluster, untrackPodToPod, tunnelPort));
         _applied = key;
         return true;
     }
@@ -32,16 +32,21 @@ public sealed class NatProgrammer(bool untrackPodToPod = false)
     /// untracked and only flows that may be masqueraded pay for conntrack (measured: tracking every packet cost ~10-15%
     /// of VXLAN throughput here). With policy on, replies must be tracked (established) and this stays off.
     /// </param>
-    internal static JsonObject Build(IReadOnlyList<Cidr> masq, IReadOnlyList<Cidr> cluster, bool untrackPodToPod = false)
+    /// <param name="tunnelPort">
+    /// The VXLAN UDP port: the encapsulated packets between nodes are never tracked (only the inner packets are what
+    /// policy and NAT look at), so they skip conntrack on the way out (output) and in (prerouting), as on a bare host.
+    /// </param>
+    internal static JsonObject Build(IReadOnlyList<Cidr> masq, IReadOnlyList<Cidr> cluster, bool untrackPodToPod = false, int? tunnelPort = null)
     {
         JsonObject T() => new() { ["family"] = "ip", ["name"] = Table };
         var cmds = new JsonArray(
             new JsonObject { ["add"] = new JsonObject { ["table"] = T() } },
             new JsonObject { ["delete"] = new JsonObject { ["table"] = T() } });
-        if (masq.Count > 0)
+        untrackPodToPod &= masq.Count > 0 && cluster.Count > 0;
+        if (masq.Count > 0 || tunnelPort is not null)
         {
             cmds.Add((JsonNode)new JsonObject { ["add"] = new JsonObject { ["table"] = T() } });
-            foreach (var (name, members) in new[] { ("masq-sources", masq), ("cluster", cluster) })
+            foreach (var (name, members) in masq.Count > 0 ? new[] { ("masq-sources", masq), ("cluster", cluster) } : [])
             {
                 cmds.Add((JsonNode)new JsonObject { ["add"] = new JsonObject { ["set"] = new JsonObject
                 {
@@ -53,20 +58,53 @@ public sealed class NatProgrammer(bool untrackPodToPod = false)
                     ["elem"] = new JsonArray(members.Select(c => (JsonNode?)new JsonObject { ["prefix"] = new JsonObject { ["addr"] = c.NetworkAddress.ToString(), ["len"] = c.PrefixLength } }).ToArray()),
                 } } });
             }
-            cmds.Add((JsonNode)new JsonObject { ["add"] = new JsonObject { ["chain"] = new JsonObject
-            {
-                ["family"] = "ip", ["table"] = Table, ["name"] = "postrouting", ["type"] = "nat", ["hook"] = "postrouting", ["prio"] = 100, ["policy"] = "accept",
-            } } });
-            if (untrackPodToPod)
+            if (masq.Count > 0)
+                cmds.Add((JsonNode)new JsonObject { ["add"] = new JsonObject { ["chain"] = new JsonObject
+                {
+                    ["family"] = "ip", ["table"] = Table, ["name"] = "postrouting", ["type"] = "nat", ["hook"] = "postrouting", ["prio"] = 100, ["policy"] = "accept",
+                } } });
+            if (untrackPodToPod || tunnelPort is not null)
                 cmds.Add((JsonNode)new JsonObject { ["add"] = new JsonObject { ["chain"] = new JsonObject
                 {
                     ["family"] = "ip", ["table"] = Table, ["name"] = "prerouting", ["type"] = "filter", ["hook"] = "prerouting", ["prio"] = -300, ["policy"] = "accept",
+                } } });
+            if (tunnelPort is not null)
+                cmds.Add((JsonNode)new JsonObject { ["add"] = new JsonObject { ["chain"] = new JsonObject
+                {
+                    ["family"] = "ip", ["table"] = Table, ["name"] = "output", ["type"] = "filter", ["hook"] = "output", ["prio"] = -300, ["policy"] = "accept",
                 } } });
             JsonObject Match(string op, string field, string set) => new()
             {
                 ["match"] = new JsonObject { ["op"] = op, ["left"] = new JsonObject { ["payload"] = new JsonObject { ["protocol"] = "ip", ["field"] = field } }, ["right"] = "@" + set },
             };
-            cmds.Add((JsonNode)new JsonObject { ["add"] = new JsonObject { ["rule"] = new JsonObject
+            // One prefix: a mask and compare per packet, cheaper than an interval-set lookup.
+            JsonObject InCluster(string field) => cluster.Count == 1
+                ? new JsonObject
+                {
+                    ["match"] = new JsonObject
+                    {
+                        ["op"] = "==", ["left"] = new JsonObject { ["payload"] = new JsonObject { ["protocol"] = "ip", ["field"] = field } },
+                        ["right"] = new JsonObject { ["prefix"] = new JsonObject { ["addr"] = cluster[0].NetworkAddress.ToString(), ["len"] = cluster[0].PrefixLength } },
+                    },
+                }
+                : Match("==", field, "cluster");
+            JsonObject UntrackTunnel(string chain) => new()
+            {
+                ["add"] = new JsonObject { ["rule"] = new JsonObject
+                {
+                    ["family"] = "ip", ["table"] = Table, ["chain"] = chain, ["comment"] = "weft vxlan between nodes untracked",
+                    ["expr"] = new JsonArray(
+                        new JsonObject { ["match"] = new JsonObject { ["op"] = "==", ["left"] = new JsonObject { ["payload"] = new JsonObject { ["protocol"] = "udp", ["field"] = "dport" } }, ["right"] = tunnelPort } },
+                        new JsonObject { ["notrack"] = null }),
+                } },
+            };
+            if (tunnelPort is not null)
+            {
+                cmds.Add((JsonNode)UntrackTunnel("prerouting"));
+                cmds.Add((JsonNode)UntrackTunnel("output"));
+            }
+            if (masq.Count > 0)
+                cmds.Add((JsonNode)new JsonObject { ["add"] = new JsonObject { ["rule"] = new JsonObject
             {
                 ["family"] = "ip", ["table"] = Table, ["chain"] = "postrouting", ["comment"] = "weft natOutgoing",
                 ["expr"] = new JsonArray(Match("==", "saddr", "masq-sources"), Match("!=", "daddr", "cluster"), new JsonObject { ["masquerade"] = null }),
@@ -75,7 +113,7 @@ public sealed class NatProgrammer(bool untrackPodToPod = false)
                 cmds.Add((JsonNode)new JsonObject { ["add"] = new JsonObject { ["rule"] = new JsonObject
                 {
                     ["family"] = "ip", ["table"] = Table, ["chain"] = "prerouting", ["comment"] = "weft pod-to-pod untracked (policy off)",
-                    ["expr"] = new JsonArray(Match("==", "saddr", "cluster"), Match("==", "daddr", "cluster"), new JsonObject { ["notrack"] = null }),
+                    ["expr"] = new JsonArray(InCluster("saddr"), InCluster("daddr"), new JsonObject { ["notrack"] = null }),
                 } } });
         }
         return new JsonObject { ["nftables"] = cmds };

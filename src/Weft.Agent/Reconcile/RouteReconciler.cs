@@ -18,7 +18,7 @@ namespace Weft.Agent.Reconcile;
 public sealed class RouteReconciler(IDatastore store, IBackend backend, LocalNode me, AgentState state, TimeSpan resync, ILogger<RouteReconciler> log, bool policyEnforced = true)
     : BackgroundService
 {
-    private readonly NatProgrammer _nat = new(untrackPodToPod: !policyEnforced);
+    private readonly NatProgrammer _nat = new(untrackPodToPod: !policyEnforced, tunnelPort: (backend as VxlanBackend)?.Port);
     private readonly Channel<bool> _kick = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
 
     protected override async Task ExecuteAsync(CancellationToken ct)
