@@ -61,29 +61,35 @@ bare_down() { for n in ul n1 n2 p1 p2; do ip netns delete "$bare-$n" 2>/dev/null
 podns() { $W lab status --name "$1" -o json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(" ".join(p["namespace"]+" "+p["ip"] for p in d["pods"]))'; }
 
 declare -A sum
-echo "# weft lab-bench $(date -u +%FT%TZ): iperf3 -t $T, $R interleaved rounds"
-$W lab up --name "${p}v" --nodes 2 --pods-per-node 1 --backend vxlan --policy off >/dev/null
-$W lab up --name "${p}h" --nodes 2 --pods-per-node 1 --backend host-gw --policy off >/dev/null
-$W lab up --name "${p}vp" --nodes 2 --pods-per-node 1 --backend vxlan --policy on >/dev/null
-$W lab up --name "${p}hp" --nodes 2 --pods-per-node 1 --backend host-gw --policy on >/dev/null
-read -r vc _ vs vsip <<<"$(podns "${p}v")"
-read -r hc _ hs hsip <<<"$(podns "${p}h")"
-read -r vpc _ vps vpsip <<<"$(podns "${p}vp")"
-read -r hpc _ hps hpsip <<<"$(podns "${p}hp")"
-for r in $(seq "$R"); do
-  a=$(iperf "$vc" "$vs" "$vsip"); bare_up vxlan; b=$(iperf "$bare-p1" "$bare-p2" 10.99.2.2); bare_down; e=$(iperf "$vpc" "$vps" "$vpsip")
-  c=$(iperf "$hc" "$hs" "$hsip"); bare_up routes; d=$(iperf "$bare-p1" "$bare-p2" 10.99.2.2); bare_down; f=$(iperf "$hpc" "$hps" "$hpsip")
-  echo "round $r: weft vxlan $a (policy on $e), bare vxlan $b, weft host-gw $c (policy on $f), bare routes $d Gbit/s"
-  sum[wv]+="$a "; sum[bv]+="$b "; sum[wh]+="$c "; sum[bh]+="$d "; sum[pv]+="$e "; sum[ph]+="$f "
+echo "# weft lab-bench $(date -u +%FT%TZ): iperf3 -t $T, $R interleaved rounds per path"
+# One path at a time: only that path's two labs (policy off, policy on) and its bare twin exist while it is measured,
+# so every figure in a comparison shares the same background; the order within a round alternates.
+for path in vxlan host-gw; do
+  $W lab up --name "${p}v" --nodes 2 --pods-per-node 1 --backend "$path" --policy off >/dev/null
+  $W lab up --name "${p}vp" --nodes 2 --pods-per-node 1 --backend "$path" --policy on >/dev/null
+  read -r vc _ vs vsip <<<"$(podns "${p}v")"
+  read -r vpc _ vps vpsip <<<"$(podns "${p}vp")"
+  bare_up "$([ "$path" = vxlan ] && echo vxlan || echo routes)"
+  for r in $(seq "$R"); do
+    if [ $((r % 2)) = 1 ]; then
+      a=$(iperf "$vc" "$vs" "$vsip"); b=$(iperf "$bare-p1" "$bare-p2" 10.99.2.2); e=$(iperf "$vpc" "$vps" "$vpsip")
+    else
+      e=$(iperf "$vpc" "$vps" "$vpsip"); b=$(iperf "$bare-p1" "$bare-p2" 10.99.2.2); a=$(iperf "$vc" "$vs" "$vsip")
+    fi
+    echo "$path round $r: weft $a (policy on $e), bare $b Gbit/s"
+    sum[w$path]+="$a "; sum[b$path]+="$b "; sum[p$path]+="$e "
+  done
+  bare_down
+  $W lab down --name "${p}v" >/dev/null; $W lab down --name "${p}vp" >/dev/null
 done
 med() { python3 -c 'import sys,statistics; print("%.2f" % statistics.median(float(x) for x in sys.argv[1:]))' $1; }
-wv=$(med "${sum[wv]}"); bv=$(med "${sum[bv]}"); wh=$(med "${sum[wh]}"); bh=$(med "${sum[bh]}"); pv=$(med "${sum[pv]}"); ph=$(med "${sum[ph]}")
+wv=$(med "${sum[wvxlan]}"); bv=$(med "${sum[bvxlan]}"); pv=$(med "${sum[pvxlan]}")
+wh=$(med "${sum[whost-gw]}"); bh=$(med "${sum[bhost-gw]}"); ph=$(med "${sum[phost-gw]}")
 echo
 echo "| path | weft, policy off, Gbit/s (median) | bare kernel Gbit/s (median) | ratio | weft, policy on (nftables + conntrack) | ratio to bare |"
 echo "|---|---|---|---|---|---|"
 echo "| pod->pod across nodes, vxlan | $wv | $bv | $(python3 -c "print('%.2fx' % ($wv/$bv))") | $pv | $(python3 -c "print('%.2fx' % ($pv/$bv))") |"
 echo "| pod->pod across nodes, host-gw / plain routes | $wh | $bh | $(python3 -c "print('%.2fx' % ($wh/$bh))") | $ph | $(python3 -c "print('%.2fx' % ($ph/$bh))") |"
-for l in v h vp hp; do $W lab down --name "${p}$l" >/dev/null; done
 
 echo
 echo "| lab up (2 pods per node, vxlan, routed) | seconds |"

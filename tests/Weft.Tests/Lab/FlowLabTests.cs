@@ -294,6 +294,29 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         }
     }
 
+    [Fact]
+    public async Task The_agent_refuses_a_malformed_filter_and_keeps_serving()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.True(fixture.Ready, "the lab did not come up");
+        using var state = System.Text.Json.JsonDocument.Parse(File.ReadAllText($"/var/lib/weft/labs/{Lab.Name}/lab.json"));
+        var path = state.RootElement.GetProperty("nodes").EnumerateArray().Single(n => n.GetProperty("name").GetString() == "node-1").GetProperty("socket").GetString()!;
+        using var server = Weft.Ctl.Commands.FlowServer.ForSocket("node-1", path);
+        var client = new Weft.Flows.Api.Observer.ObserverClient(server.Channel);
+        foreach (var bad in new Action<Weft.Flows.Api.FlowFilter>[] { f => f.SourceIp.Add("10.0.0.300"), f => f.Verdict.Add("MAYBE"), f => f.SourceLabel.Add("a (b)"), f => f.Protocol.Add("gre") })
+        {
+            var request = new Weft.Flows.Api.GetFlowsRequest();
+            var filter = new Weft.Flows.Api.FlowFilter();
+            bad(filter);
+            request.Whitelist.Add(filter);
+            using var call = client.GetFlows(request);
+            var e = await Assert.ThrowsAsync<Grpc.Core.RpcException>(() => call.ResponseStream.MoveNext(CancellationToken.None));
+            Assert.Equal(Grpc.Core.StatusCode.InvalidArgument, e.StatusCode);
+        }
+        var status = await client.ServerStatusAsync(new Weft.Flows.Api.ServerStatusRequest());
+        Assert.Equal(("node-1", 4095UL), (status.NodeName, status.MaxFlows));
+    }
+
     private string PodIp(string pod) => Lab.Status()["pods"]!.AsArray().Single(p => p!["pod"]!.ToString() == pod)!["ip"]!.ToString();
 
     private static long RssKiB(int pid) =>
