@@ -48,6 +48,8 @@ state.Update(s => s with { Underlay = $"{me.UnderlayAddress}/{me.UnderlayPrefix}
 builder.Services.AddSingleton(store);
 builder.Services.AddSingleton(state);
 builder.Services.AddHostedService<MemoryTrimmer>();
+builder.Services.AddSingleton<DatastoreTrigger>();
+builder.Services.AddHostedService(sp => sp.GetRequiredService<DatastoreTrigger>());
 // Flows: the policy table logs its verdicts to NFLOG group 2 (group 1 is for Log rules); the collector names them.
 const int FlowLogGroup = 2;
 var flowsOn = options.FlowBuffer > 0;
@@ -57,8 +59,8 @@ var flowCounters = new FlowCounters();
 builder.Services.AddSingleton(new ObserverService(ring, flowCounters, me.Name));
 builder.Services.AddGrpc();
 if (flowsOn)
-    builder.Services.AddHostedService(sp => new FlowCollector(ring, flowIds, flowCounters, me.Name, FlowLogGroup, store, refreshIdentities: !options.Policy, sp.GetRequiredService<ILogger<FlowCollector>>()));
-builder.Services.AddHostedService(sp => new RouteReconciler(store, backend, me, state, options.Resync, sp.GetRequiredService<ILogger<RouteReconciler>>(), options.Policy));
+    builder.Services.AddHostedService(sp => new FlowCollector(ring, flowIds, flowCounters, me.Name, FlowLogGroup, store, sp.GetRequiredService<DatastoreTrigger>(), refreshIdentities: !options.Policy, sp.GetRequiredService<ILogger<FlowCollector>>()));
+builder.Services.AddHostedService(sp => new RouteReconciler(store, sp.GetRequiredService<DatastoreTrigger>(), backend, me, state, options.Resync, sp.GetRequiredService<ILogger<RouteReconciler>>(), options.Policy));
 if (!options.Policy)
 {
     // Enforcement switched off: a table left by an earlier run would keep dropping new pods (fail closed). Remove it.
@@ -67,7 +69,7 @@ if (!options.Policy)
     log.LogInformation("policy enforcement off: the weft-policy nftables table is removed");
 }
 else
-    builder.Services.AddHostedService(sp => new PolicyReconciler(store, me.Name, new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(FlowLogGroup: flowsOn ? FlowLogGroup : 0), state, sp.GetRequiredService<ILogger<PolicyReconciler>>(), flowsOn ? flowIds : null));
+    builder.Services.AddHostedService(sp => new PolicyReconciler(store, sp.GetRequiredService<DatastoreTrigger>(), me.Name, new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(FlowLogGroup: flowsOn ? FlowLogGroup : 0), state, sp.GetRequiredService<ILogger<PolicyReconciler>>(), flowsOn ? flowIds : null));
 
 var socketDir = Path.GetDirectoryName(options.SocketPath);
 if (!string.IsNullOrEmpty(socketDir)) Directory.CreateDirectory(socketDir);

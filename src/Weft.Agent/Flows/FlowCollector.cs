@@ -14,7 +14,7 @@ namespace Weft.Agent.Flows;
 /// ends and, for verdicts, the deciding policy. One dedicated thread per kernel source; nothing here blocks them.
 /// </summary>
 public sealed class FlowCollector(FlowRing ring, FlowIdentities ids, FlowCounters counters, string nodeName, int logGroup,
-    IDatastore store, bool refreshIdentities, ILogger<FlowCollector> log) : BackgroundService
+    IDatastore store, Reconcile.DatastoreTrigger trigger, bool refreshIdentities, ILogger<FlowCollector> log) : BackgroundService
 {
     protected override Task ExecuteAsync(CancellationToken ct)
     {
@@ -99,8 +99,7 @@ public sealed class FlowCollector(FlowRing ring, FlowIdentities ids, FlowCounter
     private async Task RefreshIdentitiesAsync(CancellationToken ct)
     {
         var kick = System.Threading.Channels.Channel.CreateBounded<bool>(new System.Threading.Channels.BoundedChannelOptions(1) { FullMode = System.Threading.Channels.BoundedChannelFullMode.DropWrite });
-        var watcher = Task.Run(() => Reconcile.DatastoreTrigger.WatchAsync(store, PolicyStore.IsPolicyInput, kick.Writer, log, "flow identities", ct), ct);
-        kick.Writer.TryWrite(true);
+        trigger.Subscribe(PolicyStore.IsPolicyInput, kick.Writer);
         try
         {
             while (await kick.Reader.WaitToReadAsync(ct).ConfigureAwait(false))
@@ -111,7 +110,6 @@ public sealed class FlowCollector(FlowRing ring, FlowIdentities ids, FlowCounter
             }
         }
         catch (OperationCanceledException) { }
-        await watcher.ConfigureAwait(false);
     }
 
     /// <summary>A flow for one logged verdict, or null when the packet was logged by something else (a Log rule).</summary>

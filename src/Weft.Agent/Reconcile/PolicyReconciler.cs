@@ -14,7 +14,7 @@ namespace Weft.Agent.Reconcile;
 /// transaction. Nothing is delayed on purpose: a new pod is dropped (fail closed) until this has run, so latency
 /// here is pod start-up latency. A failed apply is retried; the next attempt replaces the table whole.
 /// </summary>
-public sealed class PolicyReconciler(IDatastore store, string nodeName, NftPolicyCompiler.Options compilerOptions, AgentState state, ILogger<PolicyReconciler> log, Flows.FlowIdentities? flowIdentities = null)
+public sealed class PolicyReconciler(IDatastore store, DatastoreTrigger trigger, string nodeName, NftPolicyCompiler.Options compilerOptions, AgentState state, ILogger<PolicyReconciler> log, Flows.FlowIdentities? flowIdentities = null)
     : BackgroundService
 {
     private readonly Channel<bool> _kick = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
@@ -26,8 +26,7 @@ public sealed class PolicyReconciler(IDatastore store, string nodeName, NftPolic
     {
         _transport = new LibNftTransport();
         _driver = new NftPolicyDriver(_transport);
-        var watcher = Task.Run(() => DatastoreTrigger.WatchAsync(store, PolicyStore.IsPolicyInput, _kick.Writer, log, "policy", ct), ct);
-        _kick.Writer.TryWrite(true);
+        trigger.Subscribe(PolicyStore.IsPolicyInput, _kick.Writer);
         while (!ct.IsCancellationRequested)
         {
             using (var timer = CancellationTokenSource.CreateLinkedTokenSource(ct))
@@ -40,7 +39,6 @@ public sealed class PolicyReconciler(IDatastore store, string nodeName, NftPolic
             }
             await ReconcileOnceAsync(ct).ConfigureAwait(false);
         }
-        await watcher.ConfigureAwait(false);
         _transport.Dispose();
     }
 

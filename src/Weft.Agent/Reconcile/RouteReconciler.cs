@@ -15,7 +15,7 @@ namespace Weft.Agent.Reconcile;
 /// difference. A restart reads the kernel back and adopts it, so traffic keeps flowing; a periodic resync repairs
 /// drift (someone deleting a route by hand).
 /// </summary>
-public sealed class RouteReconciler(IDatastore store, IBackend backend, LocalNode me, AgentState state, TimeSpan resync, ILogger<RouteReconciler> log, bool policyEnforced = true)
+public sealed class RouteReconciler(IDatastore store, DatastoreTrigger trigger, IBackend backend, LocalNode me, AgentState state, TimeSpan resync, ILogger<RouteReconciler> log, bool policyEnforced = true)
     : BackgroundService
 {
     private readonly NatProgrammer _nat = new(untrackPodToPod: !policyEnforced, tunnelPort: (backend as VxlanBackend)?.Port);
@@ -23,8 +23,7 @@ public sealed class RouteReconciler(IDatastore store, IBackend backend, LocalNod
 
     protected override async Task ExecuteAsync(CancellationToken ct)
     {
-        var watcher = Task.Run(() => DatastoreTrigger.WatchAsync(store, IsRouteInput, _kick.Writer, log, "route", ct), ct);
-        _kick.Writer.TryWrite(true);
+        trigger.Subscribe(IsRouteInput, _kick.Writer);
         while (!ct.IsCancellationRequested)
         {
             using (var timer = CancellationTokenSource.CreateLinkedTokenSource(ct))
@@ -36,7 +35,6 @@ public sealed class RouteReconciler(IDatastore store, IBackend backend, LocalNod
             }
             await ReconcileOnceAsync(ct).ConfigureAwait(false);
         }
-        await watcher.ConfigureAwait(false);
     }
 
     private static bool IsRouteInput(string key) =>
