@@ -122,8 +122,13 @@ public sealed class FlowCollector(FlowRing ring, FlowIdentities ids, FlowCounter
         f.Event = "policy-verdict";
         f.TrafficDirection = direction == Direction.Ingress ? "INGRESS" : "EGRESS";
         f.Verdict = verdict == 'A' ? "FORWARDED" : "DROPPED";
-        if (verdict != 'A') f.DropReasonDesc = verdict == 'X' ? "POLICY_DENY" : "POLICY_DENIED";
-        f.Policy = token == FlowLog.Unprogrammed ? "(endpoint not programmed yet)" : ids.Meaning(token) ?? "";
+        if (verdict != 'A') f.DropReasonDesc = verdict == 'X' ? "POLICY_DENY" : token == FlowLog.NoRoute ? "NO_ROUTE" : "POLICY_DENIED";
+        f.Policy = token switch
+        {
+            FlowLog.Unprogrammed => "(endpoint not programmed yet)",
+            FlowLog.NoRoute => "",
+            _ => ids.Meaning(token) ?? "",
+        };
         return f;
     }
 

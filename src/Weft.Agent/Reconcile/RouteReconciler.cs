@@ -76,7 +76,13 @@ public sealed class RouteReconciler(IDatastore store, DatastoreTrigger trigger, 
                     log.LogWarning("{Error}", e.Message);
                 }
             }
-            var routes = Apply(programs);
+            // This node's own blocks end in a blackhole (as Calico programs): an address of ours with no pod behind
+            // it must not follow the default route out of the node. Pods' /32 routes are more specific; the high
+            // metric keeps a bridge's connected route of the same prefix (bridge mode) in charge.
+            var own = blocks.Where(b => b.Affinity == me.Name && b.Network.IsIPv4)
+                .Select(b => new RouteSpec(b.Network.NetworkAddress, b.Network.PrefixLength) { Type = RouteTypes.Blackhole, Priority = 1024, Protocol = RouteProtocols.Agent })
+                .ToList();
+            var routes = Apply(programs, own);
             var pools = (await store.ListAsync(Keys.Pools, ct).ConfigureAwait(false)).Items
                 .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.IPPool, kv.Key)).ToList();
             if (_nat.Apply(pools)) log.LogInformation("natOutgoing rules rewritten for {Count} pool(s)", pools.Count(p => p.NatOutgoing));
@@ -95,15 +101,15 @@ public sealed class RouteReconciler(IDatastore store, DatastoreTrigger trigger, 
     }
 
     /// <summary>Diff against the kernel and apply: add/replace what is missing, then remove what is stale.</summary>
-    private int Apply(IReadOnlyList<PeerProgram> programs)
+    private int Apply(IReadOnlyList<PeerProgram> programs, IReadOnlyList<RouteSpec> blackholes)
     {
         using var nl = RtNetlink.Open();
-        var wantRoutes = programs.SelectMany(p => p.Routes).ToList();
+        var wantRoutes = programs.SelectMany(p => p.Routes).Concat(blackholes).ToList();
         var haveRoutes = nl.ListRoutes(AddressFamily.InterNetwork).Where(r => r.Protocol == RouteProtocols.Agent).ToList();
         foreach (var r in wantRoutes)
         {
             var present = haveRoutes.Any(h => h.Destination.Equals(r.Destination) && h.PrefixLength == r.PrefixLength &&
-                                              Equals(h.Gateway, r.Gateway) && h.OutputIndex == r.OutputIndex);
+                                              Equals(h.Gateway, r.Gateway) && h.OutputIndex == r.OutputIndex && h.Type == r.Type);
             if (!present) nl.ReplaceRoute(r);
         }
         // Neighbours and FDB before stale routes go, so a moved block never points at a missing VTEP.
@@ -127,9 +133,13 @@ public sealed class RouteReconciler(IDatastore store, DatastoreTrigger trigger, 
         foreach (var h in haveRoutes)
         {
             var wanted = wantRoutes.Any(r => h.Destination.Equals(r.Destination) && h.PrefixLength == r.PrefixLength &&
-                                             Equals(h.Gateway, r.Gateway) && h.OutputIndex == r.OutputIndex);
+                                             Equals(h.Gateway, r.Gateway) && h.OutputIndex == r.OutputIndex && h.Type == r.Type);
             if (!wanted)
-                nl.DeleteRoute(new RouteSpec(h.Destination, h.PrefixLength) { Gateway = h.Gateway, OutputIndex = h.OutputIndex, Protocol = RouteProtocols.Agent });
+                nl.DeleteRoute(new RouteSpec(h.Destination, h.PrefixLength)
+                {
+                    Gateway = h.Gateway, OutputIndex = h.OutputIndex, Protocol = RouteProtocols.Agent, Type = h.Type,
+                    Priority = h.Type == RouteTypes.Blackhole ? 1024 : 0,
+                });
         }
         return wantRoutes.Count;
     }

@@ -223,6 +223,7 @@ public static class FlowText
         "POLICY_DENIED" => "Policy denied",
         "POLICY_DENY" => "Policy denied by denylist",
         "CT_INVALID" => "Invalid packet",
+        "NO_ROUTE" => "No route to destination",
         _ => desc,
     };
 

@@ -302,7 +302,7 @@ public sealed class RtNetlink : IDisposable
         s[4] = r.Table < 256 ? (byte)r.Table : (byte)252;
         s[5] = forDelete ? (byte)0 : r.Protocol;
         s[6] = forDelete ? (byte)255 /* RT_SCOPE_NOWHERE: any */ : (byte)r.Scope;
-        s[7] = RTN_UNICAST;
+        s[7] = r.Type;
         if (r.OnLink) BinaryPrimitives.WriteUInt32LittleEndian(s[8..], RTNH_F_ONLINK);
         if (r.PrefixLength > 0) w.Attr(RTA_DST, r.Destination.GetAddressBytes());
         if (r.Table >= 256) w.AttrU32(RTA_TABLE, (uint)r.Table);

@@ -23,10 +23,17 @@ public sealed record RouteSpec(IPAddress Destination, int PrefixLength)
     public byte Protocol { get; init; } = 4; // RTPROT_STATIC
     public int Priority { get; init; }
     public IPAddress? PreferredSource { get; init; }
+    /// <summary>rtm_type: 1 unicast (default), 6 blackhole (drop silently), 7 unreachable.</summary>
+    public byte Type { get; init; } = RouteTypes.Unicast;
     public AddressFamily Family => Destination.AddressFamily;
 }
 
 /// <summary>A route as read back from the kernel.</summary>
+public static class RouteTypes
+{
+    public const byte Unicast = 1, Blackhole = 6, Unreachable = 7;
+}
+
 public sealed record RouteInfo(IPAddress Destination, int PrefixLength, IPAddress? Gateway, int OutputIndex, RouteScope Scope, int Table, byte Protocol, byte Type, bool OnLink);
 
 public sealed record NeighbourInfo(int Index, IPAddress Address, PhysicalAddress? Mac, NeighbourState State);

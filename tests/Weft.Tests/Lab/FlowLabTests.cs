@@ -317,6 +317,26 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         Assert.Equal(("node-1", 4095UL), (status.NodeName, status.MaxFlows));
     }
 
+    [Fact]
+    public void A_connection_to_an_unused_address_of_a_nodes_block_is_a_no_route_drop_and_stays_in_the_node()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.True(fixture.Ready, "the lab did not come up");
+        // pod-1's node owns pod-1's block; 30 addresses further up nobody lives (the lab has two pods per node).
+        var ghost = new System.Net.IPAddress(BitConverter.GetBytes(System.Net.IPAddress.HostToNetworkOrder(
+            System.Net.IPAddress.NetworkToHostOrder(BitConverter.ToInt32(System.Net.IPAddress.Parse(PodIp("default/pod-1")).GetAddressBytes())) + 30))).ToString();
+        var blackholes = Ok(TestEnv.Run("ip", ["-n", Lab.Netns("node-1"), "route", "show", "type", "blackhole"])).Stdout;
+        Assert.Contains("proto 88", blackholes);
+        var since = Since();
+        Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-2", "--", "sh", "-c", $"echo | nc -w1 {ghost} 80 >/dev/null; true"));
+        Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-3", "--", "sh", "-c", $"echo | nc -w1 {ghost} 80 >/dev/null; true"));
+        var drops = Observe("--since", since, "--verdict", "DROPPED", "--to-ip", ghost).Select(Flow).ToList();
+        // From pod-2 (node-2) it arrives over the tunnel: ingress at node-1; from pod-3 (node-1) it never leaves: egress.
+        Assert.Contains(drops, f => Pod(f, "source") == "default/pod-2" && f["traffic_direction"]!.ToString() == "INGRESS" && f["node_name"]!.ToString() == "node-1");
+        Assert.Contains(drops, f => Pod(f, "source") == "default/pod-3" && f["traffic_direction"]!.ToString() == "EGRESS" && f["node_name"]!.ToString() == "node-1");
+        Assert.All(drops, f => Assert.Equal("NO_ROUTE", f["drop_reason_desc"]!.ToString()));
+    }
+
     private string PodIp(string pod) => Lab.Status()["pods"]!.AsArray().Single(p => p!["pod"]!.ToString() == pod)!["ip"]!.ToString();
 
     private static long RssKiB(int pid) =>

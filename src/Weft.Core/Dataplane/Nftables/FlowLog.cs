@@ -13,7 +13,7 @@ public static class FlowLog
 {
     public const string Start = "weft:";
     /// <summary>Tokens with a fixed meaning: allowed because no policy applies (the profile), dropped because the address is not programmed yet.</summary>
-    public const string Profile = "profile", Unprogrammed = "unprogrammed";
+    public const string Profile = "profile", Unprogrammed = "unprogrammed", NoRoute = "noroute";
 
     public static string Prefix(char verdict, Direction direction, string token) =>
         $"{Start}{verdict}{(direction == Direction.Ingress ? 'I' : 'E')}:{token}";

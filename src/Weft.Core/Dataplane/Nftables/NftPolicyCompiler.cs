@@ -103,6 +103,25 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
             Rule(Match("==", Payload("icmpv6", "type"), AnonSet([(JsonNode)"nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"])), Verdict("accept")),
             Rule(new JsonObject { ["mangle"] = new JsonObject { ["key"] = Meta("mark"), ["value"] = new JsonObject { ["&"] = new JsonArray(Meta("mark"), ~MarkAll) } } }),
             Rule([.. fromPod.Select(n => n!.DeepClone()), Jump("from-pod")])), "input", 0);
+        if (options.FlowLogGroup > 0)
+        {
+            // A new connection to an address the node routes nowhere (an address of this node's blocks with no pod:
+            // the agent's blackhole) is dropped by the kernel's routing, which nftables never sees; say so here.
+            // "oif missing": the route lookup fails (blackhole, unreachable, prohibit, or no route at all); `fib daddr
+            // type` would only consult the local table. Broadcast and multicast have no unicast route by nature.
+            JsonNode[] NoRoute() =>
+            [
+                Match("==", new JsonObject { ["fib"] = new JsonObject { ["result"] = "oif", ["flags"] = new JsonArray("daddr") } }, false),
+                Match("!=", new JsonObject { ["fib"] = new JsonObject { ["result"] = "type", ["flags"] = new JsonArray("daddr") } }, AnonSet([(JsonNode)"broadcast", "multicast"])),
+            ];
+            var isNew = Match("in", new JsonObject { ["ct"] = new JsonObject { ["key"] = "state" } }, new JsonArray("new"));
+            _out.Chains["prerouting"] = new NftChain("prerouting", Texts(
+                // accept only ends this chain; routing still drops the packet.
+                Rule([isNew.DeepClone(), .. fromPod.Select(n => n!.DeepClone()), .. NoRoute(), .. FlowLogStatement('D', Direction.Egress, FlowLog.NoRoute), Verdict("accept")]),
+                Rule([isNew.DeepClone(), .. NoRoute(), .. FlowLogStatement('D', Direction.Ingress, FlowLog.NoRoute)])),
+                "prerouting", -150);
+            _out.LogMeanings[FlowLog.NoRoute] = "";
+        }
         _cache = _nextCache; // policies gone since the last compile drop out of the cache
         return _out;
     }
