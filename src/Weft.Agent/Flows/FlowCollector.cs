@@ -24,10 +24,12 @@ public sealed class FlowCollector(FlowRing ring, FlowIdentities ids, FlowCounter
         return Task.WhenAll(verdicts, ends, sampler, refreshIdentities ? RefreshIdentitiesAsync(ct) : Task.CompletedTask);
     }
 
+    /// <summary>Flows are for observing: whatever goes wrong here is logged and must never take routing or policy down with it.</summary>
     private void Guard(string what, Action loop)
     {
         try { loop(); }
-        catch (Exception e) when (e is Weft.Netlink.NetlinkException or InvalidDataException)
+        catch (OperationCanceledException) { }
+        catch (Exception e)
         {
             log.LogError("flow capture of {What} stopped: {Error}", what, e.Message);
         }

@@ -337,6 +337,21 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         Assert.All(drops, f => Assert.Equal("NO_ROUTE", f["drop_reason_desc"]!.ToString()));
     }
 
+    [Fact]
+    public void An_agent_killed_and_restarted_captures_flows_again()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.True(fixture.Ready, "the lab did not come up");
+        Ok(Lab.Ctl("lab", "restart-agent", "--name", Lab.Name, "--node", "node-1", "--kill"));
+        var since = Since();
+        Matrix();
+        var flows = Observe("--since", since, "--node", "node-1", "--all").Select(Flow).ToList();
+        // Every pair touching node-1's pods (pod-1, pod-3) shows up again: its NFLOG group was free to bind at once.
+        Assert.Contains(flows, f => Pod(f, "destination") == "default/pod-1" && f["traffic_direction"]!.ToString() == "INGRESS");
+        Assert.Contains(flows, f => Pod(f, "source") == "default/pod-3" && f["traffic_direction"]!.ToString() == "EGRESS");
+        Assert.All(flows, f => Assert.Equal("FORWARDED", f["verdict"]!.ToString()));
+    }
+
     private string PodIp(string pod) => Lab.Status()["pods"]!.AsArray().Single(p => p!["pod"]!.ToString() == pod)!["ip"]!.ToString();
 
     private static long RssKiB(int pid) =>
