@@ -56,7 +56,8 @@ var flowsOn = options.FlowBuffer > 0;
 var ring = new Weft.Flows.FlowRing(Math.Max(1, options.FlowBuffer));
 var flowIds = new FlowIdentities(me.Name);
 var flowCounters = new FlowCounters();
-builder.Services.AddSingleton(new ObserverService(ring, flowCounters, me.Name));
+var observer = new ObserverService(ring, flowCounters, me.Name);
+builder.Services.AddSingleton(observer);
 builder.Services.AddGrpc();
 if (flowsOn)
     builder.Services.AddHostedService(sp => new FlowCollector(ring, flowIds, flowCounters, me.Name, FlowLogGroup, store, sp.GetRequiredService<DatastoreTrigger>(), refreshIdentities: !options.Policy, sp.GetRequiredService<ILogger<FlowCollector>>()));
@@ -87,6 +88,7 @@ builder.WebHost.ConfigureKestrel(k =>
 });
 
 var app = builder.Build();
+observer.Stopping = app.Lifetime.ApplicationStopping;
 app.MapGet("/healthz", (AgentState s) => s.Snapshot.Synced ? Results.Text("ok\n") : Results.Text("syncing\n", statusCode: 503));
 app.MapGet("/status", (AgentState s) => Results.Json(s.Snapshot, AgentJson.Default.AgentSnapshot));
 app.MapGet("/debug/memory", () =>

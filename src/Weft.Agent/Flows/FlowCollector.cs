@@ -18,20 +18,33 @@ public sealed class FlowCollector(FlowRing ring, FlowIdentities ids, FlowCounter
 {
     protected override Task ExecuteAsync(CancellationToken ct)
     {
-        var verdicts = Task.Factory.StartNew(() => Guard("policy verdicts (NFLOG)", () => ReadVerdicts(ct)), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-        var ends = Task.Factory.StartNew(() => Guard("connection ends (conntrack)", () => ReadConnectionEnds(ct)), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        var verdicts = Task.Factory.StartNew(() => Guard("policy verdicts (NFLOG)", ReadVerdicts, ct), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        var ends = Task.Factory.StartNew(() => Guard("connection ends (conntrack)", ReadConnectionEnds, ct), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         var sampler = SampleAsync(ct);
         return Task.WhenAll(verdicts, ends, sampler, refreshIdentities ? RefreshIdentitiesAsync(ct) : Task.CompletedTask);
     }
 
-    /// <summary>Flows are for observing: whatever goes wrong here is logged and must never take routing or policy down with it.</summary>
-    private void Guard(string what, Action loop)
+    /// <summary>
+    /// Flows are for observing: whatever goes wrong here is logged and retried with backoff (a group still held by an
+    /// agent that is shutting down, say), and never takes routing or policy down with it.
+    /// </summary>
+    private void Guard(string what, Action<CancellationToken> loop, CancellationToken ct)
     {
-        try { loop(); }
-        catch (OperationCanceledException) { }
-        catch (Exception e)
+        var delay = TimeSpan.FromSeconds(1);
+        while (!ct.IsCancellationRequested)
         {
-            log.LogError("flow capture of {What} stopped: {Error}", what, e.Message);
+            try
+            {
+                loop(ct);
+                return;
+            }
+            catch (OperationCanceledException) { return; }
+            catch (Exception e)
+            {
+                log.LogError("flow capture of {What} failed, retrying in {Delay} s: {Error}", what, delay.TotalSeconds, e.Message);
+                if (ct.WaitHandle.WaitOne(delay)) return;
+                delay = TimeSpan.FromSeconds(Math.Min(30, delay.TotalSeconds * 2));
+            }
         }
     }
 
@@ -71,10 +84,16 @@ public sealed class FlowCollector(FlowRing ring, FlowIdentities ids, FlowCounter
         ConntrackEventSocket.EnableAccounting();
         using var socket = ConntrackEventSocket.Open();
         var batch = new List<ConntrackEnd>(64);
+        long lostBefore = 0;
         while (!ct.IsCancellationRequested)
         {
             batch.Clear();
             socket.Receive(batch);
+            if (socket.Lost != lostBefore)
+            {
+                counters.AddLost(socket.Lost - lostBefore);
+                lostBefore = socket.Lost;
+            }
             var added = false;
             foreach (var end in batch)
             {

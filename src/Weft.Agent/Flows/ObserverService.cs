@@ -9,12 +9,16 @@ public sealed class ObserverService(FlowRing ring, FlowCounters counters, string
 {
     private static readonly DateTime Started = DateTime.UtcNow;
 
+    /// <summary>The host's stopping token: open follow streams end with the agent instead of holding its shutdown.</summary>
+    public CancellationToken Stopping { get; set; }
+
     public override async Task GetFlows(GetFlowsRequest request, IServerStreamWriter<Flow> responseStream, ServerCallContext context)
     {
         FlowMatcher matcher;
         try { matcher = new FlowMatcher(request.Whitelist, request.Blacklist); }
         catch (ArgumentException e) { throw new RpcException(new Status(StatusCode.InvalidArgument, e.Message)); }
-        var ct = context.CancellationToken;
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(context.CancellationToken, Stopping);
+        var ct = linked.Token;
         var pulse = ring.NextPublish(); // taken before reading, so a flow added meanwhile still wakes us
         var buffered = new List<Flow>();
         var (next, _) = ring.ReadFrom(0, buffered);

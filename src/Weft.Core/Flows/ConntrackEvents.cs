@@ -96,8 +96,8 @@ public sealed class ConntrackEventSocket : IDisposable
                                         case 1 when inner.Value.Length >= 1: proto = inner.Value[0]; break;
                                         case 2 when inner.Value.Length >= 2: sport = BinaryPrimitives.ReadUInt16BigEndian(inner.Value); break;
                                         case 3 when inner.Value.Length >= 2: dport = BinaryPrimitives.ReadUInt16BigEndian(inner.Value); break;
-                                        case 5 or 9 when inner.Value.Length >= 1: icmpType = inner.Value[0]; break; // ICMP_TYPE, ICMPV6_TYPE
-                                        case 6 or 10 when inner.Value.Length >= 1: icmpCode = inner.Value[0]; break;
+                                        case 5 or 8 when inner.Value.Length >= 1: icmpType = inner.Value[0]; break; // CTA_PROTO_ICMP_TYPE, CTA_PROTO_ICMPV6_TYPE
+                                        case 6 or 9 when inner.Value.Length >= 1: icmpCode = inner.Value[0]; break; // CTA_PROTO_ICMP_CODE, CTA_PROTO_ICMPV6_CODE
                                     }
                         }
                         break;

@@ -58,7 +58,7 @@ public sealed class FlowMatcher
             && AnyIp(_srcIp, flow.IpSource) && AnyIp(_dstIp, flow.IpDestination)
             && AnyLabels(_srcLabels, flow.Source) && AnyLabels(_dstLabels, flow.Destination)
             && (_f.Verdict.Count == 0 || _f.Verdict.Contains(flow.Verdict))
-            && (_f.Protocol.Count == 0 || _f.Protocol.Any(p => ProtocolNumber(p) == flow.Protocol))
+            && (_f.Protocol.Count == 0 || _f.Protocol.Any(p => ProtocolNumber(p) == flow.Protocol || (p.Equals("icmp", StringComparison.OrdinalIgnoreCase) && flow.Protocol == 58)))
             && (_f.SourcePort.Count == 0 || _f.SourcePort.Contains(flow.SourcePort))
             && (_f.DestinationPort.Count == 0 || _f.DestinationPort.Contains(flow.DestinationPort))
             && (_f.TrafficDirection.Count == 0 || _f.TrafficDirection.Contains(flow.TrafficDirection))

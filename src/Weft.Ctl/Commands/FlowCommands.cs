@@ -215,59 +215,64 @@ public static class FlowCommands
     private static string Reason(Exception e) => e is RpcException r ? r.Status.Detail is { Length: > 0 } d ? d : r.StatusCode.ToString() : e.Message;
 
     /// <summary>
-    /// Follow every node at once; flows are held back a short while and printed in time order, so a cluster-wide
-    /// stream reads in the order things happened even though each node's stream arrives on its own schedule.
+    /// Follow every node at once. Each flow is held a short while after it arrives and what is due is printed in
+    /// timestamp order, so a cluster-wide stream reads in the order things happened although each node's stream
+    /// arrives on its own schedule; holding by arrival (not by the node's clock) keeps a node with a skewed clock
+    /// from stalling the stream. A node whose stream breaks or ends is asked again from now on.
     /// </summary>
     private static async Task FollowAsync(List<FlowServer> servers, GetFlowsRequest request, FlowPrinter printer, TextWriter err, CancellationToken ct)
     {
         var hold = TimeSpan.FromMilliseconds(250);
-        var pending = new PriorityQueue<Flow, (long, string)>();
+        var pending = new List<(Flow Flow, DateTime Arrived)>();
         var gate = new Lock();
         async Task ReadAsync(FlowServer s)
         {
+            var mine = request.Clone();
             while (!ct.IsCancellationRequested)
             {
                 try
                 {
-                    using var call = new Observer.ObserverClient(s.Channel).GetFlows(request, cancellationToken: ct);
+                    using var call = new Observer.ObserverClient(s.Channel).GetFlows(mine, cancellationToken: ct);
                     while (await call.ResponseStream.MoveNext(ct).ConfigureAwait(false))
                     {
                         var f = call.ResponseStream.Current;
-                        lock (gate) pending.Enqueue(f, (f.TimeUnixNano, f.NodeName));
+                        lock (gate) pending.Add((f, DateTime.UtcNow));
                     }
-                    return;
                 }
                 catch (RpcException e) when (e.StatusCode == StatusCode.InvalidArgument) { throw new ArgumentException(e.Status.Detail); }
-                catch (Exception e) when (!ct.IsCancellationRequested && e is RpcException or HttpRequestException)
+                catch (Exception e) when (ct.IsCancellationRequested && e is RpcException or OperationCanceledException) { return; }
+                catch (Exception e) when (e is RpcException or HttpRequestException)
                 {
                     await err.WriteLineAsync($"warning: node {s.Node}: {Reason(e)}; retrying").ConfigureAwait(false);
-                    request = request.Clone();
-                    request.Number = 0;
-                    request.SinceUnixNano = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks * 100;
-                    try { await Task.Delay(1000, ct).ConfigureAwait(false); } catch (OperationCanceledException) { return; }
                 }
-                catch (OperationCanceledException) { return; }
+                if (ct.IsCancellationRequested) return;
+                mine = mine.Clone();
+                mine.Number = 0;
+                mine.SinceUnixNano = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks * 100;
+                try { await Task.Delay(1000, ct).ConfigureAwait(false); } catch (OperationCanceledException) { return; }
             }
         }
-        var readers = servers.Select(s => Task.Run(() => ReadAsync(s), ct)).ToList();
+        var readers = servers.Select(s => Task.Run(() => ReadAsync(s), CancellationToken.None)).ToList();
         try
         {
-            while (!ct.IsCancellationRequested)
+            while (!ct.IsCancellationRequested && !readers.Any(r => r.IsFaulted))
             {
                 try { await Task.Delay(50, ct).ConfigureAwait(false); } catch (OperationCanceledException) { break; }
-                var horizon = (DateTime.UtcNow - hold - DateTime.UnixEpoch).Ticks * 100;
-                var ready = new List<Flow>();
+                var due = DateTime.UtcNow - hold;
+                List<Flow> ready;
                 lock (gate)
-                    while (pending.TryPeek(out var f, out var key) && key.Item1 <= horizon) ready.Add(pending.Dequeue());
-                foreach (var f in ready) printer.Print(f);
+                {
+                    ready = pending.Where(p => p.Arrived <= due).Select(p => p.Flow).ToList();
+                    pending.RemoveAll(p => p.Arrived <= due);
+                }
+                foreach (var f in ready.OrderBy(f => f.TimeUnixNano).ThenBy(f => f.NodeName, StringComparer.Ordinal)) printer.Print(f);
                 if (ready.Count > 0) printer.Flush();
-                if (readers.All(r => r.IsCompleted)) break;
             }
         }
         finally
         {
             lock (gate)
-                while (pending.TryDequeue(out var f, out _)) printer.Print(f);
+                foreach (var (f, _) in pending.OrderBy(p => p.Flow.TimeUnixNano)) printer.Print(f);
             printer.Flush();
         }
         foreach (var r in readers.Where(r => r.IsFaulted)) await r.ConfigureAwait(false); // surfaces a bad filter
@@ -366,24 +371,34 @@ public static class FlowCommands
     }
 }
 
-/// <summary>Prints flows in one of observe's output formats.</summary>
+/// <summary>Prints flows in one of observe's output formats; a table is printed per flush, its header only once.</summary>
 public sealed class FlowPrinter(TextWriter output, string format)
 {
-    private readonly TextTable? _table = format == "table" ? new TextTable([.. FlowText.TableHeader]) : null;
+    private TextTable? _table;
+    private bool _headerPrinted;
 
     public void Print(Flow f)
     {
         switch (format)
         {
             case "json" or "jsonpb": output.WriteLine(FlowText.Json(f)); break;
-            case "table": _table!.Add([.. FlowText.TableRow(f)]); break;
+            case "table":
+                _table ??= new TextTable([.. FlowText.TableHeader]);
+                _table.Add([.. FlowText.TableRow(f)]);
+                break;
             default: output.WriteLine(FlowText.Compact(f)); break;
         }
     }
 
     public void Flush()
     {
-        if (_table is not null) output.Write(_table.Render());
+        if (_table is not null)
+        {
+            var text = _table.Render();
+            output.Write(_headerPrinted ? text[(text.IndexOf('\n', StringComparison.Ordinal) + 1)..] : text);
+            _headerPrinted = true;
+            _table = null;
+        }
         output.Flush();
     }
 }

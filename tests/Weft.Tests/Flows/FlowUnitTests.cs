@@ -212,6 +212,9 @@ public sealed class FlowUnitTests
         Assert.False(Passes(new ObserveOptions { Verdicts = ["FORWARDED"] }, f));
         Assert.True(Passes(new ObserveOptions { Protocols = ["tcp"] }, f));
         Assert.False(Passes(new ObserveOptions { Protocols = ["udp"] }, f));
+        Assert.True(Passes(new ObserveOptions { Protocols = ["icmp"] }, Sample(proto: 58)));   // as hubble: both families
+        Assert.True(Passes(new ObserveOptions { Protocols = ["icmpv4"] }, Sample(proto: 1)));
+        Assert.False(Passes(new ObserveOptions { Protocols = ["icmpv4"] }, Sample(proto: 58)));
         Assert.True(Passes(new ObserveOptions { Ports = [5432] }, f));
         Assert.True(Passes(new ObserveOptions { Ports = [40000] }, f));
         Assert.False(Passes(new ObserveOptions { ToPorts = [40000] }, f));

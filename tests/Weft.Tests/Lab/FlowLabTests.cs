@@ -335,6 +335,13 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         Assert.Contains(drops, f => Pod(f, "source") == "default/pod-2" && f["traffic_direction"]!.ToString() == "INGRESS" && f["node_name"]!.ToString() == "node-1");
         Assert.Contains(drops, f => Pod(f, "source") == "default/pod-3" && f["traffic_direction"]!.ToString() == "EGRESS" && f["node_name"]!.ToString() == "node-1");
         Assert.All(drops, f => Assert.Equal("NO_ROUTE", f["drop_reason_desc"]!.ToString()));
+
+        // The node's own addresses have no outgoing interface either, but they are routed (locally): no drop.
+        var node1 = Lab.Status()["nodes"]!.AsArray().Single(n => n!["name"]!.ToString() == "node-1")!["underlayIP"]!.ToString();
+        since = Since();
+        Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-3", "--", "sh", "-c", $"echo | nc -w1 {node1} 9962 >/dev/null; true"));
+        Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-2", "--", "sh", "-c", $"echo | nc -w1 {node1} 9962 >/dev/null; true"));
+        Assert.Empty(Observe("--since", since, "--verdict", "DROPPED", "--to-ip", node1));
     }
 
     [Fact]

@@ -108,11 +108,12 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
             // A new connection to an address the node routes nowhere (an address of this node's blocks with no pod:
             // the agent's blackhole) is dropped by the kernel's routing, which nftables never sees; say so here.
             // "oif missing": the route lookup fails (blackhole, unreachable, prohibit, or no route at all); `fib daddr
-            // type` would only consult the local table. Broadcast and multicast have no unicast route by nature.
+            // type` would only consult the local table. The node's own addresses also report no oif, and broadcast and
+            // multicast have no unicast route by nature: those are excluded by address type.
             JsonNode[] NoRoute() =>
             [
                 Match("==", new JsonObject { ["fib"] = new JsonObject { ["result"] = "oif", ["flags"] = new JsonArray("daddr") } }, false),
-                Match("!=", new JsonObject { ["fib"] = new JsonObject { ["result"] = "type", ["flags"] = new JsonArray("daddr") } }, AnonSet([(JsonNode)"broadcast", "multicast"])),
+                Match("!=", new JsonObject { ["fib"] = new JsonObject { ["result"] = "type", ["flags"] = new JsonArray("daddr") } }, AnonSet([(JsonNode)"local", "broadcast", "anycast", "multicast"])),
             ];
             var isNew = Match("in", new JsonObject { ["ct"] = new JsonObject { ["key"] = "state" } }, new JsonArray("new"));
             _out.Chains["prerouting"] = new NftChain("prerouting", Texts(
