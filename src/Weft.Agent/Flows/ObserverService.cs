@@ -34,7 +34,10 @@ public sealed class ObserverService(FlowRing ring, FlowCounters counters, string
                 await pulse.WaitAsync(ct).ConfigureAwait(false);
                 pulse = ring.NextPublish();
                 batch.Clear();
-                (next, _) = ring.ReadFrom(next, batch);
+                (next, var missed) = ring.ReadFrom(next, batch);
+                // This reader fell more than a ring behind: say how much it missed, as Hubble's lost events do.
+                if (missed > 0)
+                    await responseStream.WriteAsync(new Flow { Event = "lost-events", Packets = (ulong)missed, NodeName = nodeName, TimeUnixNano = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks * 100 }, ct).ConfigureAwait(false);
                 foreach (var f in batch)
                     if (matcher.Matches(f)) await responseStream.WriteAsync(f, ct).ConfigureAwait(false);
             }

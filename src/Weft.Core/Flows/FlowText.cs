@@ -23,9 +23,25 @@ public static class FlowText
         return t.ToString("yyyy-MM-ddTHH:mm:ss", CultureInfo.InvariantCulture) + (frac.Length > 0 ? "." + frac : "") + "Z";
     }
 
+    public const string LostEvents = "lost-events";
+
     public static void WriteJson(Utf8JsonWriter w, Flow f)
     {
         var time = Rfc3339(f.TimeUnixNano);
+        if (f.Event == LostEvents)
+        {
+            // Hubble's GetFlowsResponse with lost_events instead of flow.
+            w.WriteStartObject();
+            w.WritePropertyName("lost_events");
+            w.WriteStartObject();
+            w.WriteString("source", "HUBBLE_RING_BUFFER");
+            w.WriteNumber("num_events_lost", f.Packets);
+            w.WriteEndObject();
+            w.WriteString("node_name", f.NodeName);
+            w.WriteString("time", time);
+            w.WriteEndObject();
+            return;
+        }
         w.WriteStartObject();
         w.WritePropertyName("flow");
         w.WriteStartObject();
@@ -211,6 +227,7 @@ public static class FlowText
     /// <summary>`hubble observe`'s compact line.</summary>
     public static string Compact(Flow f)
     {
+        if (f.Event == LostEvents) return $"EVENTS LOST: HUBBLE_RING_BUFFER [{f.NodeName}] {f.Packets} flows";
         var when = Time(f).ToString("MMM dd HH:mm:ss.fff", CultureInfo.InvariantCulture);
         var arrow = f.IsReply ? "<-" : "->";
         var (a, b) = f.IsReply ? (Peer(f, false), Peer(f, true)) : (Peer(f, true), Peer(f, false));
@@ -229,7 +246,9 @@ public static class FlowText
 
     public static IReadOnlyList<string> TableHeader { get; } = ["TIMESTAMP", "NODE", "SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY"];
 
-    public static IReadOnlyList<string> TableRow(Flow f) =>
+    public static IReadOnlyList<string> TableRow(Flow f) => f.Event == LostEvents
+        ? [Time(f).ToString("MMM dd HH:mm:ss.fff", CultureInfo.InvariantCulture), f.NodeName, "", "", "EVENTS LOST", "", $"{f.Packets} flows"]
+        :
     [
         Time(f).ToString("MMM dd HH:mm:ss.fff", CultureInfo.InvariantCulture), f.NodeName, Peer(f, true), Peer(f, false),
         Event(f) + (f.TrafficDirection.Length > 0 ? " " + f.TrafficDirection : ""), f.Verdict, Summary(f),

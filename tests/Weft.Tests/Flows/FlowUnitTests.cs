@@ -283,6 +283,17 @@ public sealed class FlowUnitTests
     }
 
     [Fact]
+    public void Lost_flows_print_as_hubbles_lost_events()
+    {
+        var lost = new Flow { Event = FlowText.LostEvents, Packets = 1234, NodeName = "node-2", TimeUnixNano = 1_764_000_000_000_000_000 };
+        using var doc = JsonDocument.Parse(FlowText.Json(lost));
+        Assert.Equal(1234, doc.RootElement.GetProperty("lost_events").GetProperty("num_events_lost").GetInt64());
+        Assert.Equal("node-2", doc.RootElement.GetProperty("node_name").GetString());
+        Assert.False(doc.RootElement.TryGetProperty("flow", out _));
+        Assert.Equal("EVENTS LOST: HUBBLE_RING_BUFFER [node-2] 1234 flows", FlowText.Compact(lost));
+    }
+
+    [Fact]
     public void The_compiler_logs_every_verdict_with_a_token_that_names_the_policy()
     {
         var ep = new EndpointInfo("shop", "db-1", new Dictionary<string, string> { ["app"] = "db" }, [IPAddress.Parse("10.244.2.7")], [], "node-2", "weft1234");

@@ -359,6 +359,32 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         Assert.All(flows, f => Assert.Equal("FORWARDED", f["verdict"]!.ToString()));
     }
 
+    [Fact]
+    public async Task A_follower_that_falls_a_ring_behind_is_told_how_many_flows_it_lost()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.True(fixture.Ready, "the lab did not come up");
+        Apply(IsolatePod1);
+        try
+        {
+            using var state = System.Text.Json.JsonDocument.Parse(File.ReadAllText($"/var/lib/weft/labs/{Lab.Name}/lab.json"));
+            var path = state.RootElement.GetProperty("nodes").EnumerateArray().Single(n => n.GetProperty("name").GetString() == "node-1").GetProperty("socket").GetString()!;
+            using var server = Weft.Ctl.Commands.FlowServer.ForSocket("node-1", path);
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            using var call = new Weft.Flows.Api.Observer.ObserverClient(server.Channel).GetFlows(new Weft.Flows.Api.GetFlowsRequest { Follow = true, SinceUnixNano = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks * 100 }, cancellationToken: cts.Token);
+            // Not reading while 60k flows pass through a 4095-flow ring: the stream's buffers fill, the ring laps us.
+            Flood("default/pod-3", PodIp("default/pod-1"), 30_000);
+            ulong lost = 0;
+            while (lost == 0 && await call.ResponseStream.MoveNext(cts.Token))
+                if (call.ResponseStream.Current.Event == Weft.Flows.FlowText.LostEvents) lost = call.ResponseStream.Current.Packets;
+            Assert.True(lost > 10_000, $"lost {lost}");
+        }
+        finally
+        {
+            Ok(Lab.Ctl("--lab", Lab.Name, "delete", "knp", "default/isolate-pod-1"));
+        }
+    }
+
     private string PodIp(string pod) => Lab.Status()["pods"]!.AsArray().Single(p => p!["pod"]!.ToString() == pod)!["ip"]!.ToString();
 
     private static long RssKiB(int pid) =>
