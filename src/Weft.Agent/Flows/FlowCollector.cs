@@ -53,16 +53,11 @@ public sealed class FlowCollector(FlowRing ring, FlowIdentities ids, FlowCounter
         using var socket = NflogSocket.Open((ushort)logGroup);
         log.LogInformation("flow capture: NFLOG group {Group}, ring of {Capacity} flows", logGroup, ring.Capacity);
         var batch = new List<LoggedPacket>(256);
-        long lostBefore = 0;
         while (!ct.IsCancellationRequested)
         {
             batch.Clear();
             socket.Receive(batch);
-            if (socket.Lost != lostBefore)
-            {
-                counters.AddLost(socket.Lost - lostBefore);
-                lostBefore = socket.Lost;
-            }
+            counters.AddLost(socket.TakeLost());
             if (batch.Count == 0) continue;
             foreach (var p in batch)
             {
@@ -84,16 +79,11 @@ public sealed class FlowCollector(FlowRing ring, FlowIdentities ids, FlowCounter
         ConntrackEventSocket.EnableAccounting();
         using var socket = ConntrackEventSocket.Open();
         var batch = new List<ConntrackEnd>(64);
-        long lostBefore = 0;
         while (!ct.IsCancellationRequested)
         {
             batch.Clear();
             socket.Receive(batch);
-            if (socket.Lost != lostBefore)
-            {
-                counters.AddLost(socket.Lost - lostBefore);
-                lostBefore = socket.Lost;
-            }
+            counters.AddLost(socket.TakeLost());
             var added = false;
             foreach (var end in batch)
             {
@@ -156,7 +146,7 @@ public sealed class FlowCollector(FlowRing ring, FlowIdentities ids, FlowCounter
     public static Flow FromConnectionEnd(in ConntrackEnd end, FlowIdentities ids, string nodeName, bool egress)
     {
         var f = NewFlow(end.IpVersion, end.Source, end.Destination, end.Protocol, end.SourcePort, end.DestinationPort, end.IcmpType, end.IcmpCode, ids, nodeName);
-        f.TimeUnixNano = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks * 100;
+        f.TimeUnixNano = FlowText.UnixNano(DateTime.UtcNow);
         f.Event = "conntrack-destroy";
         f.Verdict = "FORWARDED";
         f.TrafficDirection = egress ? "EGRESS" : "INGRESS";

@@ -37,7 +37,7 @@ public sealed class ObserverService(FlowRing ring, FlowCounters counters, string
                 (next, var missed) = ring.ReadFrom(next, batch);
                 // This reader fell more than a ring behind: say how much it missed, as Hubble's lost events do.
                 if (missed > 0)
-                    await responseStream.WriteAsync(new Flow { Event = "lost-events", Packets = (ulong)missed, NodeName = nodeName, TimeUnixNano = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks * 100 }, ct).ConfigureAwait(false);
+                    await responseStream.WriteAsync(new Flow { Event = FlowText.LostEvents, Packets = (ulong)missed, NodeName = nodeName, TimeUnixNano = FlowText.UnixNano(DateTime.UtcNow) }, ct).ConfigureAwait(false);
                 foreach (var f in batch)
                     if (matcher.Matches(f)) await responseStream.WriteAsync(f, ct).ConfigureAwait(false);
             }

@@ -24,7 +24,15 @@ public sealed class ConntrackEventSocket : IDisposable
     private const uint GroupDestroy = 1 << 2; // NFNLGRP_CONNTRACK_DESTROY = 3
 
     private readonly NetlinkSocket _socket;
-    public long Lost { get; private set; }
+    private long _lost;
+
+    /// <summary>Times the kernel reported dropping events (ENOBUFS; each may stand for many) since the last call.</summary>
+    public long TakeLost()
+    {
+        var n = _lost;
+        _lost = 0;
+        return n;
+    }
 
     private ConntrackEventSocket(NetlinkSocket socket) => _socket = socket;
 
@@ -47,7 +55,7 @@ public sealed class ConntrackEventSocket : IDisposable
         var n = _socket.ReceiveEvents(out var data);
         if (n < 0)
         {
-            Lost++;
+            _lost++;
             return 0;
         }
         return Decode(data, into);
@@ -56,15 +64,11 @@ public sealed class ConntrackEventSocket : IDisposable
     public static int Decode(ReadOnlySpan<byte> data, List<ConntrackEnd> into)
     {
         var added = 0;
-        var off = 0;
-        while (off + 16 <= data.Length)
+        var messages = new MessageReader(data);
+        while (messages.Next())
         {
-            var len = (int)BinaryPrimitives.ReadUInt32LittleEndian(data[off..]);
-            if (len < 16 || off + len > data.Length) break;
-            var type = BinaryPrimitives.ReadUInt16LittleEndian(data[(off + 4)..]);
-            var msg = data.Slice(off + 16, len - 16);
-            off += NetlinkSocket.Align(len);
-            if (type != MsgDelete || msg.Length < 4) continue;
+            var msg = messages.Payload;
+            if (messages.Type != MsgDelete || msg.Length < 4) continue;
             IPAddress? src = null, dst = null;
             int proto = 0;
             ushort sport = 0, dport = 0;

@@ -15,6 +15,9 @@ public static class FlowText
 
     public static DateTime Time(Flow f) => DateTime.UnixEpoch.AddTicks(f.TimeUnixNano / 100);
 
+    /// <summary>The flow API's time unit (Unix nanoseconds) for a UTC time.</summary>
+    public static long UnixNano(DateTime utc) => (utc - DateTime.UnixEpoch).Ticks * 100;
+
     /// <summary>RFC 3339 with nanoseconds, UTC, as Go's time.RFC3339Nano prints (trailing zeros dropped).</summary>
     public static string Rfc3339(long unixNano)
     {

@@ -72,7 +72,7 @@ public readonly record struct LoggedPacket(string Prefix, long TimeUnixNano, uin
 /// A subscriber to one NFLOG group (nfnetlink_log): the packets `log group N` rules send, with their prefix. The
 /// kernel batches up to <c>queueThreshold</c> packets per message or flushes after <c>flushTimeout</c>, which is what
 /// lets one reader keep up with a flood; what does not fit the socket buffer is dropped by the kernel and counted
-/// in <see cref="Lost"/>.
+/// in <see cref="TakeLost"/>.
 /// <code>
 /// nlmsghdr, type = NFNL_SUBSYS_ULOG(4) &lt;&lt; 8 | NFULNL_MSG_PACKET(0) or MSG_CONFIG(1)
 /// struct nfgenmsg { u8 family; u8 version; __be16 res_id /* the group */ }, then attributes
@@ -89,8 +89,15 @@ public sealed class NflogSocket : IDisposable
     private readonly Dictionary<int, string> _prefixes = []; // prefixes repeat: keep one string per distinct text
 
     public ushort Group { get; }
-    /// <summary>Times the kernel reported it dropped log messages (ENOBUFS); each may stand for many packets.</summary>
-    public long Lost { get; private set; }
+    private long _lost;
+
+    /// <summary>Times the kernel reported dropping events (ENOBUFS; each may stand for many) since the last call.</summary>
+    public long TakeLost()
+    {
+        var n = _lost;
+        _lost = 0;
+        return n;
+    }
 
     private NflogSocket(NetlinkSocket socket, ushort group)
     {
@@ -153,7 +160,7 @@ public sealed class NflogSocket : IDisposable
         var n = _socket.ReceiveEvents(out var data);
         if (n < 0)
         {
-            Lost++;
+            _lost++;
             return 0;
         }
         return Decode(data, into, _prefixes);
@@ -163,15 +170,11 @@ public sealed class NflogSocket : IDisposable
     public static int Decode(ReadOnlySpan<byte> data, List<LoggedPacket> into, Dictionary<int, string>? prefixCache = null)
     {
         var added = 0;
-        var off = 0;
-        while (off + 16 <= data.Length)
+        var messages = new MessageReader(data);
+        while (messages.Next())
         {
-            var len = (int)BinaryPrimitives.ReadUInt32LittleEndian(data[off..]);
-            if (len < 16 || off + len > data.Length) break;
-            var type = BinaryPrimitives.ReadUInt16LittleEndian(data[(off + 4)..]);
-            var msg = data.Slice(off + 16, len - 16);
-            off += NetlinkSocket.Align(len);
-            if (type != MsgPacket || msg.Length < 4) continue;
+            var msg = messages.Payload;
+            if (messages.Type != MsgPacket || msg.Length < 4) continue;
             var attrs = new AttributeReader(msg[4..]);
             string? prefix = null;
             long time = 0;
@@ -191,7 +194,7 @@ public sealed class NflogSocket : IDisposable
                 }
             }
             if (prefix is null || !PacketHeaders.TryParse(payload, out var headers)) continue;
-            if (time == 0) time = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks * 100;
+            if (time == 0) time = FlowText.UnixNano(DateTime.UtcNow);
             into.Add(new LoggedPacket(prefix, time, inDev, outDev, headers));
             added++;
         }

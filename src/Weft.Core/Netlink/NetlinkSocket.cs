@@ -268,6 +268,29 @@ internal sealed class NetlinkWriter
     }
 }
 
+/// <summary>
+/// Walks the messages of one received datagram (events: NFLOG, conntrack), bounds-checked: a malformed length ends
+/// the walk, never reads past the end. Payload is what follows the 16-byte header.
+/// </summary>
+internal ref struct MessageReader(ReadOnlySpan<byte> data)
+{
+    private readonly ReadOnlySpan<byte> _data = data;
+    private int _offset;
+    public ushort Type { get; private set; }
+    public ReadOnlySpan<byte> Payload { get; private set; }
+
+    public bool Next()
+    {
+        if (_offset + 16 > _data.Length) return false;
+        var len = (int)BinaryPrimitives.ReadUInt32LittleEndian(_data[_offset..]);
+        if (len < 16 || _offset + len > _data.Length) return false;
+        Type = BinaryPrimitives.ReadUInt16LittleEndian(_data[(_offset + 4)..]);
+        Payload = _data.Slice(_offset + 16, len - 16);
+        _offset += NetlinkSocket.Align(len);
+        return true;
+    }
+}
+
 /// <summary>Walks the attributes of a reply, bounds-checked: malformed input ends the walk, never reads past the end.</summary>
 internal ref struct AttributeReader(ReadOnlySpan<byte> data)
 {

@@ -124,10 +124,10 @@ public static class FlowCommands
     {
         var request = new GetFlowsRequest { Follow = o.Follow };
         request.Whitelist.AddRange(BuildFilters(o));
-        if (o.Since is { } since) request.SinceUnixNano = (ParseSince(since, now) - DateTime.UnixEpoch).Ticks * 100;
+        if (o.Since is { } since) request.SinceUnixNano = FlowText.UnixNano(ParseSince(since, now));
         // As hubble: the last 20 unless a window, --all or follow says otherwise.
         request.Number = o.Last is { } n ? (ulong)Math.Max(0, n) : o.All || o.Since is not null || o.Follow ? 0UL : 20UL;
-        if (o.Follow && o.Last is null && o.Since is null && !o.All) request.SinceUnixNano = (now - DateTime.UnixEpoch).Ticks * 100;
+        if (o.Follow && o.Last is null && o.Since is null && !o.All) request.SinceUnixNano = FlowText.UnixNano(now);
         return request;
     }
 
@@ -248,7 +248,7 @@ public static class FlowCommands
                 if (ct.IsCancellationRequested) return;
                 mine = mine.Clone();
                 mine.Number = 0;
-                mine.SinceUnixNano = (DateTime.UtcNow - DateTime.UnixEpoch).Ticks * 100;
+                mine.SinceUnixNano = FlowText.UnixNano(DateTime.UtcNow);
                 try { await Task.Delay(1000, ct).ConfigureAwait(false); } catch (OperationCanceledException) { return; }
             }
         }

@@ -35,7 +35,7 @@ public sealed class FlowKernelTests
             Assert.Equal("weft:XE:tok", p.Prefix);
             Assert.Equal((17, (ushort)4242, (ushort)9999, "127.0.0.1"), (p.Headers.Protocol, p.Headers.SourcePort, p.Headers.DestinationPort, p.Headers.Destination.ToString()));
         });
-        Assert.Equal(0, socket.Lost);
+        Assert.Equal(0, socket.TakeLost());
     }
 
     [Fact]
