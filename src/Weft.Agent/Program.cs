@@ -43,8 +43,30 @@ catch (Exception e) when (e is AgentStartupException or DatastoreUnavailableExce
     return 1;
 }
 
+// natOutgoing: BPF masquerade when asked or when auto finds it works; an agent using nftables removes ours.
+BpfMasquerade? bpfMasquerade = null;
+if (options.Masquerade != "nftables")
+{
+    try { bpfMasquerade = BpfMasquerade.Load(me.UnderlayIndex, me.UnderlayAddress, options.BpfPinDir, log); }
+    catch (Exception e) when (e is Weft.Bpf.BpfException or DllNotFoundException or IOException or UnauthorizedAccessException or ArgumentException)
+    {
+        if (options.Masquerade == "bpf")
+        {
+            await Console.Error.WriteLineAsync("weft-agent: BPF masquerade: " + e.Message);
+            return 1;
+        }
+        log.LogWarning("BPF masquerade unavailable ({Error}); natOutgoing uses nftables masquerade", e.Message);
+    }
+}
+if (bpfMasquerade is null)
+{
+    try { BpfMasquerade.Remove(me.UnderlayIndex, options.BpfPinDir); }
+    catch (Weft.Bpf.BpfException e) { log.LogWarning("could not remove BPF masquerade programs: {Error}", e.Message); }
+}
+log.LogInformation("natOutgoing masquerade: {Mode} on {Dev}", bpfMasquerade is null ? "nftables" : "bpf (tc)", me.UnderlayName);
+
 var state = new AgentState(me.Name, backend.Type);
-state.Update(s => s with { Underlay = $"{me.UnderlayAddress}/{me.UnderlayPrefix}", Vtep = me.VtepAddress?.ToString(), Mtu = me.UnderlayMtu - backend.Overhead });
+state.Update(s => s with { Underlay = $"{me.UnderlayAddress}/{me.UnderlayPrefix}", Vtep = me.VtepAddress?.ToString(), Mtu = me.UnderlayMtu - backend.Overhead, Masquerade = bpfMasquerade is null ? "nftables" : "bpf" });
 builder.Services.AddSingleton(store);
 builder.Services.AddSingleton(state);
 builder.Services.AddHostedService<MemoryTrimmer>();
@@ -61,7 +83,7 @@ builder.Services.AddSingleton(observer);
 builder.Services.AddGrpc();
 if (flowsOn)
     builder.Services.AddHostedService(sp => new FlowCollector(ring, flowIds, flowCounters, me.Name, FlowLogGroup, store, sp.GetRequiredService<DatastoreTrigger>(), refreshIdentities: !options.Policy, sp.GetRequiredService<ILogger<FlowCollector>>()));
-builder.Services.AddHostedService(sp => new RouteReconciler(store, sp.GetRequiredService<DatastoreTrigger>(), backend, me, state, options.Resync, sp.GetRequiredService<ILogger<RouteReconciler>>(), options.Policy));
+builder.Services.AddHostedService(sp => new RouteReconciler(store, sp.GetRequiredService<DatastoreTrigger>(), backend, me, state, options.Resync, sp.GetRequiredService<ILogger<RouteReconciler>>(), options.Policy, bpfMasquerade));
 if (!options.Policy)
 {
     // Enforcement switched off: a table left by an earlier run would keep dropping new pods (fail closed). Remove it.

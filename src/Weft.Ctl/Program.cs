@@ -83,8 +83,9 @@ var topology = new Option<string?>("--topology") { Description = "YAML stream of
 // `lab up --datastore sqlite|etcd` reuses the global --datastore option as the kind of datastore to run.
 var labPolicy = new Option<string>("--policy") { Description = "on (agents enforce network policy, default) or off", DefaultValueFactory = _ => "on" };
 var labFlows = new Option<string>("--flows") { Description = "on (agents capture flows, default) or off", DefaultValueFactory = _ => "on" };
-var up = new Command("up", "build the lab") { labName, nodes, podsPerNode, backend, mode, topology, labPolicy, labFlows };
-up.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.UpAsync(Ctx(r), new(r.GetValue(labName)!, r.GetValue(nodes), r.GetValue(podsPerNode), r.GetValue(backend)!, r.GetValue(mode)!, r.GetValue(datastore) ?? "sqlite", r.GetValue(topology), r.GetValue(labPolicy)!, r.GetValue(labFlows)!), ct)));
+var labMasquerade = new Option<string>("--masquerade") { Description = "how agents masquerade natOutgoing traffic: auto (bpf when the kernel allows, default), bpf or nftables", DefaultValueFactory = _ => "auto" };
+var up = new Command("up", "build the lab") { labName, nodes, podsPerNode, backend, mode, topology, labPolicy, labFlows, labMasquerade };
+up.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.UpAsync(Ctx(r), new(r.GetValue(labName)!, r.GetValue(nodes), r.GetValue(podsPerNode), r.GetValue(backend)!, r.GetValue(mode)!, r.GetValue(datastore) ?? "sqlite", r.GetValue(topology), r.GetValue(labPolicy)!, r.GetValue(labFlows)!, r.GetValue(labMasquerade)!), ct)));
 var down = new Command("down", "remove every namespace, process and file of the lab") { labName };
 down.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.DownAsync(Ctx(r), r.GetValue(labName)!)));
 var labOut = new Option<string>("--output", "-o") { DefaultValueFactory = _ => "table" };

@@ -23,10 +23,18 @@ public sealed class AgentOptions
     public int FlowBuffer { get; set; } = Weft.Flows.FlowRing.DefaultCapacity;
     /// <summary>The flow API for remote readers (gRPC over TCP, Hubble's port); empty turns it off.</summary>
     public string FlowAddress { get; set; } = "0.0.0.0:4244";
+    /// <summary>
+    /// How natOutgoing masquerades: "bpf" (tc programs on the uplink, no conntrack for it), "nftables" (masquerade in
+    /// the nat hook, conntrack for every flow), or "auto": bpf when the kernel and libbpf allow, else nftables.
+    /// </summary>
+    public string Masquerade { get; set; } = "auto";
+    /// <summary>Where the BPF masquerade pins its translation state (a bpffs directory; mounted when missing).</summary>
+    public string BpfPinDir { get; set; } = "/sys/fs/bpf/weft";
     /// <summary>From net-conf.json: the pool to create when none covers it.</summary>
     public FlannelNetConf? NetConf { get; private set; }
 
     public static readonly string[] Backends = ["vxlan", "host-gw"];
+    public static readonly string[] MasqueradeModes = ["auto", "bpf", "nftables"];
 
     public static AgentOptions Parse(string[] args)
     {
@@ -54,6 +62,8 @@ public sealed class AgentOptions
                     break;
                 case "--flow-buffer": o.FlowBuffer = Int(a, Value()); break;
                 case "--flow-address": o.FlowAddress = Value(); break;
+                case "--masquerade": o.Masquerade = Value(); break;
+                case "--bpf-pin-dir": o.BpfPinDir = Value(); break;
                 case "--resync-seconds": o.Resync = TimeSpan.FromSeconds(Int(a, Value())); break;
                 case "--label":
                     var kv = Value().Split('=', 2);
@@ -100,6 +110,8 @@ public sealed class AgentOptions
                     case "netConf": NetConfPath = S(); break;
                     case "flowBuffer": FlowBuffer = N(); break;
                     case "flowAddress": FlowAddress = S(); break;
+                    case "masquerade": Masquerade = S(); break;
+                    case "bpfPinDir": BpfPinDir = S(); break;
                     default: throw new ArgumentException($"{path}: unknown key '{p.Name}'");
                 }
             }
@@ -111,6 +123,8 @@ public sealed class AgentOptions
         if (!Backends.Contains(Backend)) throw new ArgumentException($"backend '{Backend}' is unknown; use {string.Join(" or ", Backends)}");
         if (Vni is < 1 or > 16_777_215) throw new ArgumentException($"VNI {Vni} is out of range (1-16777215)");
         if (Port is < 1 or > 65535) throw new ArgumentException($"port {Port} is out of range");
+        if (!MasqueradeModes.Contains(Masquerade)) throw new ArgumentException($"masquerade '{Masquerade}' is unknown; use auto, bpf or nftables");
+        if (!Path.IsPathFullyQualified(BpfPinDir)) throw new ArgumentException($"BPF pin directory '{BpfPinDir}' must be an absolute path");
         if (FlowBuffer is < 0 or > 1 << 20) throw new ArgumentException($"flow buffer {FlowBuffer} is out of range (0-1048576)");
         if (FlowAddress.Length > 0 && !System.Net.IPEndPoint.TryParse(FlowAddress, out _)) throw new ArgumentException($"flow address '{FlowAddress}' is not IP:PORT");
         if (string.IsNullOrWhiteSpace(NodeName) || NodeName.Contains('/', StringComparison.Ordinal))
@@ -136,6 +150,10 @@ public sealed class AgentOptions
           --flows on|off              capture flows (policy verdicts, connection ends) for `weftctl observe` (default on)
           --flow-buffer N             flows kept per node (default 4095, as Hubble)
           --flow-address IP:PORT      flow API for remote readers, gRPC (default 0.0.0.0:4244; "" for none)
+          --masquerade auto|bpf|nftables
+                                      how natOutgoing pools masquerade: tc BPF programs on the uplink (no
+                                      conntrack), or nftables; auto picks bpf when the kernel allows (default auto)
+          --bpf-pin-dir DIR           bpffs directory for the BPF masquerade's state (default /sys/fs/bpf/weft)
         """;
 }
 

@@ -10,6 +10,8 @@ public sealed record AgentSnapshot(
     double LastReconcileMs, long Reconciles, long ReconcileErrors, int Routes, IReadOnlyList<PeerStatus> Peers, string? LastError)
 {
     public PolicyStatus Policy { get; init; } = new();
+    /// <summary>How natOutgoing masquerades on this node: bpf or nftables.</summary>
+    public string Masquerade { get; init; } = "nftables";
 }
 
 /// <summary>The policy dataplane: which datastore revision is enforced, and what that took.</summary>

@@ -7,9 +7,11 @@ namespace Weft.Agent.Reconcile;
 /// <summary>
 /// natOutgoing: traffic from pools marked natOutgoing to anything outside every pool is masqueraded to the node's
 /// address. The whole table is rebuilt in one nftables transaction (add, delete, re-add), so there is never a
-/// moment with neither the old nor the new rules; it is only rewritten when the pool set changes.
+/// moment with neither the old nor the new rules; it is only rewritten when the pool set changes. With the BPF
+/// masquerade (<paramref name="masquerade"/> false) the table keeps only what connection tracking for policy needs,
+/// and nothing at all with policy off: a node without conntrack users pays no netfilter cost per packet.
 /// </summary>
-public sealed class NatProgrammer(bool untrackPodToPod = false, int? tunnelPort = null)
+public sealed class NatProgrammer(bool policyEnforced, int? tunnelPort = null, bool masquerade = true)
 {
     public const string Table = "weft-nat";
     private string? _applied;
@@ -17,12 +19,14 @@ public sealed class NatProgrammer(bool untrackPodToPod = false, int? tunnelPort 
     public bool Apply(IReadOnlyList<IPPool> pools)
     {
         var v4 = pools.Where(p => p.Network.IsIPv4 && !p.Disabled).ToList();
-        var masq = v4.Where(p => p.NatOutgoing).Select(p => p.Network).Order().ToList();
+        var masq = masquerade ? v4.Where(p => p.NatOutgoing).Select(p => p.Network).Order().ToList() : [];
         var cluster = v4.Select(p => p.Network).Order().ToList();
         var key = string.Join(",", masq) + "|" + string.Join(",", cluster);
         if (key == _applied) return false;
         using var nft = new Nft();
-        nft.Run(Build(masq, cluster, untrackPodToPod, tunnelPort));
+        // Connection tracking runs only for policy or for masquerading; untracking only pays where it runs.
+        var tracked = policyEnforced || masq.Count > 0;
+        nft.Run(Build(masq, cluster, untrackPodToPod: !policyEnforced, tunnelPort: tracked ? tunnelPort : null));
         _applied = key;
         return true;
     }

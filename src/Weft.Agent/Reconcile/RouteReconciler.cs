@@ -15,10 +15,11 @@ namespace Weft.Agent.Reconcile;
 /// difference. A restart reads the kernel back and adopts it, so traffic keeps flowing; a periodic resync repairs
 /// drift (someone deleting a route by hand).
 /// </summary>
-public sealed class RouteReconciler(IDatastore store, DatastoreTrigger trigger, IBackend backend, LocalNode me, AgentState state, TimeSpan resync, ILogger<RouteReconciler> log, bool policyEnforced = true)
+public sealed class RouteReconciler(IDatastore store, DatastoreTrigger trigger, IBackend backend, LocalNode me, AgentState state, TimeSpan resync, ILogger<RouteReconciler> log, bool policyEnforced = true,
+    BpfMasquerade? bpfMasquerade = null)
     : BackgroundService
 {
-    private readonly NatProgrammer _nat = new(untrackPodToPod: !policyEnforced, tunnelPort: (backend as VxlanBackend)?.Port);
+    private readonly NatProgrammer _nat = new(policyEnforced, (backend as VxlanBackend)?.Port, masquerade: bpfMasquerade is null);
     private readonly Channel<bool> _kick = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
 
     protected override async Task ExecuteAsync(CancellationToken ct)
@@ -85,7 +86,10 @@ public sealed class RouteReconciler(IDatastore store, DatastoreTrigger trigger, 
             var routes = Apply(programs, own);
             var pools = (await store.ListAsync(Keys.Pools, ct).ConfigureAwait(false)).Items
                 .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.IPPool, kv.Key)).ToList();
-            if (_nat.Apply(pools)) log.LogInformation("natOutgoing rules rewritten for {Count} pool(s)", pools.Count(p => p.NatOutgoing));
+            // BPF first: when it takes over from nftables masquerade, packets nftables already translated pass it as
+            // the node's own, so no packet leaves untranslated in between.
+            if (bpfMasquerade?.Apply(pools) == true) log.LogInformation("BPF masquerade programmed for {Count} pool(s)", pools.Count(p => p.NatOutgoing));
+            if (_nat.Apply(pools)) log.LogInformation("nftables NAT table rewritten ({Count} natOutgoing pool(s))", pools.Count(p => p.NatOutgoing));
             state.Update(s => s with
             {
                 Synced = true, LastReconcile = DateTime.UtcNow, LastReconcileMs = sw.Elapsed.TotalMilliseconds,

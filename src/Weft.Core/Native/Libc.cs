@@ -50,10 +50,21 @@ internal static unsafe partial class Libc
         return new SafeFileHandle(fd, ownsHandle: true);
     }
 
-    public static bool IsNsfs(string path)
+    [LibraryImport("libc.so.6", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int mount(string source, string target, string fstype, ulong flags, IntPtr data);
+
+    [LibraryImport("libc.so.6", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int umount2(string target, int flags);
+
+    public const long BPF_FS_MAGIC = 0xcafe4a11;
+    public const int MNT_DETACH = 2;
+
+    public static bool IsNsfs(string path) => FsType(path) == NSFS_MAGIC;
+
+    public static long FsType(string path)
     {
         var buf = stackalloc byte[256];
-        return statfs(path, buf) == 0 && *(long*)buf == NSFS_MAGIC;
+        return statfs(path, buf) == 0 ? *(long*)buf : 0;
     }
 }
 

@@ -9,7 +9,7 @@ using Weft.Resources;
 
 namespace Weft.Ctl.Lab;
 
-public sealed record LabUpOptions(string Name, int Nodes, int PodsPerNode, string Backend, string Mode, string Datastore, string? TopologyFile, string Policy = "on", string Flows = "on");
+public sealed record LabUpOptions(string Name, int Nodes, int PodsPerNode, string Backend, string Mode, string Datastore, string? TopologyFile, string Policy = "on", string Flows = "on", string Masquerade = "auto");
 
 /// <summary>
 /// `weftctl lab`: a real multi-node cluster on one machine. An underlay namespace with a bridge joins one
@@ -29,6 +29,7 @@ public static class LabCommands
         if (o.Mode is not ("routed" or "bridge")) throw new ArgumentException($"--mode {o.Mode}: use routed or bridge");
         if (o.Policy is not ("on" or "off")) throw new ArgumentException($"--policy {o.Policy}: use on or off");
         if (o.Flows is not ("on" or "off")) throw new ArgumentException($"--flows {o.Flows}: use on or off");
+        if (o.Masquerade is not ("auto" or "bpf" or "nftables")) throw new ArgumentException($"--masquerade {o.Masquerade}: use auto, bpf or nftables");
         if (o.Datastore is not ("sqlite" or "etcd")) throw new ArgumentException($"--datastore {o.Datastore}: the lab runs sqlite or etcd (a 3-member cluster)");
         if (LabState.Load(o.Name) is not null || Shell.Run("ip", "netns", "list").Split('\n').Any(l => l.StartsWith(o.Name + "-", StringComparison.Ordinal)))
             throw new ArgumentException($"lab '{o.Name}' already exists; remove it with `weftctl lab down --name {o.Name}`");
@@ -36,7 +37,7 @@ public static class LabCommands
         var dir = LabState.DirFor(o.Name);
         var state = new LabState
         {
-            Name = o.Name, Dir = dir, Backend = o.Backend, Mode = o.Mode, Policy = o.Policy, Flows = o.Flows,
+            Name = o.Name, Dir = dir, Backend = o.Backend, Mode = o.Mode, Policy = o.Policy, Flows = o.Flows, Masquerade = o.Masquerade,
             Datastore = o.Datastore == "etcd" ? "etcd://" + string.Join(",", EtcdIps.Select(ip => ip + ":2379")) : "sqlite://" + Path.Combine(dir, "weft.db"),
             ControlPlane = o.Datastore == "etcd" ? o.Name + "-cp" : null,
             PodMtu = o.Backend == "vxlan" ? 1450 : 1500, Underlay = o.Name + "-ul", Gateway = o.Name + "-gw",
@@ -75,10 +76,12 @@ public static class LabCommands
                 state.Save();
             }
             Step(ctx, $"{o.Nodes} node(s); starting weft-agent ({o.Backend}) in each");
+            // A private bpffs instance: the agents' pinned BPF state belongs to this lab and goes with `lab down`.
+            try { Weft.Bpf.BpfFs.Mount(state.BpfDir); }
+            catch (Weft.Bpf.BpfException e) { ctx.Err.WriteLine($"warning: {e.Message}; agents fall back to nftables masquerade"); }
             foreach (var node in state.Nodes)
             {
-                node.AgentPid = Shell.StartDetached(node.Netns, Path.Combine(dir, node.Name + ".log"), Path.Combine(dist, "weft-agent"),
-                    "--nodename", node.Name, "--datastore", state.Datastore, "--backend", o.Backend, "--underlay-interface", "eth0", "--socket", node.Socket, "--policy", state.Policy, "--flows", state.Flows);
+                node.AgentPid = StartAgent(state, node, dist);
                 state.Save();
             }
             await Task.WhenAll(state.Nodes.Select(n => WaitHealthyAsync(state, n, TimeSpan.FromSeconds(60), ct))).ConfigureAwait(false);
@@ -428,6 +431,11 @@ public static class LabCommands
         DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact,
     };
 
+    private static int StartAgent(LabState state, LabNode node, string dist) =>
+        Shell.StartDetached(node.Netns, Path.Combine(state.Dir, node.Name + ".log"), Path.Combine(dist, "weft-agent"),
+            "--nodename", node.Name, "--datastore", state.Datastore, "--backend", state.Backend, "--underlay-interface", "eth0", "--socket", node.Socket,
+            "--policy", state.Policy, "--flows", state.Flows, "--masquerade", state.Masquerade, "--bpf-pin-dir", Path.Combine(state.BpfDir, node.Name));
+
     public static Task<int> DownAsync(CtlContext ctx, string name)
     {
         ValidateName(name);
@@ -440,6 +448,7 @@ public static class LabCommands
             Shell.TryRun("ip", ["netns", "delete", ns]);
             removed++;
         }
+        Weft.Bpf.BpfFs.Unmount(Path.Combine(LabState.DirFor(name), "bpf"));
         if (Directory.Exists(LabState.DirFor(name))) Directory.Delete(LabState.DirFor(name), true);
         ctx.Out.WriteLine(state is null && removed == 0 ? $"lab '{name}' does not exist; nothing to remove" : $"lab '{name}' removed");
         return Task.FromResult(0);
@@ -456,6 +465,7 @@ public static class LabCommands
             Shell.StopAllIn(ns);
             if (Shell.TryRun("ip", ["netns", "delete", ns]).Code == 0) count++;
         }
+        Weft.Bpf.BpfFs.Unmount(state.BpfDir);
         if (Directory.Exists(state.Dir)) Directory.Delete(state.Dir, true);
         return count;
     }
@@ -479,8 +489,7 @@ public static class LabCommands
             return 0;
         }
         var dist = DistDir();
-        node.AgentPid = Shell.StartDetached(node.Netns, Path.Combine(state.Dir, node.Name + ".log"), Path.Combine(dist, "weft-agent"),
-            "--nodename", node.Name, "--datastore", state.Datastore, "--backend", state.Backend, "--underlay-interface", "eth0", "--socket", node.Socket, "--policy", state.Policy, "--flows", state.Flows);
+        node.AgentPid = StartAgent(state, node, dist);
         state.Save();
         await WaitHealthyAsync(state, node, TimeSpan.FromSeconds(60), ct).ConfigureAwait(false);
         ctx.Out.WriteLine($"weft-agent on {node.Name} restarted (pid {node.AgentPid})");

@@ -72,6 +72,11 @@ public sealed class LabState
     public string Policy { get; init; } = "on";
     /// <summary>on: agents capture flows for `weftctl observe`.</summary>
     public string Flows { get; init; } = "on";
+    /// <summary>How agents masquerade natOutgoing traffic: auto, bpf or nftables.</summary>
+    public string Masquerade { get; init; } = "auto";
+    /// <summary>The lab's own bpffs mount: agents pin their BPF state under it, and `lab down` unmounts it.</summary>
+    [JsonIgnore]
+    public string BpfDir => System.IO.Path.Combine(Dir, "bpf");
     public int PodMtu { get; set; } = 1450;
     public string Underlay { get; init; } = "";
     public string Gateway { get; init; } = "";

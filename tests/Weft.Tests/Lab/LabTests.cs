@@ -177,26 +177,45 @@ public sealed class LabTests
         Assert.True(LabRun.AllTrue(lab.Matrix()));
     }
 
-    [Fact]
-    public void NatOutgoing_pools_masquerade_to_a_fake_internet_host_and_stop_when_turned_off()
+    [Theory]
+    [InlineData("bpf")]
+    [InlineData("nftables")]
+    public void NatOutgoing_pools_masquerade_to_a_fake_internet_host_and_stop_when_turned_off(string masquerade)
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
         using var lab = new LabRun();
-        lab.Up("--nodes", "2", "--pods-per-node", "1");
+        lab.Up("--nodes", "2", "--pods-per-node", "1", "--masquerade", masquerade);
         var pod = lab.Status()["pods"]![0]!;
+        var node = lab.Netns(pod["node"]!.GetValue<string>());
         var server = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", lab.Netns("gw"), TestEnv.Weftctl, "lab", "serve", "--tcp", "8080"]) { RedirectStandardOutput = true })!;
+        using var udp = UdpPeerEcho.Start(lab.Netns("gw"));
         try
         {
             string Fetch() => TestEnv.TrySh($"printf 'GET /out HTTP/1.0\r\n\r\n' | ip netns exec {pod["namespace"]} nc -w 2 203.0.113.1 8080").Stdout;
             Assert.True(Eventually(() => Fetch().Contains("client=198.51.100.")), "no masqueraded answer from the fake internet host");
-            Assert.Contains("masquerade", TestEnv.Sh($"ip netns exec {lab.Netns("node-1")} nft list table ip weft-nat"));
+            // UDP and ICMP echo leave with the node's address too, and their answers find the pod.
+            Assert.StartsWith("peer=198.51.100.", TestEnv.TrySh($"echo hi | ip netns exec {pod["namespace"]} nc -u -w 1 203.0.113.1 {udp.Port}").Stdout);
+            Assert.Equal(0, TestEnv.TrySh($"ip netns exec {pod["namespace"]} ping -c 1 -W 2 203.0.113.1").ExitCode);
+            var nat = TestEnv.TrySh($"ip netns exec {node} nft list table ip weft-nat").Stdout;
+            var tc = TestEnv.Sh($"ip netns exec {node} tc filter show dev eth0 egress");
+            if (masquerade == "bpf")
+            {
+                Assert.Contains("weft_masq_egres", tc);
+                Assert.DoesNotContain("masquerade", nat);
+            }
+            else
+            {
+                Assert.Contains("masquerade", nat);
+                Assert.DoesNotContain("weft_masq", tc);
+            }
             // Traffic inside the cluster keeps its pod source address.
             var other = lab.Status()["pods"]![1]!;
             Assert.Contains("client=" + pod["ip"], TestEnv.Sh($"printf 'GET / HTTP/1.0\r\n\r\n' | ip netns exec {pod["namespace"]} nc -w 2 {other["ip"]} 80"));
 
             var off = lab.Ctl("--lab", lab.Name, "get", "ippool", "lab-ipv4", "-o", "yaml").Stdout.Replace("natOutgoing: true", "natOutgoing: false");
             Assert.Equal(0, TestEnv.Run(TestEnv.Weftctl, ["--lab", lab.Name, "apply", "-f", "-"], off).ExitCode);
-            Assert.True(Eventually(() => !TestEnv.TrySh($"ip netns exec {lab.Netns("node-1")} nft list table ip weft-nat").Stdout.Contains("masquerade")));
+            Assert.True(Eventually(() => !TestEnv.TrySh($"ip netns exec {node} nft list table ip weft-nat").Stdout.Contains("masquerade") &&
+                                         !TestEnv.Sh($"ip netns exec {node} tc filter show dev eth0 egress").Contains("weft_masq")));
             Assert.DoesNotContain("client=", Fetch()); // the outside host has no route back to pod addresses
         }
         finally
@@ -204,6 +223,57 @@ public sealed class LabTests
             server.Kill();
             server.WaitForExit();
         }
+    }
+
+    [Fact]
+    public void Bpf_masquerade_gives_each_flow_its_own_port_and_keeps_connections_across_an_agent_kill()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        using var lab = new LabRun();
+        lab.Up("--nodes", "2", "--pods-per-node", "2", "--policy", "off", "--masquerade", "bpf");
+        var pods = lab.Status()["pods"]!.AsArray().Where(p => p!["node"]!.GetValue<string>() == "node-1").Select(p => p!["namespace"]!.GetValue<string>()).ToList();
+        Assert.Equal(2, pods.Count);
+        // With policy off and BPF masquerade, the node has no netfilter hooks at all: nothing to pay per packet.
+        Assert.DoesNotContain("table", TestEnv.Sh($"ip netns exec {lab.Netns("node-1")} nft list ruleset"));
+        using var udp = UdpPeerEcho.Start(lab.Netns("gw"));
+
+        // Two pods, one source port, one remote endpoint: two node ports. The same flow again keeps its port.
+        string Ask(string pod) => TestEnv.TrySh($"echo hi | ip netns exec {pod} nc -u -w 1 -p 5000 203.0.113.1 {udp.Port}").Stdout.Trim();
+        var first = Ask(pods[0]);
+        var second = Ask(pods[1]);
+        Assert.StartsWith("peer=198.51.100.11:", first);
+        Assert.StartsWith("peer=198.51.100.11:", second);
+        Assert.NotEqual(first, second);
+        Assert.Equal(first, Ask(pods[0]));
+
+        // A TCP connection through the masquerade outlives its agent: state is pinned, the programs stay attached.
+        using var listener = Weft.Netlink.NetNs.Run($"/var/run/netns/{lab.Netns("gw")}", () =>
+        {
+            var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Parse("203.0.113.1"), 0);
+            l.Start();
+            return l;
+        });
+        var port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        using var client = Weft.Netlink.NetNs.Run($"/var/run/netns/{pods[0]}", () => new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp));
+        client.Connect("203.0.113.1", port);
+        using var accepted = listener.AcceptSocket();
+        Assert.StartsWith("198.51.100.11:", accepted.RemoteEndPoint!.ToString());
+        void RoundTrip(string what)
+        {
+            accepted.ReceiveTimeout = client.ReceiveTimeout = 3000;
+            var buf = new byte[64];
+            client.Send(System.Text.Encoding.ASCII.GetBytes(what));
+            var n = accepted.Receive(buf);
+            accepted.Send(buf.AsSpan(0, n));
+            Assert.Equal(what, System.Text.Encoding.ASCII.GetString(buf, 0, client.Receive(buf)));
+        }
+        RoundTrip("before");
+        Assert.Equal(0, lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-1", "--kill", "--stop").ExitCode);
+        RoundTrip("while the agent is down");
+        Assert.Equal(0, lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-1").ExitCode);
+        RoundTrip("after the restart");
+        Assert.Equal(first, Ask(pods[0]));
+        Assert.Contains("natOutgoing masquerade: bpf", File.ReadAllText($"/var/lib/weft/labs/{lab.Name}/node-1.log"));
     }
 
     [Fact]

@@ -1,0 +1,148 @@
+using System.Buffers.Binary;
+using System.Net;
+using System.Runtime.InteropServices;
+using Weft.Bpf;
+using Weft.Model;
+
+namespace Weft.Agent.Reconcile;
+
+/// <summary>
+/// natOutgoing with tc BPF programs on the node's uplink instead of nftables masquerade (src/Weft.Agent/Bpf/
+/// masquerade.bpf.c): the pools go into two LPM tries, the uplink's address into a map, and the programs are
+/// attached while any pool masquerades. Translation state is pinned under <c>pinDir</c>, and attaching replaces the
+/// previous agent's programs in one step, so a restart neither drops nor re-maps a running connection.
+/// </summary>
+public sealed class BpfMasquerade : IDisposable
+{
+    // Weft's slot in the uplink's clsact filters ("WF"), kept across versions so a new agent replaces the old one.
+    public const uint TcHandle = 0x5746, TcPriority = 1;
+    private const string Egress = "weft_masq_egress", Ingress = "weft_masq_ingress";
+    private static readonly string[] PinnedMaps = ["snat_v4", "rnat_v4"];
+
+    private readonly BpfObject _obj;
+    private readonly int _ifIndex;
+    private readonly ILogger _log;
+    private string? _applied;
+    private bool _attached;
+
+    public string PinDir { get; }
+
+    private BpfMasquerade(BpfObject obj, int ifIndex, string pinDir, ILogger log)
+    {
+        _obj = obj;
+        _ifIndex = ifIndex;
+        PinDir = pinDir;
+        _log = log;
+    }
+
+    /// <summary>Loads the programs (reusing pinned state) and registers the uplink; attaches nothing yet.</summary>
+    public static BpfMasquerade Load(int uplinkIndex, IPAddress uplinkAddress, string pinDir, ILogger log)
+    {
+        EnsureBpfFs(pinDir);
+        var image = Image();
+        var pins = PinnedMaps.ToDictionary(m => m, m => Path.Combine(pinDir, m));
+        BpfObject obj;
+        try { obj = BpfObject.Load(image, pins); }
+        catch (BpfException e) when (pins.Values.Any(File.Exists))
+        {
+            // A pin of another shape (an older agent's map layout): start with empty state rather than not at all.
+            log.LogWarning("pinned masquerade state in {Dir} could not be reused ({Error}); starting it afresh", pinDir, e.Message);
+            foreach (var p in pins.Values) File.Delete(p);
+            obj = BpfObject.Load(image, pins);
+        }
+        var m = new BpfMasquerade(obj, uplinkIndex, pinDir, log);
+        try
+        {
+            obj.Map("uplinks").Update((uint)uplinkIndex, AddressKey(uplinkAddress));
+            return m;
+        }
+        catch
+        {
+            m.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Points the pool maps at this pool set; attaches while a pool masquerades, detaches when none does.</summary>
+    public bool Apply(IReadOnlyList<IPPool> pools)
+    {
+        var v4 = pools.Where(p => p.Network.IsIPv4 && !p.Disabled).ToList();
+        var masq = v4.Where(p => p.NatOutgoing).Select(p => p.Network).Order().ToList();
+        var cluster = v4.Select(p => p.Network).Order().ToList();
+        var key = string.Join(",", masq) + "|" + string.Join(",", cluster);
+        if (key == _applied && _attached == masq.Count > 0) return false;
+        Sync(_obj.Map("masq_sources"), masq);
+        Sync(_obj.Map("cluster"), cluster);
+        if (masq.Count > 0)
+        {
+            Tc.Attach(_ifIndex, ingress: false, _obj.ProgramFd(Egress), TcHandle, TcPriority);
+            Tc.Attach(_ifIndex, ingress: true, _obj.ProgramFd(Ingress), TcHandle, TcPriority);
+            _attached = true;
+        }
+        else if (_attached || _applied is null)
+        {
+            Detach(_ifIndex);
+            _attached = false;
+        }
+        _applied = key;
+        return true;
+    }
+
+    /// <summary>Removes Weft's masquerade programs from an interface and, with a pin directory, their state.</summary>
+    public static void Remove(int ifIndex, string? pinDir)
+    {
+        try
+        {
+            Detach(ifIndex);
+            if (pinDir is not null)
+                foreach (var m in PinnedMaps)
+                    if (File.Exists(Path.Combine(pinDir, m))) File.Delete(Path.Combine(pinDir, m));
+        }
+        catch (DllNotFoundException) { } // no libbpf: nothing of ours can be attached either
+    }
+
+    private static void Detach(int ifIndex)
+    {
+        Tc.Detach(ifIndex, ingress: false, TcHandle, TcPriority);
+        Tc.Detach(ifIndex, ingress: true, TcHandle, TcPriority);
+    }
+
+    private static void Sync(BpfMap map, IReadOnlyList<Cidr> want)
+    {
+        var wanted = want.Select(c => new LpmKey((uint)c.PrefixLength, AddressKey(c.NetworkAddress).Address)).ToHashSet();
+        foreach (var k in map.Keys<LpmKey>().Where(k => !wanted.Contains(k))) map.Delete(k);
+        foreach (var k in wanted) map.Update(k, (byte)1);
+    }
+
+    private static Uplink AddressKey(IPAddress a)
+    {
+        Span<byte> b = stackalloc byte[4];
+        if (!a.TryWriteBytes(b, out var n) || n != 4) throw new ArgumentException($"{a} is not an IPv4 address");
+        return new Uplink(BinaryPrimitives.ReadUInt32LittleEndian(b)); // network byte order as it sits in memory
+    }
+
+    private static void EnsureBpfFs(string pinDir)
+    {
+        if (!BpfFs.IsMounted(Path.GetDirectoryName(pinDir) ?? pinDir) && !BpfFs.IsMounted(pinDir))
+            BpfFs.Mount(pinDir.StartsWith("/sys/fs/bpf/", StringComparison.Ordinal) ? "/sys/fs/bpf" : pinDir);
+        Directory.CreateDirectory(pinDir);
+    }
+
+    private static byte[] Image()
+    {
+        using var s = typeof(BpfMasquerade).Assembly.GetManifestResourceStream("masquerade.bpf.o")
+            ?? throw new BpfException("the masquerade BPF object is not built into this agent");
+        var image = new byte[s.Length];
+        s.ReadExactly(image);
+        return image;
+    }
+
+    public void Dispose() => _obj.Dispose();
+
+    // Layouts shared with masquerade.bpf.c.
+    [StructLayout(LayoutKind.Sequential)]
+    private readonly record struct LpmKey(uint PrefixLength, uint Address);
+
+    [StructLayout(LayoutKind.Sequential)]
+    private readonly record struct Uplink(uint Address);
+}
