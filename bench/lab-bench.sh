@@ -2,8 +2,10 @@
 # Multi-node figures for BENCHMARKS.md (issue 3), all inside throwaway namespaces:
 #  1. iperf3 pod->pod across nodes through a weft lab (vxlan, host-gw), each next to a bare-kernel twin wired by
 #     hand in the same run (plain vxlan device with static FDB; plain routes), interleaved, REPEAT rounds. Weft runs
-#     with policy off (the Flannel-style network the bare twin is comparable to) and with policy on (nftables
-#     enforcement: conntrack on every flow, which the bare twin does not pay).
+#     with policy off (the Flannel-style network the bare twin is comparable to; natOutgoing by the default BPF
+#     masquerade, and again with --masquerade nftables, which puts conntrack and nat hooks in every node) and with
+#     policy on (nftables enforcement: conntrack on every flow, which the bare twin does not pay). iperf3's client and
+#     server are pinned to one core each (-A), the same for every arm, which halves the round-to-round spread here.
 #  2. lab up time for 3 and 10 nodes (2 pods per node).
 #  3. weft-agent RSS, idle, on a node with 100 pods.
 # Usage: bench/lab-bench.sh [seconds-per-iperf=5] [rounds=3]      (as root, after ./build.sh)
@@ -14,15 +16,15 @@ W=dist/weftctl
 p="lb$$"; p=${p:0:8}
 bare="${p}b"
 cleanup() {
-  for l in "${p}v" "${p}h" "${p}vp" "${p}hp" "${p}3" "${p}10" "${p}m"; do $W lab down --name "$l" >/dev/null 2>&1 || true; done
+  for l in "${p}v" "${p}vn" "${p}vp" "${p}3" "${p}10" "${p}m"; do $W lab down --name "$l" >/dev/null 2>&1 || true; done
   for n in $(ip netns list | awk '{print $1}' | grep "^$bare-" || true); do ip netns delete "$n"; done
   pkill -f "iperf3 -s -p 52" 2>/dev/null || true
 }
 trap cleanup EXIT
 
 iperf() { # client-netns server-netns server-ip -> Gbit/s
-  ip netns exec "$2" iperf3 -s -p 5299 -1 -D >/dev/null; sleep 0.3
-  ip netns exec "$1" iperf3 -c "$3" -p 5299 -t "$T" -J | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
+  ip netns exec "$2" iperf3 -s -p 5299 -1 -D -A 1 >/dev/null; sleep 0.3
+  ip netns exec "$1" iperf3 -c "$3" -p 5299 -t "$T" -A 0 -J | python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'
 }
 
 # Bare twin: two node namespaces on an underlay bridge, one pod each with a /32 and a link-local gateway, like weft routed.
@@ -62,34 +64,38 @@ podns() { $W lab status --name "$1" -o json | python3 -c 'import json,sys; d=jso
 
 declare -A sum
 echo "# weft lab-bench $(date -u +%FT%TZ): iperf3 -t $T, $R interleaved rounds per path"
-# One path at a time: only that path's two labs (policy off, policy on) and its bare twin exist while it is measured,
+# One path at a time: only that path's three labs (policy off with BPF or nftables masquerade, policy on) and its bare twin exist while it is measured,
 # so every figure in a comparison shares the same background; the order within a round alternates.
 for path in vxlan host-gw; do
   $W lab up --name "${p}v" --nodes 2 --pods-per-node 1 --backend "$path" --policy off >/dev/null
+  $W lab up --name "${p}vn" --nodes 2 --pods-per-node 1 --backend "$path" --policy off --masquerade nftables >/dev/null
   $W lab up --name "${p}vp" --nodes 2 --pods-per-node 1 --backend "$path" --policy on >/dev/null
   read -r vc _ vs vsip <<<"$(podns "${p}v")"
+  read -r vnc _ vns vnsip <<<"$(podns "${p}vn")"
   read -r vpc _ vps vpsip <<<"$(podns "${p}vp")"
   bare_up "$([ "$path" = vxlan ] && echo vxlan || echo routes)"
   for r in $(seq "$R"); do
     if [ $((r % 2)) = 1 ]; then
-      a=$(iperf "$vc" "$vs" "$vsip"); b=$(iperf "$bare-p1" "$bare-p2" 10.99.2.2); e=$(iperf "$vpc" "$vps" "$vpsip")
+      a=$(iperf "$vc" "$vs" "$vsip"); b=$(iperf "$bare-p1" "$bare-p2" 10.99.2.2); n=$(iperf "$vnc" "$vns" "$vnsip"); e=$(iperf "$vpc" "$vps" "$vpsip")
     else
-      e=$(iperf "$vpc" "$vps" "$vpsip"); b=$(iperf "$bare-p1" "$bare-p2" 10.99.2.2); a=$(iperf "$vc" "$vs" "$vsip")
+      e=$(iperf "$vpc" "$vps" "$vpsip"); n=$(iperf "$vnc" "$vns" "$vnsip"); b=$(iperf "$bare-p1" "$bare-p2" 10.99.2.2); a=$(iperf "$vc" "$vs" "$vsip")
     fi
-    echo "$path round $r: weft $a (policy on $e), bare $b Gbit/s"
-    sum[w$path]+="$a "; sum[b$path]+="$b "; sum[p$path]+="$e "
+    echo "$path round $r: weft $a (nftables masquerade $n, policy on $e), bare $b Gbit/s"
+    sum[w$path]+="$a "; sum[b$path]+="$b "; sum[p$path]+="$e "; sum[n$path]+="$n "
   done
   bare_down
-  $W lab down --name "${p}v" >/dev/null; $W lab down --name "${p}vp" >/dev/null
+  $W lab down --name "${p}v" >/dev/null; $W lab down --name "${p}vn" >/dev/null; $W lab down --name "${p}vp" >/dev/null
 done
 med() { python3 -c 'import sys,statistics; print("%.2f" % statistics.median(float(x) for x in sys.argv[1:]))' $1; }
-wv=$(med "${sum[wvxlan]}"); bv=$(med "${sum[bvxlan]}"); pv=$(med "${sum[pvxlan]}")
-wh=$(med "${sum[whost-gw]}"); bh=$(med "${sum[bhost-gw]}"); ph=$(med "${sum[phost-gw]}")
+ratio() { python3 -c "print('%.2fx' % ($1/$2))"; }
 echo
-echo "| path | weft, policy off, Gbit/s (median) | bare kernel Gbit/s (median) | ratio | weft, policy on (nftables + conntrack) | ratio to bare |"
-echo "|---|---|---|---|---|---|"
-echo "| pod->pod across nodes, vxlan | $wv | $bv | $(python3 -c "print('%.2fx' % ($wv/$bv))") | $pv | $(python3 -c "print('%.2fx' % ($pv/$bv))") |"
-echo "| pod->pod across nodes, host-gw / plain routes | $wh | $bh | $(python3 -c "print('%.2fx' % ($wh/$bh))") | $ph | $(python3 -c "print('%.2fx' % ($ph/$bh))") |"
+echo "| path | weft, policy off, Gbit/s (median) | bare kernel Gbit/s (median) | ratio | policy off, --masquerade nftables | ratio to bare | weft, policy on (nftables + conntrack) | ratio to bare |"
+echo "|---|---|---|---|---|---|---|---|"
+for path in vxlan host-gw; do
+  w=$(med "${sum[w$path]}"); b=$(med "${sum[b$path]}"); n=$(med "${sum[n$path]}"); e=$(med "${sum[p$path]}")
+  label=$([ "$path" = vxlan ] && echo "vxlan" || echo "host-gw / plain routes")
+  echo "| pod->pod across nodes, $label | $w | $b | $(ratio "$w" "$b") | $n | $(ratio "$n" "$b") | $e | $(ratio "$e" "$b") |"
+done
 
 echo
 echo "| lab up (2 pods per node, vxlan, routed) | seconds |"

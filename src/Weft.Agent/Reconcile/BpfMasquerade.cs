@@ -70,7 +70,7 @@ public sealed class BpfMasquerade : IDisposable
         var masq = v4.Where(p => p.NatOutgoing).Select(p => p.Network).Order().ToList();
         var cluster = v4.Select(p => p.Network).Order().ToList();
         var key = string.Join(",", masq) + "|" + string.Join(",", cluster);
-        if (key == _applied && _attached == masq.Count > 0) return false;
+        if (key == _applied && _attached == masq.Count > 0 && (!_attached || IsAttached())) return false;
         Sync(_obj.Map("masq_sources"), masq);
         Sync(_obj.Map("cluster"), cluster);
         if (masq.Count > 0)
@@ -87,6 +87,10 @@ public sealed class BpfMasquerade : IDisposable
         _applied = key;
         return true;
     }
+
+    // Someone may have deleted the filters (tc filter del, a qdisc reset): the periodic resync puts them back.
+    private bool IsAttached() =>
+        Tc.Query(_ifIndex, ingress: false, TcHandle, TcPriority) is not null && Tc.Query(_ifIndex, ingress: true, TcHandle, TcPriority) is not null;
 
     /// <summary>Removes Weft's masquerade programs from an interface and, with a pin directory, their state.</summary>
     public static void Remove(int ifIndex, string? pinDir)

@@ -61,6 +61,10 @@ public sealed class BpfMasqueradeTests
                 Assert.DoesNotContain("weft_masq", TestEnv.Sh($"ip netns exec {ns.Node} tc filter show dev eth0 egress"));
                 Assert.Equal("", Ask(5001)); // untranslated: the gateway has no way back
                 Apply(masq, nat: true);
+                // Drift: filters deleted by hand come back with the next reconcile.
+                TestEnv.Sh($"ip netns exec {ns.Node} tc filter del dev eth0 egress");
+                Apply(masq, nat: true);
+                Assert.Contains("weft_masq_egres", TestEnv.Sh($"ip netns exec {ns.Node} tc filter show dev eth0 egress"));
             }
             // A new agent's load reuses the pinned state: the same flow keeps its node port.
             using (var again = Load())
