@@ -17,7 +17,9 @@ public sealed class BpfMasquerade : IDisposable
     // Weft's slot in the uplink's clsact filters ("WF"), kept across versions so a new agent replaces the old one.
     public const uint TcHandle = 0x5746, TcPriority = 1;
     private const string Egress = "weft_masq_egress", Ingress = "weft_masq_ingress";
-    private static readonly string[] PinnedMaps = ["snat_v4", "rnat_v4"];
+    private static readonly string[] PinnedMaps = ["snat_v4", "rnat_v4", "frags_v4"];
+    // Must match NAT_PORT_MIN/MAX in masquerade.bpf.c.
+    public const string NatPorts = "61000-65535";
 
     private readonly BpfObject _obj;
     private readonly int _ifIndex;
@@ -45,11 +47,14 @@ public sealed class BpfMasquerade : IDisposable
         try { obj = BpfObject.Load(image, pins); }
         catch (BpfException e) when (pins.Values.Any(File.Exists))
         {
-            // A pin of another shape (an older agent's map layout): start with empty state rather than not at all.
-            log.LogWarning("pinned masquerade state in {Dir} could not be reused ({Error}); starting it afresh", pinDir, e.Message);
+            // Only a pin of another shape (an older agent's map layout) may cost the running connections their state:
+            // when the object does not load without pins either, the pins are not the problem and stay.
+            BpfObject.Load(image).Dispose();
+            log.LogWarning("pinned masquerade state in {Dir} has another layout ({Error}); starting it afresh", pinDir, e.Message);
             foreach (var p in pins.Values) File.Delete(p);
             obj = BpfObject.Load(image, pins);
         }
+        ReserveNatPorts(log);
         var m = new BpfMasquerade(obj, uplinkIndex, pinDir, log);
         try
         {
@@ -71,12 +76,14 @@ public sealed class BpfMasquerade : IDisposable
         var cluster = v4.Select(p => p.Network).Order().ToList();
         var key = string.Join(",", masq) + "|" + string.Join(",", cluster);
         if (key == _applied && _attached == masq.Count > 0 && (!_attached || IsAttached())) return false;
-        Sync(_obj.Map("masq_sources"), masq);
+        // The cluster first: a new pool's pod-to-pod traffic must never look like traffic leaving the cluster.
         Sync(_obj.Map("cluster"), cluster);
+        Sync(_obj.Map("masq_sources"), masq);
         if (masq.Count > 0)
         {
-            Tc.Attach(_ifIndex, ingress: false, _obj.ProgramFd(Egress), TcHandle, TcPriority);
+            // Replies first: a flow translated on the way out always finds its way back.
             Tc.Attach(_ifIndex, ingress: true, _obj.ProgramFd(Ingress), TcHandle, TcPriority);
+            Tc.Attach(_ifIndex, ingress: false, _obj.ProgramFd(Egress), TcHandle, TcPriority);
             _attached = true;
         }
         else if (_attached || _applied is null)
@@ -123,6 +130,19 @@ public sealed class BpfMasquerade : IDisposable
         Span<byte> b = stackalloc byte[4];
         if (!a.TryWriteBytes(b, out var n) || n != 4) throw new ArgumentException($"{a} is not an IPv4 address");
         return new Uplink(BinaryPrimitives.ReadUInt32LittleEndian(b)); // network byte order as it sits in memory
+    }
+
+    /// <summary>
+    /// The node's own sockets must not pick a port the masquerade hands out, or a reply to the node could be taken
+    /// for a pod's: the range goes into the node's ip_local_reserved_ports (kept with whatever else is reserved).
+    /// </summary>
+    private static void ReserveNatPorts(ILogger log)
+    {
+        const string Sysctl = "net/ipv4/ip_local_reserved_ports";
+        var current = Weft.Netlink.Sysctl.Read(Sysctl)?.Trim() ?? "";
+        if (current.Split(',').Contains(NatPorts)) return;
+        try { Weft.Netlink.Sysctl.Write(Sysctl, current.Length == 0 ? NatPorts : current + "," + NatPorts); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { log.LogWarning("could not reserve ports {Ports} for the masquerade: {Error}", NatPorts, e.Message); }
     }
 
     private static void EnsureBpfFs(string pinDir)

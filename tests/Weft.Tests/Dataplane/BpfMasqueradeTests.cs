@@ -57,6 +57,12 @@ public sealed class BpfMasqueradeTests
                 first = Ask(5000);
                 Assert.StartsWith("peer=198.51.100.10:", first);
                 Assert.True(int.Parse(first.Split(':')[1], System.Globalization.CultureInfo.InvariantCulture) >= 61000, first);
+                // 3000 bytes each way: fragments out follow their first fragment's translation, and so do the reply's.
+                var big = TestEnv.TrySh($"ip netns exec {pod} python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); " +
+                                        $"s.settimeout(2); s.sendto(b'x'*3000, ('198.51.100.1', {echo.Port})); d=s.recv(65536); print(len(d), d.split(b'\\n')[0].decode())\"").Stdout.Trim();
+                Assert.Matches(@"^3000 peer=198\.51\.100\.10:6\d{4}$", big);
+                // The node's own sockets never pick a port the masquerade hands out.
+                Assert.Contains(BpfMasquerade.NatPorts, TestEnv.Sh($"ip netns exec {ns.Node} cat /proc/sys/net/ipv4/ip_local_reserved_ports"));
                 Apply(masq, nat: false);
                 Assert.DoesNotContain("weft_masq", TestEnv.Sh($"ip netns exec {ns.Node} tc filter show dev eth0 egress"));
                 Assert.Equal("", Ask(5001)); // untranslated: the gateway has no way back

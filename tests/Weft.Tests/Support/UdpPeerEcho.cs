@@ -6,7 +6,8 @@ namespace Weft.Tests.Support;
 
 /// <summary>
 /// A UDP responder on the lab's fake internet address (203.0.113.1) inside a namespace: answers every datagram with
-/// "peer=IP:PORT", the source it saw, from the address it was asked on (as a masquerade's replies must come).
+/// "peer=IP:PORT", the source it saw, from the address it was asked on (as a masquerade's replies must come); a
+/// question over 1000 bytes gets an answer of its own size.
 /// </summary>
 public sealed class UdpPeerEcho : IDisposable
 {
@@ -34,14 +35,16 @@ public sealed class UdpPeerEcho : IDisposable
 
     private void Serve()
     {
-        var buf = new byte[2048];
+        var buf = new byte[65536];
         while (true)
         {
             EndPoint from = new IPEndPoint(IPAddress.Any, 0);
             try
             {
-                _socket.ReceiveFrom(buf, ref from);
-                _socket.SendTo(Encoding.ASCII.GetBytes($"peer={from}\n"), from);
+                var n = _socket.ReceiveFrom(buf, ref from);
+                // A large question gets an answer as large (padded), so it comes back in fragments too.
+                var answer = $"peer={from}\n";
+                _socket.SendTo(Encoding.ASCII.GetBytes(n > 1000 ? answer.PadRight(n) : answer), from);
             }
             catch (SocketException) when (!_stopped) { } // no route back to an untranslated sender: that is the point
             catch (Exception e) when (e is SocketException or ObjectDisposedException) { return; }
