@@ -79,9 +79,12 @@ struct frag_v4 {
 	__u8 pad;
 };
 
-struct uplink {
-	__u32 addr; // the address replies come back to: the uplink's primary IPv4 address
-};
+// Set by the loader before the programs load (.rodata, so the verifier folds it into the code): the interface the
+// programs sit on and the address replies come back to, its primary IPv4 address. No map lookup per packet.
+const volatile struct {
+	__u32 addr;
+	__u32 ifindex;
+} uplink = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -98,13 +101,6 @@ struct {
 	__type(key, struct lpm_v4);
 	__type(value, __u8);
 } cluster SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u32); // ifindex
-	__type(value, struct uplink);
-} uplinks SEC(".maps");
 
 // pod flow -> the node address and port it was given
 struct {
@@ -307,16 +303,15 @@ static __always_inline int opens_flow(const struct packet *pkt)
 SEC("tc")
 int weft_masq_egress(struct __sk_buff *skb)
 {
-	__u32 ifindex = skb->ifindex;
-	struct uplink *up = bpf_map_lookup_elem(&uplinks, &ifindex);
-	if (!up)
+	if (skb->ifindex != uplink.ifindex)
 		return TC_ACT_OK;
+	const __u32 node_addr = uplink.addr;
 	struct packet pkt = {};
 	if (!parse(skb, &pkt, 0))
 		return TC_ACT_OK;
 	struct flow_v4 *flow = &pkt.flow;
 	// The node's own traffic (tunnels included) first: it is most of what leaves and needs no lookup.
-	if (flow->saddr == up->addr || !in_prefixes(&masq_sources, flow->saddr) || in_prefixes(&cluster, flow->daddr))
+	if (flow->saddr == node_addr || !in_prefixes(&masq_sources, flow->saddr) || in_prefixes(&cluster, flow->daddr))
 		return TC_ACT_OK;
 	const __u32 saddr_off = sizeof(struct ethhdr) + offsetof(struct iphdr, saddr);
 	struct frag_v4 fk = { .saddr = flow->saddr, .daddr = flow->daddr, .id = pkt.ip_id, .proto = flow->proto };
@@ -331,7 +326,7 @@ int weft_masq_egress(struct __sk_buff *skb)
 	struct endpoint_v4 nat;
 	struct endpoint_v4 *known = bpf_map_lookup_elem(&snat_v4, flow);
 	int mapped = 0;
-	if (known && known->addr == up->addr) {
+	if (known && known->addr == node_addr) {
 		nat = *known;
 		// The reply side must still be ours: the LRU may have dropped it alone, and another flow may have taken
 		// the port since. Put it back if it is free; start over if it is not.
@@ -350,7 +345,7 @@ int weft_masq_egress(struct __sk_buff *skb)
 			bpf_map_delete_elem(&snat_v4, flow);
 		if (!opens_flow(&pkt))
 			return TC_ACT_OK;
-		if (allocate(&pkt, up->addr, &nat, now))
+		if (allocate(&pkt, node_addr, &nat, now))
 			return TC_ACT_SHOT; // no free port towards this endpoint: drop rather than leak a pod address
 	}
 	if (rewrite(skb, &pkt, saddr_off, flow->saddr, nat.addr, flow->sport, nat.port))
@@ -363,12 +358,11 @@ int weft_masq_egress(struct __sk_buff *skb)
 SEC("tc")
 int weft_masq_ingress(struct __sk_buff *skb)
 {
-	__u32 ifindex = skb->ifindex;
-	struct uplink *up = bpf_map_lookup_elem(&uplinks, &ifindex);
-	if (!up)
+	if (skb->ifindex != uplink.ifindex)
 		return TC_ACT_OK;
+	const __u32 node_addr = uplink.addr;
 	struct packet pkt = {};
-	if (!parse(skb, &pkt, 1) || pkt.flow.daddr != up->addr)
+	if (!parse(skb, &pkt, 1) || pkt.flow.daddr != node_addr)
 		return TC_ACT_OK;
 	struct flow_v4 *flow = &pkt.flow;
 	const __u32 daddr_off = sizeof(struct ethhdr) + offsetof(struct iphdr, daddr);

@@ -8,7 +8,7 @@ namespace Weft.Agent.Reconcile;
 
 /// <summary>
 /// natOutgoing with tc BPF programs on the node's uplink instead of nftables masquerade (src/Weft.Agent/Bpf/
-/// masquerade.bpf.c): the pools go into two LPM tries, the uplink's address into a map, and the programs are
+/// masquerade.bpf.c): the pools go into two LPM tries, the uplink's index and address into the programs' constants, and they are
 /// attached while any pool masquerades. Translation state is pinned under <c>pinDir</c>, and attaching replaces the
 /// previous agent's programs in one step, so a restart neither drops nor re-maps a running connection.
 /// </summary>
@@ -43,29 +43,23 @@ public sealed class BpfMasquerade : IDisposable
         EnsureBpfFs(pinDir);
         var image = Image();
         var pins = PinnedMaps.ToDictionary(m => m, m => Path.Combine(pinDir, m));
+        // const volatile struct { u32 addr; u32 ifindex; } uplink, at the start of .rodata
+        var uplink = new byte[8];
+        AddressBytes(uplinkAddress).CopyTo(uplink, 0);
+        BinaryPrimitives.WriteInt32LittleEndian(uplink.AsSpan(4), uplinkIndex);
         BpfObject obj;
-        try { obj = BpfObject.Load(image, pins); }
+        try { obj = BpfObject.Load(image, pins, uplink); }
         catch (BpfException e) when (pins.Values.Any(File.Exists))
         {
             // Only a pin of another shape (an older agent's map layout) may cost the running connections their state:
             // when the object does not load without pins either, the pins are not the problem and stay.
-            BpfObject.Load(image).Dispose();
+            BpfObject.Load(image, rodata: uplink).Dispose();
             log.LogWarning("pinned masquerade state in {Dir} has another layout ({Error}); starting it afresh", pinDir, e.Message);
             foreach (var p in pins.Values) File.Delete(p);
-            obj = BpfObject.Load(image, pins);
+            obj = BpfObject.Load(image, pins, uplink);
         }
         ReserveNatPorts(log);
-        var m = new BpfMasquerade(obj, uplinkIndex, pinDir, log);
-        try
-        {
-            obj.Map("uplinks").Update((uint)uplinkIndex, AddressKey(uplinkAddress));
-            return m;
-        }
-        catch
-        {
-            m.Dispose();
-            throw;
-        }
+        return new BpfMasquerade(obj, uplinkIndex, pinDir, log);
     }
 
     /// <summary>Points the pool maps at this pool set; attaches while a pool masquerades, detaches when none does.</summary>
@@ -120,17 +114,14 @@ public sealed class BpfMasquerade : IDisposable
 
     private static void Sync(BpfMap map, IReadOnlyList<Cidr> want)
     {
-        var wanted = want.Select(c => new LpmKey((uint)c.PrefixLength, AddressKey(c.NetworkAddress).Address)).ToHashSet();
+        var wanted = want.Select(c => new LpmKey((uint)c.PrefixLength, BinaryPrimitives.ReadUInt32LittleEndian(AddressBytes(c.NetworkAddress)))).ToHashSet();
         foreach (var k in map.Keys<LpmKey>().Where(k => !wanted.Contains(k))) map.Delete(k);
         foreach (var k in wanted) map.Update(k, (byte)1);
     }
 
-    private static Uplink AddressKey(IPAddress a)
-    {
-        Span<byte> b = stackalloc byte[4];
-        if (!a.TryWriteBytes(b, out var n) || n != 4) throw new ArgumentException($"{a} is not an IPv4 address");
-        return new Uplink(BinaryPrimitives.ReadUInt32LittleEndian(b)); // network byte order as it sits in memory
-    }
+    // Network byte order, as the programs compare addresses.
+    private static byte[] AddressBytes(IPAddress a) =>
+        a.AddressFamily == System.Net.Sockets.AddressFamily.InterNetwork ? a.GetAddressBytes() : throw new ArgumentException($"{a} is not an IPv4 address");
 
     /// <summary>
     /// The node's own sockets must not pick a port the masquerade hands out, or a reply to the node could be taken
@@ -166,7 +157,4 @@ public sealed class BpfMasquerade : IDisposable
     // Layouts shared with masquerade.bpf.c.
     [StructLayout(LayoutKind.Sequential)]
     private readonly record struct LpmKey(uint PrefixLength, uint Address);
-
-    [StructLayout(LayoutKind.Sequential)]
-    private readonly record struct Uplink(uint Address);
 }

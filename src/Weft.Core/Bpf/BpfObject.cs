@@ -25,7 +25,9 @@ public sealed unsafe class BpfObject : IDisposable
         _image = image;
     }
 
-    public static BpfObject Load(ReadOnlySpan<byte> elf, IReadOnlyDictionary<string, string>? pins = null)
+    /// <param name="rodata">Bytes laid over the start of the object's .rodata before it loads (its const volatile
+    /// globals, which the verifier then treats as constants).</param>
+    public static BpfObject Load(ReadOnlySpan<byte> elf, IReadOnlyDictionary<string, string>? pins = null, ReadOnlySpan<byte> rodata = default)
     {
         LibbpfLog.Install();
         var image = (IntPtr)NativeMemory.Alloc((nuint)elf.Length);
@@ -48,6 +50,7 @@ public sealed unsafe class BpfObject : IDisposable
         {
             foreach (var (map, path) in pins ?? new Dictionary<string, string>())
                 Check(BpfNative.bpf_map__set_pin_path(obj.MapPointer(map), path), $"pin path for map {map}");
+            if (!rodata.IsEmpty) obj.SetRodata(rodata);
             Check(BpfNative.bpf_object__load(raw), "the kernel refused the BPF object (verifier, or a pinned map of another shape; libbpf's log is on stderr)");
             return obj;
         }
@@ -56,6 +59,17 @@ public sealed unsafe class BpfObject : IDisposable
             obj.Dispose();
             throw;
         }
+    }
+
+    private void SetRodata(ReadOnlySpan<byte> values)
+    {
+        var map = MapPointer(".rodata");
+        nuint size;
+        var current = BpfNative.bpf_map__initial_value(map, &size);
+        if (current is null || (int)size < values.Length) throw new BpfException($"the BPF object's .rodata holds {size} bytes, not the {values.Length} to set");
+        var image = new ReadOnlySpan<byte>(current, (int)size).ToArray();
+        values.CopyTo(image);
+        fixed (byte* p = image) Check(BpfNative.bpf_map__set_initial_value(map, p, size), "initial values of .rodata");
     }
 
     public BpfMap Map(string name) => new(name, BpfNative.bpf_map__fd(MapPointer(name)));
