@@ -63,10 +63,11 @@ if (bpfMasquerade is null)
     try { BpfMasquerade.Remove(me.UnderlayIndex, options.BpfPinDir); }
     catch (Weft.Bpf.BpfException e) { log.LogWarning("could not remove BPF masquerade programs: {Error}", e.Message); }
 }
-log.LogInformation("natOutgoing masquerade: {Mode} on {Dev}", bpfMasquerade is null ? "nftables" : "bpf (tc)", me.UnderlayName);
+var masquerade = bpfMasquerade is null ? "nftables" : "bpf";
+log.LogInformation("natOutgoing masquerade: {Mode} on {Dev}", masquerade, me.UnderlayName);
 
 var state = new AgentState(me.Name, backend.Type);
-state.Update(s => s with { Underlay = $"{me.UnderlayAddress}/{me.UnderlayPrefix}", Vtep = me.VtepAddress?.ToString(), Mtu = me.UnderlayMtu - backend.Overhead, Masquerade = bpfMasquerade is null ? "nftables" : "bpf" });
+state.Update(s => s with { Underlay = $"{me.UnderlayAddress}/{me.UnderlayPrefix}", Vtep = me.VtepAddress?.ToString(), Mtu = me.UnderlayMtu - backend.Overhead, Masquerade = masquerade });
 builder.Services.AddSingleton(store);
 builder.Services.AddSingleton(state);
 builder.Services.AddHostedService<MemoryTrimmer>();

@@ -300,6 +300,31 @@ static __always_inline int opens_flow(const struct packet *pkt)
 	return pkt->flow.proto != IPPROTO_TCP || (pkt->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 }
 
+// Translates the packet; for a first fragment, also remembers the address its later fragments are to get.
+static __always_inline int translate(struct __sk_buff *skb, const struct packet *pkt, __u32 addr_off, __u32 old_addr,
+				     __u32 new_addr, __u16 old_port, __u16 new_port)
+{
+	if (rewrite(skb, pkt, addr_off, old_addr, new_addr, old_port, new_port))
+		return TC_ACT_SHOT;
+	if (pkt->fragment == FIRST_FRAGMENT) {
+		struct frag_v4 key = { .saddr = pkt->flow.saddr, .daddr = pkt->flow.daddr, .id = pkt->ip_id, .proto = pkt->flow.proto };
+		bpf_map_update_elem(&frags_v4, &key, &new_addr, BPF_ANY);
+	}
+	return TC_ACT_OK;
+}
+
+// A later fragment gets the address its first fragment got; one whose first fragment was not translated gets
+// `unknown` as its verdict.
+static __always_inline int follow_first_fragment(struct __sk_buff *skb, const struct packet *pkt, __u32 addr_off, __u32 old_addr, int unknown)
+{
+	struct frag_v4 key = { .saddr = pkt->flow.saddr, .daddr = pkt->flow.daddr, .id = pkt->ip_id, .proto = pkt->flow.proto };
+	__u32 *to = bpf_map_lookup_elem(&frags_v4, &key);
+	if (!to)
+		return unknown;
+	__u32 new_addr = *to;
+	return rewrite(skb, pkt, addr_off, old_addr, new_addr, 0, 0) ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
 SEC("tc")
 int weft_masq_egress(struct __sk_buff *skb)
 {
@@ -314,14 +339,9 @@ int weft_masq_egress(struct __sk_buff *skb)
 	if (flow->saddr == node_addr || !in_prefixes(&masq_sources, flow->saddr) || in_prefixes(&cluster, flow->daddr))
 		return TC_ACT_OK;
 	const __u32 saddr_off = sizeof(struct ethhdr) + offsetof(struct iphdr, saddr);
-	struct frag_v4 fk = { .saddr = flow->saddr, .daddr = flow->daddr, .id = pkt.ip_id, .proto = flow->proto };
-	if (pkt.fragment == LATER_FRAGMENT) {
-		__u32 *to = bpf_map_lookup_elem(&frags_v4, &fk);
-		if (!to) // its first fragment was not seen (or came later): never let a pod address out
-			return TC_ACT_SHOT;
-		__u32 new_addr = *to;
-		return rewrite(skb, &pkt, saddr_off, flow->saddr, new_addr, 0, 0) ? TC_ACT_SHOT : TC_ACT_OK;
-	}
+	// A later fragment whose first was not seen (or came later) is dropped: never let a pod address out.
+	if (pkt.fragment == LATER_FRAGMENT)
+		return follow_first_fragment(skb, &pkt, saddr_off, flow->saddr, TC_ACT_SHOT);
 	__u64 now = bpf_ktime_get_ns();
 	struct endpoint_v4 nat;
 	struct endpoint_v4 *known = bpf_map_lookup_elem(&snat_v4, flow);
@@ -348,11 +368,7 @@ int weft_masq_egress(struct __sk_buff *skb)
 		if (allocate(&pkt, node_addr, &nat, now))
 			return TC_ACT_SHOT; // no free port towards this endpoint: drop rather than leak a pod address
 	}
-	if (rewrite(skb, &pkt, saddr_off, flow->saddr, nat.addr, flow->sport, nat.port))
-		return TC_ACT_SHOT;
-	if (pkt.fragment == FIRST_FRAGMENT)
-		bpf_map_update_elem(&frags_v4, &fk, &nat.addr, BPF_ANY);
-	return TC_ACT_OK;
+	return translate(skb, &pkt, saddr_off, flow->saddr, nat.addr, flow->sport, nat.port);
 }
 
 SEC("tc")
@@ -366,14 +382,9 @@ int weft_masq_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	struct flow_v4 *flow = &pkt.flow;
 	const __u32 daddr_off = sizeof(struct ethhdr) + offsetof(struct iphdr, daddr);
-	struct frag_v4 fk = { .saddr = flow->saddr, .daddr = flow->daddr, .id = pkt.ip_id, .proto = flow->proto };
-	if (pkt.fragment == LATER_FRAGMENT) {
-		__u32 *to = bpf_map_lookup_elem(&frags_v4, &fk);
-		if (!to) // not a fragment of a translated reply: the node's own
-			return TC_ACT_OK;
-		__u32 new_addr = *to;
-		return rewrite(skb, &pkt, daddr_off, flow->daddr, new_addr, 0, 0) ? TC_ACT_SHOT : TC_ACT_OK;
-	}
+	// A later fragment of no translated reply is the node's own.
+	if (pkt.fragment == LATER_FRAGMENT)
+		return follow_first_fragment(skb, &pkt, daddr_off, flow->daddr, TC_ACT_OK);
 	if (bpf_ntohs(flow->dport) < NAT_PORT_MIN) // NAT_PORT_MAX is the top of the range
 		return TC_ACT_OK;
 	struct endpoint_v4 *pod = bpf_map_lookup_elem(&rnat_v4, flow);
@@ -381,11 +392,7 @@ int weft_masq_ingress(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	touch(pod, &pkt, bpf_ktime_get_ns());
 	struct endpoint_v4 to = *pod;
-	if (rewrite(skb, &pkt, daddr_off, flow->daddr, to.addr, flow->dport, to.port))
-		return TC_ACT_SHOT;
-	if (pkt.fragment == FIRST_FRAGMENT)
-		bpf_map_update_elem(&frags_v4, &fk, &to.addr, BPF_ANY);
-	return TC_ACT_OK;
+	return translate(skb, &pkt, daddr_off, flow->daddr, to.addr, flow->dport, to.port);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

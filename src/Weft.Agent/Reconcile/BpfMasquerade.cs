@@ -23,18 +23,13 @@ public sealed class BpfMasquerade : IDisposable
 
     private readonly BpfObject _obj;
     private readonly int _ifIndex;
-    private readonly ILogger _log;
     private string? _applied;
     private bool _attached;
 
-    public string PinDir { get; }
-
-    private BpfMasquerade(BpfObject obj, int ifIndex, string pinDir, ILogger log)
+    private BpfMasquerade(BpfObject obj, int ifIndex)
     {
         _obj = obj;
         _ifIndex = ifIndex;
-        PinDir = pinDir;
-        _log = log;
     }
 
     /// <summary>Loads the programs (reusing pinned state) and registers the uplink; attaches nothing yet.</summary>
@@ -59,16 +54,13 @@ public sealed class BpfMasquerade : IDisposable
             obj = BpfObject.Load(image, pins, uplink);
         }
         ReserveNatPorts(log);
-        return new BpfMasquerade(obj, uplinkIndex, pinDir, log);
+        return new BpfMasquerade(obj, uplinkIndex);
     }
 
     /// <summary>Points the pool maps at this pool set; attaches while a pool masquerades, detaches when none does.</summary>
-    public bool Apply(IReadOnlyList<IPPool> pools)
+    public bool Apply(NatPools pools)
     {
-        var v4 = pools.Where(p => p.Network.IsIPv4 && !p.Disabled).ToList();
-        var masq = v4.Where(p => p.NatOutgoing).Select(p => p.Network).Order().ToList();
-        var cluster = v4.Select(p => p.Network).Order().ToList();
-        var key = string.Join(",", masq) + "|" + string.Join(",", cluster);
+        var (masq, cluster, key) = (pools.Masquerading, pools.Cluster, pools.Key);
         if (key == _applied && _attached == masq.Count > 0 && (!_attached || IsAttached())) return false;
         // The cluster first: a new pool's pod-to-pod traffic must never look like traffic leaving the cluster.
         Sync(_obj.Map("cluster"), cluster);
@@ -100,8 +92,7 @@ public sealed class BpfMasquerade : IDisposable
         {
             Detach(ifIndex);
             if (pinDir is not null)
-                foreach (var m in PinnedMaps)
-                    if (File.Exists(Path.Combine(pinDir, m))) File.Delete(Path.Combine(pinDir, m));
+                foreach (var pin in PinnedMaps.Select(m => Path.Combine(pinDir, m)).Where(File.Exists)) File.Delete(pin);
         }
         catch (DllNotFoundException) { } // no libbpf: nothing of ours can be attached either
     }

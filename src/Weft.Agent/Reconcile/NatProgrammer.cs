@@ -16,12 +16,10 @@ public sealed class NatProgrammer(bool policyEnforced, int? tunnelPort = null, b
     public const string Table = "weft-nat";
     private string? _applied;
 
-    public bool Apply(IReadOnlyList<IPPool> pools)
+    public bool Apply(NatPools pools)
     {
-        var v4 = pools.Where(p => p.Network.IsIPv4 && !p.Disabled).ToList();
-        var masq = masquerade ? v4.Where(p => p.NatOutgoing).Select(p => p.Network).Order().ToList() : [];
-        var cluster = v4.Select(p => p.Network).Order().ToList();
-        var key = string.Join(",", masq) + "|" + string.Join(",", cluster);
+        if (!masquerade) pools = pools with { Masquerading = [] };
+        var (masq, cluster, key) = (pools.Masquerading, pools.Cluster, pools.Key);
         if (key == _applied) return false;
         using var nft = new Nft();
         // Connection tracking runs only for policy or for masquerading; untracking only pays where it runs.
@@ -122,4 +120,20 @@ public sealed class NatProgrammer(bool policyEnforced, int? tunnelPort = null, b
         }
         return new JsonObject { ["nftables"] = cmds };
     }
+}
+
+/// <summary>
+/// What natOutgoing works from, whichever dataplane masquerades: the enabled IPv4 pools that masquerade, and every
+/// enabled IPv4 pool (destinations inside the cluster are never translated). Ordered, so equal sets compare equal.
+/// </summary>
+public sealed record NatPools(IReadOnlyList<Cidr> Masquerading, IReadOnlyList<Cidr> Cluster)
+{
+    public static NatPools From(IEnumerable<IPPool> pools)
+    {
+        var v4 = pools.Where(p => p.Network.IsIPv4 && !p.Disabled).ToList();
+        return new(v4.Where(p => p.NatOutgoing).Select(p => p.Network).Order().ToList(), v4.Select(p => p.Network).Order().ToList());
+    }
+
+    /// <summary>A value that changes exactly when the pool sets do.</summary>
+    public string Key => string.Join(",", Masquerading) + "|" + string.Join(",", Cluster);
 }

@@ -86,10 +86,11 @@ public sealed class RouteReconciler(IDatastore store, DatastoreTrigger trigger, 
             var routes = Apply(programs, own);
             var pools = (await store.ListAsync(Keys.Pools, ct).ConfigureAwait(false)).Items
                 .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.IPPool, kv.Key)).ToList();
+            var natPools = NatPools.From(pools);
             // BPF first: when it takes over from nftables masquerade, packets nftables already translated pass it as
             // the node's own, so no packet leaves untranslated in between.
-            if (bpfMasquerade?.Apply(pools) == true) log.LogInformation("BPF masquerade programmed for {Count} pool(s)", pools.Count(p => p.NatOutgoing));
-            if (_nat.Apply(pools)) log.LogInformation("nftables NAT table rewritten ({Count} natOutgoing pool(s))", pools.Count(p => p.NatOutgoing));
+            if (bpfMasquerade?.Apply(natPools) == true) log.LogInformation("BPF masquerade programmed for {Count} pool(s)", natPools.Masquerading.Count);
+            if (_nat.Apply(natPools)) log.LogInformation("nftables NAT table rewritten ({Count} natOutgoing pool(s))", natPools.Masquerading.Count);
             state.Update(s => s with
             {
                 Synced = true, LastReconcile = DateTime.UtcNow, LastReconcileMs = sw.Elapsed.TotalMilliseconds,

@@ -113,15 +113,6 @@ public readonly unsafe struct BpfMap(string name, int fd)
         BpfObject.Check(BpfNative.bpf_map_update_elem(fd, &k, &v, BpfNative.BPF_ANY), $"update of map {Name}");
     }
 
-    public bool TryLookup<TKey, TValue>(in TKey key, out TValue value) where TKey : unmanaged where TValue : unmanaged
-    {
-        var k = key;
-        TValue v;
-        var found = BpfNative.bpf_map_lookup_elem(fd, &k, &v) == 0;
-        value = v;
-        return found;
-    }
-
     public bool Delete<TKey>(in TKey key) where TKey : unmanaged
     {
         var k = key;

@@ -18,13 +18,11 @@ internal static unsafe partial class BpfNative
     [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] public static partial IntPtr bpf_object__find_program_by_name(IntPtr obj, string name);
     [LibraryImport(Lib)] public static partial int bpf_map__fd(IntPtr map);
     [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] public static partial int bpf_map__set_pin_path(IntPtr map, string path);
-    [LibraryImport(Lib)] public static partial int bpf_map__unpin(IntPtr map, IntPtr path);
     [LibraryImport(Lib)] public static partial int bpf_program__fd(IntPtr prog);
     [LibraryImport(Lib)] public static partial void* bpf_map__initial_value(IntPtr map, nuint* size);
     [LibraryImport(Lib)] public static partial int bpf_map__set_initial_value(IntPtr map, void* data, nuint size);
 
     [LibraryImport(Lib)] public static partial int bpf_map_update_elem(int fd, void* key, void* value, ulong flags);
-    [LibraryImport(Lib)] public static partial int bpf_map_lookup_elem(int fd, void* key, void* value);
     [LibraryImport(Lib)] public static partial int bpf_map_delete_elem(int fd, void* key);
     [LibraryImport(Lib)] public static partial int bpf_map_get_next_key(int fd, void* key, void* nextKey);
 

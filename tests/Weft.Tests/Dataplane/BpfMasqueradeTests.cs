@@ -46,7 +46,7 @@ public sealed class BpfMasqueradeTests
             var uplink = NetNs.Run("/var/run/netns/" + ns.Node, () => { using var nl = RtNetlink.Open(); return nl.ListLinks().Single(l => l.Name == "eth0").Index; });
             IPPool[] Pools(bool nat) => [new IPPool { Name = "p", Cidr = "10.244.0.0/16", BlockSize = 26, NatOutgoing = nat }];
             BpfMasquerade Load() => NetNs.Run("/var/run/netns/" + ns.Node, () => BpfMasquerade.Load(uplink, System.Net.IPAddress.Parse(ns.NodeAddress), pins, NullLogger.Instance));
-            void Apply(BpfMasquerade m, bool nat) => NetNs.Run("/var/run/netns/" + ns.Node, () => m.Apply(Pools(nat)));
+            void Apply(BpfMasquerade m, bool nat) => NetNs.Run("/var/run/netns/" + ns.Node, () => m.Apply(NatPools.From(Pools(nat))));
             using var echo = UdpPeerEcho.Start(gw, "198.51.100.1");
             string Ask(int sourcePort) => TestEnv.TrySh($"echo hi | ip netns exec {pod} nc -u -w 1 -p {sourcePort} 198.51.100.1 {echo.Port}").Stdout.Trim();
 
