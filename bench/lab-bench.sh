@@ -60,7 +60,7 @@ bare_up() { # mode: vxlan|routes
 }
 bare_down() { for n in ul n1 n2 p1 p2; do ip netns delete "$bare-$n" 2>/dev/null || true; done; }
 
-podns() { $W lab status --name "$1" -o json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(" ".join(p["namespace"]+" "+p["ip"] for p in d["pods"]))'; }
+podns() { $W lab status --name "$1" -o json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(" ".join(p["netns"]+" "+p["ip"] for p in d["pods"]))'; }
 
 declare -A sum
 echo "# weft lab-bench $(date -u +%FT%TZ): iperf3 -t $T, $R interleaved rounds per path"

@@ -67,7 +67,7 @@ var masquerade = bpfMasquerade is null ? "nftables" : "bpf";
 log.LogInformation("natOutgoing masquerade: {Mode} on {Dev}", masquerade, me.UnderlayName);
 
 var state = new AgentState(me.Name, backend.Type);
-state.Update(s => s with { Underlay = $"{me.UnderlayAddress}/{me.UnderlayPrefix}", Vtep = me.VtepAddress?.ToString(), Mtu = me.UnderlayMtu - backend.Overhead, Masquerade = masquerade });
+state.Update(s => s with { Underlay = $"{me.UnderlayAddress}/{me.UnderlayPrefix}", Vtep = me.VtepAddress?.ToString(), Mtu = me.UnderlayMtu - backend.Overhead, Masquerade = masquerade, Policy = s.Policy with { Enabled = options.Policy } });
 builder.Services.AddSingleton(store);
 builder.Services.AddSingleton(state);
 builder.Services.AddHostedService<MemoryTrimmer>();
@@ -114,6 +114,18 @@ var app = builder.Build();
 observer.Stopping = app.Lifetime.ApplicationStopping;
 app.MapGet("/healthz", (AgentState s) => s.Snapshot.Synced ? Results.Text("ok\n") : Results.Text("syncing\n", statusCode: 503));
 app.MapGet("/status", (AgentState s) => Results.Json(s.Snapshot, AgentJson.Default.AgentSnapshot));
+// Long poll for `weftctl apply --wait`: answers once this node enforces datastore revision N (scope policy, routes or
+// both), or 504 with the status after timeoutMs.
+app.MapGet("/status/wait", async (AgentState s, long revision, string? scope, int? timeoutMs, CancellationToken ct) =>
+{
+    var policy = scope is null or "policy" or "all";
+    var routes = scope is "routes" or "all";
+    if (!policy && !routes) return Results.Text("scope: use policy, routes or all\n", statusCode: 400);
+    var (done, snapshot) = await s.WaitAsync(x =>
+        (!policy || !x.Policy.Enabled || x.Policy.Revision >= revision) && (!routes || x.RoutesRevision >= revision),
+        TimeSpan.FromMilliseconds(Math.Clamp(timeoutMs ?? 30_000, 0, 600_000)), ct);
+    return Results.Json(snapshot, AgentJson.Default.AgentSnapshot, statusCode: done ? 200 : 504);
+});
 app.MapGet("/debug/memory", () =>
 {
     var gc = GC.GetGCMemoryInfo();

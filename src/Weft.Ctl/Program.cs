@@ -17,8 +17,14 @@ CtlContext Ctx(ParseResult r) => new(r.GetValue(datastore), Console.Out, Console
 
 // apply
 var applyFiles = new Option<string[]>("--filename", "-f") { Description = "file, directory or - for stdin (YAML or JSON)", Required = true, AllowMultipleArgumentsPerToken = true };
-var apply = new Command("apply", "create or update resources from YAML/JSON documents (Calico IPPool, IPReservation, NetworkPolicy, GlobalNetworkPolicy, Tier; Kubernetes NetworkPolicy, Namespace, Pod)") { applyFiles };
-apply.SetAction((r, ct) => Guard(() => ResourceCommands.ApplyAsync(Ctx(r), r.GetValue(applyFiles)!, ct)));
+// --wait: return once every agent enforces what was written (the lab's sync, for any datastore).
+Option<bool> WaitOption() => new("--wait") { Description = "return once every node's agent enforces the change (see --timeout)" };
+Option<string> WaitTimeout() => new("--timeout") { Description = "how long --wait waits, e.g. 30s, 2m, 500ms", DefaultValueFactory = _ => "30s" };
+TimeSpan? Wait(ParseResult r, Option<bool> wait, Option<string> timeout) => r.GetValue(wait) ? ResourceCommands.ParseDuration(r.GetValue(timeout)!, "--timeout") : null;
+var applyWait = WaitOption();
+var applyTimeout = WaitTimeout();
+var apply = new Command("apply", "create or update resources from YAML/JSON documents (Calico IPPool, IPReservation, NetworkPolicy, GlobalNetworkPolicy, Tier; Kubernetes NetworkPolicy, Namespace, Pod)") { applyFiles, applyWait, applyTimeout };
+apply.SetAction((r, ct) => Guard(() => ResourceCommands.ApplyAsync(Ctx(r), r.GetValue(applyFiles)!, Wait(r, applyWait, applyTimeout), ct)));
 root.Subcommands.Add(apply);
 
 // get
@@ -33,8 +39,10 @@ var delKind = new Argument<string?>("kind") { Arity = ArgumentArity.ZeroOrOne };
 var delName = new Argument<string?>("name") { Arity = ArgumentArity.ZeroOrOne };
 var delFiles = new Option<string[]>("--filename", "-f") { Description = "delete the resources named in these files", AllowMultipleArgumentsPerToken = true };
 var force = new Option<bool>("--force") { Description = "delete a pool even though addresses are still allocated from it" };
-var delete = new Command("delete", "delete resources") { delKind, delName, delFiles, force };
-delete.SetAction((r, ct) => Guard(() => ResourceCommands.DeleteAsync(Ctx(r), r.GetValue(delKind), r.GetValue(delName), r.GetValue(delFiles) ?? [], r.GetValue(force), ct)));
+var delWait = WaitOption();
+var delTimeout = WaitTimeout();
+var delete = new Command("delete", "delete resources") { delKind, delName, delFiles, force, delWait, delTimeout };
+delete.SetAction((r, ct) => Guard(() => ResourceCommands.DeleteAsync(Ctx(r), r.GetValue(delKind), r.GetValue(delName), r.GetValue(delFiles) ?? [], r.GetValue(force), Wait(r, delWait, delTimeout), ct)));
 root.Subcommands.Add(delete);
 
 // ipam
@@ -84,8 +92,10 @@ var topology = new Option<string?>("--topology") { Description = "YAML stream of
 var labPolicy = new Option<string>("--policy") { Description = "on (agents enforce network policy, default) or off", DefaultValueFactory = _ => "on" };
 var labFlows = new Option<string>("--flows") { Description = "on (agents capture flows, default) or off", DefaultValueFactory = _ => "on" };
 var labMasquerade = new Option<string>("--masquerade") { Description = "how agents masquerade natOutgoing traffic: auto (bpf when the kernel allows, default), bpf or nftables", DefaultValueFactory = _ => "auto" };
-var up = new Command("up", "build the lab") { labName, nodes, podsPerNode, backend, mode, topology, labPolicy, labFlows, labMasquerade };
-up.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.UpAsync(Ctx(r), new(r.GetValue(labName)!, r.GetValue(nodes), r.GetValue(podsPerNode), r.GetValue(backend)!, r.GetValue(mode)!, r.GetValue(datastore) ?? "sqlite", r.GetValue(topology), r.GetValue(labPolicy)!, r.GetValue(labFlows)!, r.GetValue(labMasquerade)!), ct)));
+var labPool = new Option<string?>("--pool") { Description = "IPPool documents (Calico v3, as written) to use instead of the lab's default pool" };
+var labNetConf = new Option<string?>("--net-conf") { Description = "Flannel's net-conf.json: agents run from it (its Backend.Type picks the backend; its Network becomes the pool unless --pool)" };
+var up = new Command("up", "build the lab") { labName, nodes, podsPerNode, backend, mode, topology, labPolicy, labFlows, labMasquerade, labPool, labNetConf };
+up.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.UpAsync(Ctx(r), new(r.GetValue(labName)!, r.GetValue(nodes), r.GetValue(podsPerNode), r.GetValue(backend)!, r.GetValue(mode)!, r.GetValue(datastore) ?? "sqlite", r.GetValue(topology), r.GetValue(labPolicy)!, r.GetValue(labFlows)!, r.GetValue(labMasquerade)!, r.GetValue(labPool), r.GetValue(labNetConf)), ct)));
 var down = new Command("down", "remove every namespace, process and file of the lab") { labName };
 down.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.DownAsync(Ctx(r), r.GetValue(labName)!)));
 var labOut = new Option<string>("--output", "-o") { DefaultValueFactory = _ => "table" };

@@ -18,7 +18,10 @@ public sealed class HostGwBackend : IBackend
         return me;
     }
 
-    public PeerProgram ProgramFor(LocalNode me, NodeRecord peer, IReadOnlyList<Cidr> peerBlocks)
+    public PeerProgram ProgramFor(LocalNode me, NodeRecord peer, IReadOnlyList<Cidr> peerBlocks) => Direct(me, peer, peerBlocks);
+
+    /// <summary>Routes via the peer's underlay address; also what a vxlan node uses for pools without encapsulation.</summary>
+    public static PeerProgram Direct(LocalNode me, NodeRecord peer, IReadOnlyList<Cidr> peerBlocks)
     {
         if (peer.UnderlayAddress is null) throw new BackendException($"node {peer.Name} has not published its underlay address");
         var ip = IPAddress.Parse(peer.UnderlayAddress.Split('/')[0]);

@@ -12,11 +12,17 @@ public sealed record AgentSnapshot(
     public PolicyStatus Policy { get; init; } = new();
     /// <summary>How natOutgoing masquerades on this node: bpf or nftables.</summary>
     public string Masquerade { get; init; } = "nftables";
+    /// <summary>Every node, block, pool and endpoint change up to this datastore revision is in the routes, overlay and NAT.</summary>
+    public long RoutesRevision { get; init; }
+    /// <summary>What the pools ask for that this node cannot do as asked (e.g. IPIP, which Weft carries over VXLAN).</summary>
+    public IReadOnlyList<string> Warnings { get; init; } = [];
 }
 
 /// <summary>The policy dataplane: which datastore revision is enforced, and what that took.</summary>
 public sealed record PolicyStatus
 {
+    /// <summary>The agent runs with policy on (Enforcing turns true after its first successful programming).</summary>
+    public bool Enabled { get; init; }
     public bool Enforcing { get; init; }
     /// <summary>Every policy, pod, namespace and endpoint change up to this datastore revision is in the kernel.</summary>
     public long Revision { get; init; }
@@ -77,6 +83,27 @@ public sealed class AgentState
         AgentSnapshot old, next;
         do { old = Snapshot; next = change(old); }
         while (!ReferenceEquals(Interlocked.CompareExchange(ref _snapshot, next, old), old));
+        Interlocked.Exchange(ref _changed, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
+    }
+
+    private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    /// <summary>
+    /// Waits until <paramref name="done"/> holds for the snapshot (what `weftctl apply --wait` asks each agent over
+    /// /status/wait): one long-poll request instead of a client polling /status.
+    /// </summary>
+    public async Task<(bool Done, AgentSnapshot Snapshot)> WaitAsync(Func<AgentSnapshot, bool> done, TimeSpan timeout, CancellationToken ct)
+    {
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        cts.CancelAfter(timeout);
+        while (true)
+        {
+            var changed = Volatile.Read(ref _changed).Task; // before the check: an update right after it still wakes us
+            var s = Snapshot;
+            if (done(s)) return (true, s);
+            try { await changed.WaitAsync(cts.Token).ConfigureAwait(false); }
+            catch (OperationCanceledException) when (!ct.IsCancellationRequested) { return (false, Snapshot); }
+        }
     }
 
     /// <summary>Prometheus text exposition; metric names are documented in the README.</summary>

@@ -6,8 +6,9 @@ namespace Weft.Datastore;
 /// The embedded backend: one SQLite file in WAL mode shared by every plugin process and the agent on a machine.
 /// Writes take the write lock up front (BEGIN IMMEDIATE) so concurrent compare-and-swaps serialise instead of
 /// deadlocking; readers never block writers. Each committed transaction bumps one global revision and appends its
-/// changes to an event log, which is what watches read. SQLite has no cross-process notification: watches wake on
-/// inotify events for the WAL file (another process committed) and poll as a fallback.
+/// changes to an event log, which is what watches read. SQLite has no cross-process notification: writers touch a
+/// sidecar file after each commit and watches wake on its inotify events (<see cref="SqliteCommitSignal"/>), polling
+/// as a fallback.
 /// </summary>
 public sealed class SqliteDatastore : IDatastore
 {
@@ -15,9 +16,7 @@ public sealed class SqliteDatastore : IDatastore
     private readonly SqliteDb _db;
     private readonly Lock _lock = new();
     private readonly TimeSpan? _pollInterval;
-    private FileSystemWatcher? _walWatcher;
-    private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private static readonly Task Never = new TaskCompletionSource().Task;
+    private readonly SqliteCommitSignal _signal;
 
     public string Describe => "sqlite://" + _db.Path;
 
@@ -32,6 +31,7 @@ public sealed class SqliteDatastore : IDatastore
             { throw new DatastoreUnavailableException($"cannot create datastore directory {dir}: {e.Message}", e); }
         }
         _db = new SqliteDb(path, busyTimeoutMs);
+        _signal = new SqliteCommitSignal(System.IO.Path.GetFullPath(_db.Path));
         try { Initialise(); }
         catch { _db.Dispose(); throw; }
     }
@@ -152,6 +152,7 @@ public sealed class SqliteDatastore : IDatastore
                 }
                 _db.Prepare("UPDATE meta SET value = ?1 WHERE name = 'revision'").Bind(1, revision).Step();
                 _db.Exec("COMMIT");
+                _signal.Committed(revision); // after COMMIT: a watcher woken by it always finds the change
                 return ValueTask.FromResult(new TxnResult(true, revision));
             }
             catch
@@ -193,7 +194,8 @@ public sealed class SqliteDatastore : IDatastore
         var end = PrefixEnd(prefix);
         while (!ct.IsCancellationRequested)
         {
-            var changed = ChangeSignal(); // taken before reading, so a commit right after the read still wakes us
+            Task changed;
+            lock (_lock) changed = _signal.Next(); // taken before reading, so a commit right after the read still wakes us
             List<WatchEvent> batch;
             lock (_lock)
             {
@@ -224,41 +226,13 @@ public sealed class SqliteDatastore : IDatastore
             foreach (var e in batch) yield return e;
             if (batch.Count == 0)
             {
-                // inotify wakes us at once; the poll only covers a missed event, so it is slow when inotify works (an
-                // idle agent's three watches at 50 ms cost ~1.5% of a core) and fast when it does not.
-                var poll = _pollInterval ?? (_walWatcher is null ? TimeSpan.FromMilliseconds(50) : TimeSpan.FromMilliseconds(500));
+                // The commit signal wakes us at once; the poll only covers a missed signal, so it is slow when inotify
+                // works (an idle agent's watches at 50 ms cost ~1.5% of a core) and fast when it does not.
+                var poll = _pollInterval ?? (_signal.Watching ? TimeSpan.FromMilliseconds(500) : TimeSpan.FromMilliseconds(50));
                 try { await Task.WhenAny(Task.Delay(poll, ct), changed).ConfigureAwait(false); }
                 catch (OperationCanceledException) { yield break; }
                 if (ct.IsCancellationRequested) yield break;
             }
-        }
-    }
-
-    /// <summary>A task that completes at the next write to the WAL file (by any process); created on first watch only.</summary>
-    private Task ChangeSignal()
-    {
-        lock (_lock)
-        {
-            if (_walWatcher is null)
-            {
-                try
-                {
-                    var dir = System.IO.Path.GetDirectoryName(System.IO.Path.GetFullPath(_db.Path))!;
-                    _walWatcher = new FileSystemWatcher(dir, System.IO.Path.GetFileName(_db.Path) + "-wal")
-                    {
-                        NotifyFilter = NotifyFilters.LastWrite | NotifyFilters.Size | NotifyFilters.FileName,
-                    };
-                    _walWatcher.Changed += (_, _) => Interlocked.Exchange(ref _changed, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
-                    _walWatcher.Created += (_, _) => Interlocked.Exchange(ref _changed, new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
-                    _walWatcher.EnableRaisingEvents = true;
-                }
-                catch (Exception e) when (e is IOException or ArgumentException or PlatformNotSupportedException)
-                {
-                    _walWatcher = null; // no inotify (limits reached): polling alone still works
-                    return Never;
-                }
-            }
-            return Volatile.Read(ref _changed).Task;
         }
     }
 
@@ -282,7 +256,7 @@ public sealed class SqliteDatastore : IDatastore
     {
         lock (_lock)
         {
-            _walWatcher?.Dispose();
+            _signal.Dispose();
             _db.Dispose();
         }
     }

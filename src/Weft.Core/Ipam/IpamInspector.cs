@@ -8,7 +8,7 @@ public sealed record BlockUsage(Cidr Cidr, string? Affinity, UInt128 Total, int 
 
 public sealed record PoolUsage(IPPool Pool, UInt128 Total, long InUse, IReadOnlyList<BlockUsage> Blocks);
 
-public sealed record AllocationInfo(IPAddress Address, string Handle, IReadOnlyDictionary<string, string> Attributes, Cidr Block, string? Affinity);
+public sealed record AllocationInfo(IPAddress Address, string Handle, IReadOnlyDictionary<string, string> Attributes, Cidr Block, string? Affinity, string Pool = "");
 
 /// <summary>One inconsistency found by <see cref="IpamInspector.CheckAsync"/>.</summary>
 public sealed record IpamProblem(string Kind, string Detail, string? Handle = null, IPAddress? Address = null, string? Node = null);
@@ -53,7 +53,7 @@ public sealed class IpamInspector(IDatastore store)
     {
         var (_, blocks) = await LoadAsync(ct).ConfigureAwait(false);
         return blocks.SelectMany(b => b.Allocations.Select(a =>
-            new AllocationInfo(b.Network.AddressAt((UInt128)a.Ordinal), a.Handle, a.Attributes, b.Network, b.Affinity))).ToList();
+            new AllocationInfo(b.Network.AddressAt((UInt128)a.Ordinal), a.Handle, a.Attributes, b.Network, b.Affinity, b.Pool))).ToList();
     }
 
     public async Task<AllocationInfo?> FindAsync(IPAddress ip, CancellationToken ct = default) =>

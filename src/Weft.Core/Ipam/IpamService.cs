@@ -72,6 +72,9 @@ public sealed class IpamService(IDatastore store)
         var reservations = await LoadReservationsAsync(ct).ConfigureAwait(false);
         for (var attempt = 0; attempt < MaxAttempts; attempt++)
         {
+            // Read before the affinities: a claim commits only if no other claim for this node landed since, so
+            // parallel first ADDs on a fresh node share one block instead of each winning a block of its own.
+            var claimRevision = (await store.GetAsync(Keys.BlockClaim(request.Node), ct).ConfigureAwait(false))?.ModRevision ?? 0;
             // 1. Blocks this node already owns.
             var affinities = await store.ListAsync(Keys.NodeAffinities(request.Node), ct).ConfigureAwait(false);
             foreach (var kv in affinities.Items)
@@ -111,7 +114,7 @@ public sealed class IpamService(IDatastore store)
                     }
                     var ordinal = FindFree(block, pool, reservations);
                     if (ordinal < 0) continue;
-                    var outcome = await TryAllocateAsync(request, block, 0, ordinal, pool, newAffinity: true, ct, gatewayHandle).ConfigureAwait(false);
+                    var outcome = await TryAllocateAsync(request, block, 0, ordinal, pool, newAffinity: true, ct, gatewayHandle, claimRevision).ConfigureAwait(false);
                     if (outcome is not null) return outcome;
                     goto retry;
                 }
@@ -164,7 +167,7 @@ public sealed class IpamService(IDatastore store)
     }
 
     /// <summary>One compare-and-swap: the block (and its affinity when new) plus the handle. Null on conflict.</summary>
-    private async Task<AssignedAddress?> TryAllocateAsync(AssignRequest request, AllocationBlock block, long blockRevision, int ordinal, IPPool pool, bool newAffinity, CancellationToken ct, IpamHandle? extraHandle = null)
+    private async Task<AssignedAddress?> TryAllocateAsync(AssignRequest request, AllocationBlock block, long blockRevision, int ordinal, IPPool pool, bool newAffinity, CancellationToken ct, IpamHandle? extraHandle = null, long claimRevision = -1)
     {
         var cidr = block.Network;
         var handleKey = Keys.Handle(request.HandleId);
@@ -191,6 +194,8 @@ public sealed class IpamService(IDatastore store)
         {
             pre.Add(Precondition.Absent(Keys.Affinity(owner, cidr)));
             muts.Add(Mutation.Put(Keys.Affinity(owner, cidr), "{}"u8.ToArray()));
+            if (claimRevision >= 0) pre.Add(new Precondition(Keys.BlockClaim(owner), claimRevision));
+            muts.Add(Mutation.Put(Keys.BlockClaim(owner), System.Text.Encoding.UTF8.GetBytes($"{{\"block\":\"{cidr}\"}}")));
         }
         if (extraHandle is not null)
         {

@@ -122,6 +122,8 @@ public static class Keys
     public const string Blocks = "/weft/ipam/blocks/";
     public const string Affinities = "/weft/ipam/affinity/";
     public const string Handles = "/weft/ipam/handles/";
+    /// <summary>Per node, bumped by every block claim: claims are compare-and-swapped on it, so a node claims one block at a time.</summary>
+    public const string BlockClaims = "/weft/ipam/claims/";
     public const string Endpoints = "/weft/endpoints/";
     public const string Nodes = "/weft/nodes/";
     /// <summary>Policy documents as applied, by IR id: knp/NS/NAME, np/NS/NAME, gnp/NAME.</summary>
@@ -137,6 +139,7 @@ public static class Keys
     public static string Affinity(string node, Cidr cidr) => Affinities + node + "/" + cidr.ToKey();
     public static string NodeAffinities(string node) => Affinities + node + "/";
     public static string Handle(string id) => Handles + id;
+    public static string BlockClaim(string node) => BlockClaims + node;
     public static string Endpoint(string node, string handleId) => Endpoints + node + "/" + handleId;
     public static string NodeEndpoints(string node) => Endpoints + node + "/";
     public static string Node(string name) => Nodes + name;

@@ -59,6 +59,21 @@ internal static unsafe partial class Libc
     public const long BPF_FS_MAGIC = 0xcafe4a11;
     public const int MNT_DETACH = 2;
 
+    public const int IN_CLOEXEC = 0x80000;
+    public const uint IN_MODIFY = 0x2, IN_DELETE_SELF = 0x400, IN_MOVE_SELF = 0x800, IN_IGNORED = 0x8000;
+
+    [LibraryImport("libc.so.6", SetLastError = true)]
+    public static partial int inotify_init1(int flags);
+
+    [LibraryImport("libc.so.6", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial int inotify_add_watch(SafeHandle fd, string path, uint mask);
+
+    [LibraryImport("libc.so.6", SetLastError = true)]
+    public static partial int inotify_rm_watch(SafeHandle fd, int wd);
+
+    [LibraryImport("libc.so.6", SetLastError = true)]
+    public static partial nint read(SafeHandle fd, byte* buf, nint count);
+
     public static bool IsNsfs(string path) => FsType(path) == NSFS_MAGIC;
 
     public static long FsType(string path)

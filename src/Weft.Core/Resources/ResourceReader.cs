@@ -89,8 +89,21 @@ public static class ResourceReader
     private static readonly HashSet<string> PoolFields =
     [
         "cidr", "blockSize", "ipipMode", "vxlanMode", "natOutgoing", "disabled", "disableBGPExport", "nodeSelector",
-        "allowedUses", "assignmentMode", "namespaceSelector", "ipip", "nat-outgoing",
+        "allowedUses", "assignmentMode", "namespaceSelector", "ipip", "nat-outgoing", "encapsulation",
     ];
+
+    /// <summary>
+    /// The Tigera operator's Installation vocabulary (`encapsulation: VXLAN`), which users copy into v3 IPPools, as the
+    /// two v3 modes it means: (ipipMode, vxlanMode).
+    /// </summary>
+    private static readonly Dictionary<string, (string Ipip, string Vxlan)> EncapsulationModes = new(StringComparer.Ordinal)
+    {
+        ["VXLAN"] = ("Never", "Always"),
+        ["VXLANCrossSubnet"] = ("Never", "CrossSubnet"),
+        ["IPIP"] = ("Always", "Never"),
+        ["IPIPCrossSubnet"] = ("CrossSubnet", "Never"),
+        ["None"] = ("Never", "Never"),
+    };
 
     private static IPPool ReadPool(string name, JsonObject spec, string where)
     {
@@ -109,6 +122,17 @@ public static class ResourceReader
             throw new ResourceException($"{where}: spec.blockSize {blockSize} is larger than the pool itself ({cidr}); use a blockSize of at least {cidr.PrefixLength}");
         var ipip = OptEnum(spec, "ipipMode", ["Never", "Always", "CrossSubnet"], "Never", where);
         var vxlan = OptEnum(spec, "vxlanMode", ["Never", "Always", "CrossSubnet"], "Never", where);
+        if (OptString(spec, "encapsulation", where, "spec.") is { } encapsulation)
+        {
+            if (!EncapsulationModes.TryGetValue(encapsulation, out var modes))
+                throw new ResourceException($"{where}: spec.encapsulation '{encapsulation}' is not one of {string.Join(", ", EncapsulationModes.Keys)}");
+            // Both spellings in one document must say the same thing; a mode left out agrees with anything.
+            if (spec.ContainsKey("ipipMode") && ipip != modes.Ipip)
+                throw new ResourceException($"{where}: spec.encapsulation '{encapsulation}' means ipipMode {modes.Ipip}, but spec.ipipMode says {ipip}; give one of the two fields, or make them agree");
+            if (spec.ContainsKey("vxlanMode") && vxlan != modes.Vxlan)
+                throw new ResourceException($"{where}: spec.encapsulation '{encapsulation}' means vxlanMode {modes.Vxlan}, but spec.vxlanMode says {vxlan}; give one of the two fields, or make them agree");
+            (ipip, vxlan) = modes;
+        }
         if (ipip != "Never" && vxlan != "Never")
             throw new ResourceException($"{where}: spec.ipipMode and spec.vxlanMode cannot both be enabled");
         if (ipip != "Never" && !cidr.IsIPv4)

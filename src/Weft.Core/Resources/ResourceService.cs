@@ -9,6 +9,9 @@ namespace Weft.Resources;
 /// </summary>
 public sealed class ResourceService(IDatastore store)
 {
+    /// <summary>The datastore revision of this service's last write (what `--wait` waits for agents to enforce).</summary>
+    public long LastRevision { get; private set; }
+
     public async Task<IReadOnlyList<string>> ApplyAsync(IReadOnlyList<Resource> resources, CancellationToken ct = default)
     {
         var seen = new Dictionary<(string, string), Resource>();
@@ -85,6 +88,7 @@ public sealed class ResourceService(IDatastore store)
         var txn = await store.CommitAsync(preconditions, mutations, ct).ConfigureAwait(false);
         if (!txn.Succeeded)
             throw new ResourceException("the datastore changed while applying (another apply ran at the same time); nothing was written, run the command again");
+        LastRevision = txn.Revision;
         return messages;
     }
 
@@ -136,6 +140,7 @@ public sealed class ResourceService(IDatastore store)
         }
         var txn = await store.DeleteAsync(key, kv.ModRevision, ct).ConfigureAwait(false);
         if (!txn.Succeeded) throw new ResourceException($"{kind} {name} changed while deleting; try again");
+        LastRevision = txn.Revision;
         return true;
     }
 

@@ -7,10 +7,12 @@ public sealed class CtlContext(string? datastoreUri, TextWriter stdout, TextWrit
 {
     public TextWriter Out { get; } = stdout;
     public TextWriter Err { get; } = stderr;
+    /// <summary>The lab named by --lab: its agents are reached through the lab's node sockets.</summary>
+    public string? Lab { get; } = lab;
 
     public string DatastoreUri { get; } =
         !string.IsNullOrEmpty(datastoreUri) ? datastoreUri
-        : lab is not null ? Lab.LabState.LoadOrThrow(lab).CtlDatastore
+        : lab is not null ? Weft.Ctl.Lab.LabState.LoadOrThrow(lab).CtlDatastore
         : Environment.GetEnvironmentVariable("WEFT_DATASTORE") is { Length: > 0 } env ? env
         : DatastoreFactory.DefaultUri;
 

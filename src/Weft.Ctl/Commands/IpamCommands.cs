@@ -26,6 +26,7 @@ public static class IpamCommands
                 return 0;
             }
             await ctx.Out.WriteLineAsync($"IP {addr} is in use").ConfigureAwait(false);
+            await ctx.Out.WriteLineAsync($"Pool: {found.Pool}").ConfigureAwait(false);
             await ctx.Out.WriteLineAsync($"Block: {found.Block} (affinity {found.Affinity ?? "none"})").ConfigureAwait(false);
             await ctx.Out.WriteLineAsync($"Handle: {found.Handle}").ConfigureAwait(false);
             await ctx.Out.WriteLineAsync("Attributes:").ConfigureAwait(false);

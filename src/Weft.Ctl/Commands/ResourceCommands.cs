@@ -10,18 +10,46 @@ namespace Weft.Ctl.Commands;
 /// <summary>apply, get and delete.</summary>
 public static class ResourceCommands
 {
-    public static async Task<int> ApplyAsync(CtlContext ctx, IReadOnlyList<string> files, CancellationToken ct)
+    public static async Task<int> ApplyAsync(CtlContext ctx, IReadOnlyList<string> files, TimeSpan? wait, CancellationToken ct)
     {
         var docs = YamlDocuments.LoadPaths(files);
         if (docs.Count == 0) throw new ResourceException($"{string.Join(", ", files)}: no documents found");
         var resources = docs.Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList();
         using var store = ctx.OpenStore();
-        foreach (var line in await new ResourceService(store).ApplyAsync(resources, ct).ConfigureAwait(false))
+        var service = new ResourceService(store);
+        foreach (var line in await service.ApplyAsync(resources, ct).ConfigureAwait(false))
             await ctx.Out.WriteLineAsync(line).ConfigureAwait(false);
+        if (wait is { } timeout) await WaitAsync(ctx, store, service.LastRevision, resources.Select(r => r.Kind), timeout, ct).ConfigureAwait(false);
         return 0;
     }
 
-    public static async Task<int> DeleteAsync(CtlContext ctx, string? kind, string? name, IReadOnlyList<string> files, bool force, CancellationToken ct)
+    /// <summary>"30s", "2m", "500ms", "1h" (Go's duration words, as kubectl's --timeout).</summary>
+    public static TimeSpan ParseDuration(string text, string flag)
+    {
+        var (number, unit) = text.EndsWith("ms", StringComparison.Ordinal) ? (text[..^2], "ms") : text.Length > 1 ? (text[..^1], text[^1..]) : (text, "");
+        if (double.TryParse(number, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var n) && n > 0 && n < 1e7)
+            switch (unit)
+            {
+                case "ms": return TimeSpan.FromMilliseconds(n);
+                case "s": return TimeSpan.FromSeconds(n);
+                case "m": return TimeSpan.FromMinutes(n);
+                case "h": return TimeSpan.FromHours(n);
+            }
+        throw new ArgumentException($"{flag} '{text}' is not a duration (500ms, 30s, 2m, 1h)");
+    }
+
+    private static async Task WaitAsync(CtlContext ctx, Weft.Datastore.IDatastore store, long revision, IEnumerable<string> kinds, TimeSpan timeout, CancellationToken ct)
+    {
+        if (AgentWait.ScopeFor(kinds) is not { } scope)
+        {
+            await ctx.Err.WriteLineAsync("--wait: nothing here is programmed by the agents (IP reservations are read by the plugin at the next ADD)").ConfigureAwait(false);
+            return;
+        }
+        var took = await AgentWait.WaitAsync(ctx, store, revision, scope, timeout, ct).ConfigureAwait(false);
+        await ctx.Err.WriteLineAsync($"every agent enforces revision {revision} ({took.TotalMilliseconds:0} ms)").ConfigureAwait(false);
+    }
+
+    public static async Task<int> DeleteAsync(CtlContext ctx, string? kind, string? name, IReadOnlyList<string> files, bool force, TimeSpan? wait, CancellationToken ct)
     {
         var targets = new List<(string Kind, string Name)>();
         if (files.Count > 0)
@@ -47,6 +75,8 @@ public static class ResourceCommands
                 await ctx.Err.WriteLineAsync($"error: {k} {n} not found").ConfigureAwait(false);
             }
         }
+        if (wait is { } timeout && failed < targets.Count)
+            await WaitAsync(ctx, store, service.LastRevision, targets.Select(t => t.Kind), timeout, ct).ConfigureAwait(false);
         return failed == 0 ? 0 : 1;
     }
 

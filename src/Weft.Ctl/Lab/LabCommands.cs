@@ -9,7 +9,8 @@ using Weft.Resources;
 
 namespace Weft.Ctl.Lab;
 
-public sealed record LabUpOptions(string Name, int Nodes, int PodsPerNode, string Backend, string Mode, string Datastore, string? TopologyFile, string Policy = "on", string Flows = "on", string Masquerade = "auto");
+public sealed record LabUpOptions(string Name, int Nodes, int PodsPerNode, string Backend, string Mode, string Datastore, string? TopologyFile, string Policy = "on", string Flows = "on", string Masquerade = "auto",
+    string? PoolFile = null, string? NetConfFile = null);
 
 /// <summary>
 /// `weftctl lab`: a real multi-node cluster on one machine. An underlay namespace with a bridge joins one
@@ -35,12 +36,18 @@ public static class LabCommands
             throw new ArgumentException($"lab '{o.Name}' already exists; remove it with `weftctl lab down --name {o.Name}`");
         var dist = DistDir();
         var dir = LabState.DirFor(o.Name);
+        // Flannel's net-conf.json picks the backend, as it does for flanneld; the agents read the file as written.
+        var backendType = o.NetConfFile is null ? o.Backend : NetConfBackend(o.NetConfFile);
+        var poolDocs = o.PoolFile is null ? null : Documents.YamlDocuments.Load(File.ReadAllText(o.PoolFile), o.PoolFile)
+            .Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList();
+        if (poolDocs is not null && (poolDocs.Count == 0 || poolDocs.Any(r => r is not IPPoolResource)))
+            throw new ArgumentException($"--pool {o.PoolFile}: give only projectcalico.org/v3 IPPool documents");
         var state = new LabState
         {
-            Name = o.Name, Dir = dir, Backend = o.Backend, Mode = o.Mode, Policy = o.Policy, Flows = o.Flows, Masquerade = o.Masquerade,
+            Name = o.Name, Dir = dir, Backend = backendType, Mode = o.Mode, Policy = o.Policy, Flows = o.Flows, Masquerade = o.Masquerade,
             Datastore = o.Datastore == "etcd" ? "etcd://" + string.Join(",", EtcdIps.Select(ip => ip + ":2379")) : "sqlite://" + Path.Combine(dir, "weft.db"),
             ControlPlane = o.Datastore == "etcd" ? o.Name + "-cp" : null,
-            PodMtu = o.Backend == "vxlan" ? 1450 : 1500, Underlay = o.Name + "-ul", Gateway = o.Name + "-gw",
+            PodMtu = backendType == "vxlan" ? 1450 : 1500, Underlay = o.Name + "-ul", Gateway = o.Name + "-gw",
         };
         var total = Stopwatch.StartNew();
         try
@@ -59,9 +66,16 @@ public static class LabCommands
 
             if (state.ControlPlane is not null) await StartEtcdAsync(ctx, state, ct).ConfigureAwait(false);
             Step(ctx, "datastore " + state.Datastore);
-            var pool = $"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: lab-ipv4}}\nspec: {{cidr: 10.244.0.0/16, blockSize: 26, natOutgoing: true, vxlanMode: {(o.Backend == "vxlan" ? "Always" : "Never")}}}\n";
-            using (var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore))
-                await new ResourceService(store).ApplyAsync(Documents.YamlDocuments.Load(pool, "lab pool").Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList(), ct).ConfigureAwait(false);
+            if (o.NetConfFile is not null)
+            {
+                state.NetConf = Path.Combine(dir, "net-conf.json");
+                File.Copy(o.NetConfFile, state.NetConf, overwrite: true);
+            }
+            var pool = $"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: lab-ipv4}}\nspec: {{cidr: 10.244.0.0/16, blockSize: 26, natOutgoing: true, vxlanMode: {(backendType == "vxlan" ? "Always" : "Never")}}}\n";
+            // With a net-conf.json and no --pool, the agents create the pool from its Network, as Weft does for Flannel users.
+            if (poolDocs is not null || o.NetConfFile is null)
+                using (var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore))
+                    await new ResourceService(store).ApplyAsync(poolDocs ?? Documents.YamlDocuments.Load(pool, "lab pool").Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList(), ct).ConfigureAwait(false);
 
             for (var i = 1; i <= o.Nodes; i++)
             {
@@ -75,7 +89,7 @@ public static class LabCommands
                 state.Nodes.Add(node);
                 state.Save();
             }
-            Step(ctx, $"{o.Nodes} node(s); starting weft-agent ({o.Backend}) in each");
+            Step(ctx, $"{o.Nodes} node(s); starting weft-agent ({backendType}{(o.NetConfFile is null ? "" : ", from net-conf.json")}) in each");
             // A private bpffs instance: the agents' pinned BPF state belongs to this lab and goes with `lab down`.
             try { Weft.Bpf.BpfFs.Mount(state.BpfDir); }
             catch (Weft.Bpf.BpfException e) { ctx.Err.WriteLine($"warning: {e.Message}; agents fall back to nftables masquerade"); }
@@ -344,44 +358,14 @@ public static class LabCommands
     /// Waits until every node's agent enforces the datastore's current revision (policies, pods, endpoints), so what
     /// a probe sees next is the programmed state. Returns how long that took.
     /// </summary>
+    /// <summary>Until every agent's policy dataplane enforces the datastore's current revision (agents with policy off count as done).</summary>
     public static async Task<TimeSpan> WaitPolicySyncedAsync(LabState state, TimeSpan timeout, CancellationToken ct)
     {
-        long target;
-        using (var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore)) target = await store.RevisionAsync(ct).ConfigureAwait(false);
-        var sw = Stopwatch.StartNew();
-        var pending = state.Nodes.ToList();
-        var last = "";
-        while (pending.Count > 0)
-        {
-            if (sw.Elapsed > timeout)
-                throw new LabException($"agents on {string.Join(", ", pending.Select(n => n.Name))} did not enforce datastore revision {target} within {timeout.TotalSeconds:0} s: {last}");
-            foreach (var node in pending.ToList())
-            {
-                var (revision, detail) = await PolicyRevisionAsync(node, ct).ConfigureAwait(false);
-                if (revision >= target) pending.Remove(node);
-                else last = $"{node.Name}: {detail}";
-            }
-            if (pending.Count > 0) await Task.Delay(5, ct).ConfigureAwait(false);
-        }
-        return sw.Elapsed;
-    }
-
-    private static async Task<(long Revision, string Detail)> PolicyRevisionAsync(LabNode node, CancellationToken ct)
-    {
-        try
-        {
-            using var http = AgentClient(node.Socket);
-            using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            cts.CancelAfter(TimeSpan.FromSeconds(2));
-            var text = await http.GetStringAsync(new Uri("http://agent/status"), cts.Token).ConfigureAwait(false);
-            var policy = JsonNode.Parse(text)?["policy"];
-            if (policy?["enforcing"]?.GetValue<bool>() != true) return (long.MaxValue, "policy off"); // nothing to wait for
-            return (policy["revision"]?.GetValue<long>() ?? 0, policy["lastError"]?.ToString() ?? $"at revision {policy["revision"]}");
-        }
-        catch (Exception e) when (e is HttpRequestException or OperationCanceledException or SocketException or JsonException)
-        {
-            return (0, e.Message);
-        }
+        var ctx = new CtlContext(null, TextWriter.Null, TextWriter.Null, state.Name);
+        using var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore);
+        var target = await store.RevisionAsync(ct).ConfigureAwait(false);
+        try { return await AgentWait.WaitAsync(ctx, store, target, "policy", timeout, ct).ConfigureAwait(false); }
+        catch (ResourceException e) { throw new LabException(e.Message); }
     }
 
     public static async Task<int> SyncAsync(CtlContext ctx, string name, int timeoutMs, CancellationToken ct)
@@ -433,8 +417,25 @@ public static class LabCommands
 
     private static int StartAgent(LabState state, LabNode node, string dist) =>
         Shell.StartDetached(node.Netns, Path.Combine(state.Dir, node.Name + ".log"), Path.Combine(dist, "weft-agent"),
-            "--nodename", node.Name, "--datastore", state.Datastore, "--backend", state.Backend, "--underlay-interface", "eth0", "--socket", node.Socket,
-            "--policy", state.Policy, "--flows", state.Flows, "--masquerade", state.Masquerade, "--bpf-pin-dir", Path.Combine(state.BpfDir, node.Name));
+        [
+            "--nodename", node.Name, "--datastore", state.Datastore,
+            .. state.NetConf is null ? ["--backend", state.Backend] : new[] { "--net-conf", state.NetConf },
+            "--underlay-interface", "eth0", "--socket", node.Socket,
+            "--policy", state.Policy, "--flows", state.Flows, "--masquerade", state.Masquerade, "--bpf-pin-dir", Path.Combine(state.BpfDir, node.Name),
+        ]);
+
+    /// <summary>Backend.Type of a Flannel net-conf.json (vxlan when absent, as flanneld defaults); the agent validates the rest.</summary>
+    private static string NetConfBackend(string path)
+    {
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
+            var type = doc.RootElement.TryGetProperty("Backend", out var b) && b.ValueKind == JsonValueKind.Object && b.TryGetProperty("Type", out var t) && t.ValueKind == JsonValueKind.String
+                ? t.GetString()! : "vxlan";
+            return type is "vxlan" or "host-gw" ? type : throw new ArgumentException($"--net-conf {path}: Backend.Type '{type}': the lab runs vxlan or host-gw");
+        }
+        catch (JsonException e) { throw new ArgumentException($"--net-conf {path}: not JSON: {e.Message}"); }
+    }
 
     public static Task<int> DownAsync(CtlContext ctx, string name)
     {
@@ -515,7 +516,7 @@ public static class LabCommands
                 ["name"] = state.Name, ["backend"] = state.Backend, ["mode"] = state.Mode, ["datastore"] = state.Datastore,
                 ["nodes"] = new JsonArray(state.Nodes.Select(n => (JsonNode?)new JsonObject
                 {
-                    ["name"] = n.Name, ["namespace"] = n.Netns, ["underlayIP"] = n.UnderlayIp, ["agentPid"] = n.AgentPid,
+                    ["name"] = n.Name, ["netns"] = n.Netns, ["underlayIP"] = n.UnderlayIp, ["agentPid"] = n.AgentPid,
                     ["health"] = health?.GetValueOrDefault(n.Name) ?? "ok",
                 }).ToArray()),
                 ["etcd"] = new JsonArray(state.Etcd.Select(m => (JsonNode?)new JsonObject
@@ -524,27 +525,28 @@ public static class LabCommands
                 }).ToArray()),
                 ["pods"] = new JsonArray(state.Pods.Select(p => (JsonNode?)new JsonObject
                 {
-                    ["pod"] = p.Key, ["node"] = p.Node, ["namespace"] = p.Netns, ["ip"] = p.Ip, ["ip6"] = p.Ip6,
+                    // namespace and name are the pod's Kubernetes ones; netns is the network namespace it lives in.
+                    ["namespace"] = p.Namespace, ["name"] = p.Name, ["pod"] = p.Key, ["node"] = p.Node, ["netns"] = p.Netns, ["ip"] = p.Ip, ["ip6"] = p.Ip6,
                     ["labels"] = new JsonObject(p.Labels.Select(kv => KeyValuePair.Create(kv.Key, (JsonNode?)kv.Value))),
                 }).ToArray()),
             };
             ctx.Out.WriteLine(doc.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
             return;
         }
-        var nodes = new TextTable("NODE", "NAMESPACE", "UNDERLAY IP", "AGENT PID", "HEALTH");
+        var nodes = new TextTable("NODE", "NETNS", "UNDERLAY IP", "AGENT PID", "HEALTH");
         foreach (var n in state.Nodes) nodes.Add(n.Name, n.Netns, n.UnderlayIp, n.AgentPid.ToString(System.Globalization.CultureInfo.InvariantCulture), health?.GetValueOrDefault(n.Name) ?? "ok");
         ctx.Out.Write(nodes.Render());
         ctx.Out.WriteLine();
         if (state.Etcd.Count > 0)
         {
-            var etcd = new TextTable("ETCD MEMBER", "NAMESPACE", "CLIENT URL", "PID", "STATE");
+            var etcd = new TextTable("ETCD MEMBER", "NETNS", "CLIENT URL", "PID", "STATE");
             foreach (var m in state.Etcd)
                 etcd.Add(m.Name, state.ControlPlane ?? "-", $"http://{m.Ip}:2379", m.Pid.ToString(System.Globalization.CultureInfo.InvariantCulture), Shell.IsRunning(m.Pid, "etcd") ? "running" : "down");
             ctx.Out.Write(etcd.Render());
             ctx.Out.WriteLine();
         }
-        var pods = new TextTable("POD", "NODE", "NAMESPACE", "IP", "LABELS");
-        foreach (var p in state.Pods) pods.Add(p.Key, p.Node, p.Netns, p.Ip ?? p.Ip6 ?? "-", string.Join(",", p.Labels.Select(kv => $"{kv.Key}={kv.Value}")));
+        var pods = new TextTable("NAMESPACE", "NAME", "NODE", "NETNS", "IP", "LABELS");
+        foreach (var p in state.Pods) pods.Add(p.Namespace, p.Name, p.Node, p.Netns, p.Ip ?? p.Ip6 ?? "-", string.Join(",", p.Labels.Select(kv => $"{kv.Key}={kv.Value}")));
         ctx.Out.Write(pods.Render());
     }
 

@@ -67,6 +67,8 @@ public sealed class LabState
     [JsonIgnore]
     public string CtlDatastore => ControlPlane is null ? Datastore : $"{Datastore}?netns=/var/run/netns/{ControlPlane}";
     public string Backend { get; init; } = "vxlan";
+    /// <summary>The lab's copy of a Flannel net-conf.json the agents run from, if `lab up --net-conf` gave one.</summary>
+    public string? NetConf { get; set; }
     public string Mode { get; init; } = "routed";
     /// <summary>Whether the lab's agents enforce network policy ("on", the default) or not ("off").</summary>
     public string Policy { get; init; } = "on";

@@ -196,6 +196,29 @@ public sealed class PluginNamespaceTests : IDisposable
         Assert.Contains("not currently assigned", TestEnv.Ctl(uri, "ipam", "show", "--ip", ips[1]).Stdout);
     }
 
+    /// <summary>kubelet's parallel first ADDs on a fresh node: one block claimed, not one per winner of a race.</summary>
+    [Fact]
+    public void Sixty_four_parallel_first_adds_on_a_fresh_node_claim_one_block()
+    {
+        var (ns, cni, uri) = Setup("blk", Support.Pools.SeedV4.Replace("blockSize: 26", "blockSize: 25", StringComparison.Ordinal));
+        var pods = Enumerable.Range(0, 64).Select(i => ns.Pod("p" + i)).ToList();
+        for (var round = 0; round < 3; round++)
+        {
+            var node = $"fresh-{round}";
+            var conf = CniRunner.Config(uri, node);
+            var adds = pods.AsParallel().WithDegreeOfParallelism(64).Select((p, i) => cni.Weft("ADD", conf, $"r{round}-{i}", p.Path)).ToList();
+            Assert.All(adds, r => Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr));
+            Assert.Equal(64, adds.Select(r => Ip(r.Json)).Distinct().Count());
+            using (var ds = Weft.Datastore.DatastoreFactory.Open(uri))
+            {
+                var affinities = ds.ListAsync(Weft.Model.Keys.NodeAffinities(node)).AsTask().GetAwaiter().GetResult().Items;
+                Assert.True(affinities.Count == 1, $"round {round}: {node} claimed {affinities.Count} blocks: {string.Join(", ", affinities.Select(a => a.Key))}");
+            }
+            var dels = pods.AsParallel().WithDegreeOfParallelism(64).Select((p, i) => cni.Weft("DEL", conf, $"r{round}-{i}", p.Path)).ToList();
+            Assert.All(dels, r => Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr));
+        }
+    }
+
     [Fact]
     public void Sixty_four_parallel_adds_get_distinct_addresses_and_parallel_dels_clean_everything_and_addresses_are_reused()
     {

@@ -31,6 +31,38 @@ public sealed class WeftctlTests : IDisposable
         Assert.Contains("Successfully applied", Apply(Support.Pools.SeedV4).Stdout);
     }
 
+    /// <summary>The chapter's IPPool spells encapsulation as the Tigera operator's Installation does; both spellings mean one thing.</summary>
+    [Theory]
+    [InlineData("VXLAN", "Never", "Always", "VXLAN")]
+    [InlineData("VXLANCrossSubnet", "Never", "CrossSubnet", "VXLANCrossSubnet")]
+    [InlineData("IPIP", "Always", "Never", "IPIP")]
+    [InlineData("IPIPCrossSubnet", "CrossSubnet", "Never", "IPIPCrossSubnet")]
+    [InlineData("None", "Never", "Never", "None")]
+    public void Operator_encapsulation_maps_onto_the_v3_modes(string encapsulation, string ipipMode, string vxlanMode, string wideColumn)
+    {
+        var doc = $"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: default-pool}}\nspec:\n  cidr: 10.244.0.0/16\n  encapsulation: {encapsulation} # VXLAN, IPIP, None\n  natOutgoing: true\n  nodeSelector: all()\n";
+        var r = Apply(doc);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        var yaml = TestEnv.Ctl(_uri, "get", "ippool", "default-pool", "-o", "yaml").Stdout;
+        Assert.Contains($"ipipMode: {ipipMode}", yaml);
+        Assert.Contains($"vxlanMode: {vxlanMode}", yaml);
+        Assert.Matches($@"default-pool\s+10\.244\.0\.0/16\s+all\(\)\s+26\s+true\s+{wideColumn}\s+false", TestEnv.Ctl(_uri, "get", "ippool", "-o", "wide").Stdout);
+        // What get printed applies again unchanged, and the two spellings together are fine when they agree.
+        Assert.Equal(0, Apply(yaml).ExitCode);
+        Assert.Equal(0, Apply(doc.Replace("  natOutgoing", $"  vxlanMode: {vxlanMode}\n  ipipMode: {ipipMode}\n  natOutgoing", StringComparison.Ordinal)).ExitCode);
+    }
+
+    [Fact]
+    public void The_chapters_ippool_file_applies_exactly_as_written()
+    {
+        var file = Path.Combine(TestEnv.RepoRoot, "..", "shared", "seed-documents", "calico-ippool.yaml");
+        Assert.SkipUnless(File.Exists(file), "../shared/seed-documents is not beside the checkout");
+        var r = TestEnv.Ctl(_uri, "apply", "-f", file);
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("vxlanMode: Always", TestEnv.Ctl(_uri, "get", "ippool", "default-pool", "-o", "yaml").Stdout);
+        Assert.Matches(@"default-pool\s+10\.244\.0\.0/16\s+all\(\)\s+26\s+true\s+VXLAN\s+false", TestEnv.Ctl(_uri, "get", "ippool", "-o", "wide").Stdout);
+    }
+
     [Fact]
     public void Yaml_and_json_output_round_trip_through_apply()
     {
@@ -52,6 +84,10 @@ public sealed class WeftctlTests : IDisposable
     [InlineData("kind: IPPool\napiVersion: projectcalico.org/v3\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/8, nodeSelector: \"app ==\"}", "spec.nodeSelector")]
     [InlineData("kind: IPPool\napiVersion: projectcalico.org/v3\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/8, natOutgoing: maybe}", "spec.natOutgoing must be true or false")]
     [InlineData("kind: IPPool\napiVersion: projectcalico.org/v3\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/8, ipipMode: Always, vxlanMode: Always}", "cannot both be enabled")]
+    [InlineData("kind: IPPool\napiVersion: projectcalico.org/v3\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/8, encapsulation: GRE}", "spec.encapsulation 'GRE' is not one of VXLAN, VXLANCrossSubnet, IPIP, IPIPCrossSubnet, None")]
+    [InlineData("kind: IPPool\napiVersion: projectcalico.org/v3\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/8, encapsulation: VXLAN, vxlanMode: Never}", "spec.encapsulation 'VXLAN' means vxlanMode Always, but spec.vxlanMode says Never")]
+    [InlineData("kind: IPPool\napiVersion: projectcalico.org/v3\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/8, encapsulation: None, ipipMode: Always}", "spec.encapsulation 'None' means ipipMode Never, but spec.ipipMode says Always")]
+    [InlineData("kind: IPPool\napiVersion: projectcalico.org/v3\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/8, encapsulation: [VXLAN]}", "spec.encapsulation")]
     [InlineData("kind: IPPool\napiVersion: projectcalico.org/v3\nmetadata: {name: Bad_Name}\nspec: {cidr: 10.0.0.0/8}", "metadata.name 'Bad_Name' is invalid")]
     [InlineData("kind: IPPool\napiVersion: projectcalico.org/v3\nmetadata: {name: p}", "spec is missing")]
     [InlineData("kind: Gadget\napiVersion: example.com/v1\nmetadata: {name: p}\nspec: {}", "kind 'Gadget'")]

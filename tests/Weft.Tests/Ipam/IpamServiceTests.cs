@@ -179,6 +179,30 @@ public abstract class IpamServiceContract : IDisposable
         Assert.Equal(64, results.Distinct().Count());
     }
 
+    /// <summary>
+    /// kubelet starts a fresh node's pods in parallel: each first ADD must not win a block of its own (stranded
+    /// address space at scale). 64 parallel first assignments, each through its own client, share one block while it
+    /// has room; every round on a node that has never held a block.
+    /// </summary>
+    [Fact]
+    public async Task Parallel_first_assignments_on_a_fresh_node_claim_one_block()
+    {
+        await Pools(Pool("v4", "10.12.0.0/16", 25));
+        for (var round = 0; round < 8; round++)
+        {
+            var node = $"fresh-{round}";
+            var results = await Task.WhenAll(Enumerable.Range(0, 64).Select(i => Task.Run(async () =>
+            {
+                using var ds = Open();
+                return Assert.Single(await new IpamService(ds).AssignAsync(Req($"r{round}-h{i}", node, v6: false)));
+            })));
+            Assert.Equal(64, results.Select(r => r.Address).Distinct().Count());
+            Assert.Single(results.Select(r => r.Block).Distinct());
+            using var check = Open();
+            Assert.Single((await check.ListAsync(Keys.NodeAffinities(node))).Items);
+        }
+    }
+
 }
 
 public sealed class IpamServiceTests : IpamServiceContract

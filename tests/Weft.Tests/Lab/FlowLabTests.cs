@@ -158,6 +158,35 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
     }
 
     [Fact]
+    public void Pod_flags_take_hubbles_namespace_slash_name_prefix()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.True(fixture.Ready, "the lab did not come up");
+        // A Deployment's pod name, as in the chapter's `hubble observe --pod deathstar`.
+        const string deathstar = "default/deathstar-6fb5694d48-5hmds";
+        Ok(Lab.Ctl("lab", "add-pod", "--name", Lab.Name, deathstar, "--node", "node-2", "--label", "app=deathstar", "--port", "80/TCP"));
+        try
+        {
+            var since = Since();
+            var ip = PodIp(deathstar);
+            Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-1", "--", "curl", "-s", "-m", "2", $"http://{ip}/"));
+            bool ToDeathstar(JsonObject f) => Pod(f, "destination") == deathstar || Pod(f, "source") == deathstar;
+            foreach (var flag in new[] { "deathstar", "default/deathstar", "deathstar-6fb5694d48", deathstar })
+            {
+                var got = Observe("--since", since, "--pod", flag).Select(Flow).ToList();
+                Assert.True(got.Count > 0, $"--pod {flag} found no flow");
+                Assert.All(got, f => Assert.True(ToDeathstar(f), $"--pod {flag}: {f.ToJsonString()}"));
+            }
+            Assert.Contains(Observe("--since", since, "--to-pod", "deathstar").Select(Flow), f => Pod(f, "destination") == deathstar);
+            Assert.Contains(Observe("--since", since, "--from-pod", "pod-1", "--to-pod", "death").Select(Flow), f => Pod(f, "destination") == deathstar);
+            Assert.Empty(Observe("--since", since, "--pod", "deathstar-x"));
+            Assert.Empty(Observe("--since", since, "--pod", "kube-system/deathstar"));
+            Assert.Empty(Observe("--since", since, "--from-pod", "deathstar", "--to-pod", "pod-1"));
+        }
+        finally { Lab.Ctl("lab", "delete-pod", "--name", Lab.Name, deathstar); }
+    }
+
+    [Fact]
     public void Every_filter_narrows_to_what_it_names()
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
@@ -410,7 +439,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         {
             var node1 = Lab.Status()["nodes"]!.AsArray().Single(n => n!["name"]!.ToString() == "node-1")!;
             var pid = node1["agentPid"]!.GetValue<int>();
-            string Metrics() => Ok(TestEnv.Run("ip", ["netns", "exec", node1["namespace"]!.ToString(), "curl", "-s", "http://127.0.0.1:9962/metrics"])).Stdout;
+            string Metrics() => Ok(TestEnv.Run("ip", ["netns", "exec", node1["netns"]!.ToString(), "curl", "-s", "http://127.0.0.1:9962/metrics"])).Stdout;
             const string udpDrops = "{verdict=\"DROPPED\",traffic_direction=\"INGRESS\",protocol=\"UDP\"}";
             var before = Metric(Metrics(), "weft_flows_processed_total", udpDrops);
             var rssBefore = RssKiB(pid);

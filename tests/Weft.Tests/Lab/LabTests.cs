@@ -51,6 +51,14 @@ public sealed class LabTests
         Assert.All(status["nodes"]!.AsArray(), n => Assert.Equal("ok", n!["health"]!.GetValue<string>()));
         var pods = status["pods"]!.AsArray();
         Assert.Equal(6, pods.Count);
+        // namespace/name are the pod's Kubernetes names, netns its network namespace (what scripts read).
+        Assert.All(pods, p =>
+        {
+            Assert.Equal("default", p!["namespace"]!.GetValue<string>());
+            Assert.Equal($"default/{p["name"]}", p["pod"]!.GetValue<string>());
+            Assert.StartsWith(lab.Name + "-p-default-", p["netns"]!.GetValue<string>(), StringComparison.Ordinal);
+        });
+        Assert.All(status["nodes"]!.AsArray(), n => Assert.StartsWith(lab.Name + "-node-", n!["netns"]!.GetValue<string>(), StringComparison.Ordinal));
         Assert.Equal(3, pods.Select(p => p!["node"]!.GetValue<string>()).Distinct().Count());
 
         var tcp = lab.Matrix("TCP", 80);
@@ -65,7 +73,7 @@ public sealed class LabTests
         var last = pods.First(p => p!["node"]!.GetValue<string>() != first["node"]!.GetValue<string>())!;
         var (from, to) = (first["pod"]!.GetValue<string>(), last["ip"]!.GetValue<string>());
         Assert.Equal(0, lab.Ctl("lab", "exec", "--name", lab.Name, from, "--", "ping", "-c", "1", "-W", "2", to).ExitCode);
-        var http = TestEnv.Sh($"printf 'GET /where HTTP/1.0\\r\\n\\r\\n' | ip netns exec {first["namespace"]} nc -w 2 {to} 80");
+        var http = TestEnv.Sh($"printf 'GET /where HTTP/1.0\\r\\n\\r\\n' | ip netns exec {first["netns"]} nc -w 2 {to} 80");
         Assert.Contains("/where", http);
         Assert.Contains("client=" + first["ip"]!.GetValue<string>(), http);
         // And the node itself reaches a pod on another node.
@@ -132,10 +140,10 @@ public sealed class LabTests
         using var lab = new LabRun();
         lab.Up("--nodes", "2", "--pods-per-node", "1");
         var pods = lab.Status()["pods"]!.AsArray();
-        var (client, server) = (pods[0]!["namespace"]!.GetValue<string>(), pods[1]!);
+        var (client, server) = (pods[0]!["netns"]!.GetValue<string>(), pods[1]!);
         var serverIp = server["ip"]!.GetValue<string>();
         var routesBefore = TestEnv.Sh($"ip -n {lab.Netns("node-1")} route show proto 88");
-        TestEnv.Sh($"ip netns exec {server["namespace"]} iperf3 -s -D -1 -p 5201 --logfile /tmp/{lab.Name}-iperf-s.log");
+        TestEnv.Sh($"ip netns exec {server["netns"]} iperf3 -s -D -1 -p 5201 --logfile /tmp/{lab.Name}-iperf-s.log");
         Thread.Sleep(300);
         var flow = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", client, "iperf3", "-c", serverIp, "-t", "6", "-i", "1", "-J", "-p", "5201"])
             { RedirectStandardOutput = true, RedirectStandardError = true })!;
@@ -191,11 +199,11 @@ public sealed class LabTests
         using var udp = UdpPeerEcho.Start(lab.Netns("gw"));
         try
         {
-            string Fetch() => TestEnv.TrySh($"printf 'GET /out HTTP/1.0\r\n\r\n' | ip netns exec {pod["namespace"]} nc -w 2 203.0.113.1 8080").Stdout;
+            string Fetch() => TestEnv.TrySh($"printf 'GET /out HTTP/1.0\r\n\r\n' | ip netns exec {pod["netns"]} nc -w 2 203.0.113.1 8080").Stdout;
             Assert.True(Eventually(() => Fetch().Contains("client=198.51.100.")), "no masqueraded answer from the fake internet host");
             // UDP and ICMP echo leave with the node's address too, and their answers find the pod.
-            Assert.StartsWith("peer=198.51.100.", TestEnv.TrySh($"echo hi | ip netns exec {pod["namespace"]} nc -u -w 1 203.0.113.1 {udp.Port}").Stdout);
-            Assert.Equal(0, TestEnv.TrySh($"ip netns exec {pod["namespace"]} ping -c 1 -W 2 203.0.113.1").ExitCode);
+            Assert.StartsWith("peer=198.51.100.", TestEnv.TrySh($"echo hi | ip netns exec {pod["netns"]} nc -u -w 1 203.0.113.1 {udp.Port}").Stdout);
+            Assert.Equal(0, TestEnv.TrySh($"ip netns exec {pod["netns"]} ping -c 1 -W 2 203.0.113.1").ExitCode);
             var nat = TestEnv.TrySh($"ip netns exec {node} nft list table ip weft-nat").Stdout;
             var tc = TestEnv.Sh($"ip netns exec {node} tc filter show dev eth0 egress");
             if (masquerade == "bpf")
@@ -210,7 +218,7 @@ public sealed class LabTests
             }
             // Traffic inside the cluster keeps its pod source address.
             var other = lab.Status()["pods"]![1]!;
-            Assert.Contains("client=" + pod["ip"], TestEnv.Sh($"printf 'GET / HTTP/1.0\r\n\r\n' | ip netns exec {pod["namespace"]} nc -w 2 {other["ip"]} 80"));
+            Assert.Contains("client=" + pod["ip"], TestEnv.Sh($"printf 'GET / HTTP/1.0\r\n\r\n' | ip netns exec {pod["netns"]} nc -w 2 {other["ip"]} 80"));
 
             var off = lab.Ctl("--lab", lab.Name, "get", "ippool", "lab-ipv4", "-o", "yaml").Stdout.Replace("natOutgoing: true", "natOutgoing: false");
             Assert.Equal(0, TestEnv.Run(TestEnv.Weftctl, ["--lab", lab.Name, "apply", "-f", "-"], off).ExitCode);
@@ -231,7 +239,7 @@ public sealed class LabTests
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
         using var lab = new LabRun();
         lab.Up("--nodes", "2", "--pods-per-node", "2", "--policy", "off", "--masquerade", "bpf");
-        var pods = lab.Status()["pods"]!.AsArray().Where(p => p!["node"]!.GetValue<string>() == "node-1").Select(p => p!["namespace"]!.GetValue<string>()).ToList();
+        var pods = lab.Status()["pods"]!.AsArray().Where(p => p!["node"]!.GetValue<string>() == "node-1").Select(p => p!["netns"]!.GetValue<string>()).ToList();
         Assert.Equal(2, pods.Count);
         // With policy off and BPF masquerade, the node has no netfilter hooks at all: nothing to pay per packet.
         Assert.DoesNotContain("table", TestEnv.Sh($"ip netns exec {lab.Netns("node-1")} nft list ruleset"));

@@ -1,0 +1,95 @@
+using System.Text.Json.Nodes;
+using Weft.Tests.Support;
+
+namespace Weft.Tests.Lab;
+
+/// <summary>
+/// The chapter's documents exactly as the files are (`../shared/seed-documents/`), with their effect: Flannel's
+/// net-conf.json runs the agents, Calico's IPPool (with the operator's `encapsulation: VXLAN`) gives the pods their
+/// addresses and the overlay, and the GlobalNetworkPolicy leaves `app=database` pods sending nothing.
+/// </summary>
+public sealed class SeedDocumentLabTests
+{
+    private static string Seed(string file) => Path.Combine(TestEnv.RepoRoot, "..", "shared", "seed-documents", file);
+
+    private static TestEnv.ProcessResult Ok(TestEnv.ProcessResult r)
+    {
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+        return r;
+    }
+
+    [Fact]
+    public void Flannel_net_conf_calico_ippool_and_globalnetworkpolicy_as_written()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.SkipUnless(File.Exists(Seed("calico-ippool.yaml")), "../shared/seed-documents is not beside the checkout");
+        using var lab = new LabRun();
+        lab.Up("--nodes", "2", "--pods-per-node", "0", "--net-conf", Seed("flannel-net-conf.json"), "--pool", Seed("calico-ippool.yaml"));
+        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/web-1", "--node", "node-1", "--label", "app=web", "--port", "80/TCP", "--port", "80/UDP"));
+        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/web-2", "--node", "node-2", "--label", "app=web", "--port", "80/TCP", "--port", "80/UDP"));
+        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/database", "--node", "node-2", "--label", "app=database", "--port", "80/TCP", "--port", "80/UDP"));
+
+        // The pool as written, read back: the operator's encapsulation became vxlanMode Always.
+        var pool = Ok(lab.Ctl("--lab", lab.Name, "get", "ippool", "default-pool", "-o", "yaml")).Stdout;
+        Assert.Contains("vxlanMode: Always", pool);
+        Assert.Contains("natOutgoing: true", pool);
+        Assert.Matches(@"default-pool\s+10\.244\.0\.0/16\s+all\(\)\s+26\s+true\s+VXLAN", Ok(lab.Ctl("--lab", lab.Name, "get", "ippool", "-o", "wide")).Stdout);
+        Assert.DoesNotContain("net-conf", Ok(lab.Ctl("--lab", lab.Name, "get", "ippool")).Stdout); // the agents reused the pool covering Network
+
+        // Every pod's address is from default-pool, and node-1 reaches node-2's block through the VXLAN device.
+        var pods = lab.Status()["pods"]!.AsArray();
+        Assert.Equal(3, pods.Count);
+        foreach (var p in pods)
+            Assert.Contains("Pool: default-pool", Ok(lab.Ctl("--lab", lab.Name, "ipam", "show", "--ip", p!["ip"]!.ToString())).Stdout);
+        var web2 = pods.Single(p => p!["name"]!.ToString() == "web-2")!["ip"]!.ToString();
+        Assert.Contains("dev weft-vxlan", TestEnv.Sh($"ip -n {lab.Netns("node-1")} route get {web2}"));
+        Assert.Contains("vxlan id 1", TestEnv.Sh($"ip -n {lab.Netns("node-1")} -d link show weft-vxlan"));
+        var before = lab.Matrix();
+        Assert.True(LabRun.AllTrue(before), before.ToJsonString());
+
+        // calico-globalnetworkpolicy.yaml: pods labelled app=database send nothing (TCP, UDP, ICMP, to pods and outside).
+        Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", Seed("calico-globalnetworkpolicy.yaml")));
+        foreach (var (protocol, port) in new[] { ("TCP", 80), ("UDP", 80) })
+        {
+            var m = lab.Matrix(protocol, port);
+            var names = m["pods"]!.AsArray().Select(p => p!.ToString()).ToList();
+            var allowed = m["allowed"]!.AsArray();
+            for (var i = 0; i < names.Count; i++)
+                for (var j = 0; j < names.Count; j++)
+                {
+                    if (i == j) continue;
+                    var cell = allowed[i]![j]!.GetValue<bool>();
+                    Assert.True(cell == (names[i] != "default/database"), $"{protocol} {names[i]} → {names[j]}: {cell}");
+                }
+        }
+        var dbNetns = pods.Single(p => p!["name"]!.ToString() == "database")!["netns"]!.ToString();
+        Assert.NotEqual(0, TestEnv.TrySh($"ip netns exec {dbNetns} ping -c 1 -W 1 {web2}").ExitCode);
+        Assert.NotEqual(0, TestEnv.TrySh($"ip netns exec {dbNetns} ping -c 1 -W 1 203.0.113.1").ExitCode);
+        var webNetns = pods.Single(p => p!["name"]!.ToString() == "web-1")!["netns"]!.ToString();
+        Assert.Equal(0, TestEnv.TrySh($"ip netns exec {webNetns} ping -c 1 -W 2 203.0.113.1").ExitCode);
+    }
+
+    [Fact]
+    public void Flannel_net_conf_host_gw_runs_the_host_gw_backend()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.SkipUnless(File.Exists(Seed("flannel-net-conf.json")), "../shared/seed-documents is not beside the checkout");
+        var dir = TestEnv.TempDir("netconf");
+        try
+        {
+            // The chapter's `# or "host-gw"`: the same file with the other backend.
+            var conf = Path.Combine(dir, "net-conf.json");
+            File.WriteAllText(conf, File.ReadAllText(Seed("flannel-net-conf.json")).Replace("\"vxlan\"", "\"host-gw\"", StringComparison.Ordinal));
+            using var lab = new LabRun();
+            lab.Up("--nodes", "2", "--pods-per-node", "1", "--net-conf", conf);
+            var pools = Ok(lab.Ctl("--lab", lab.Name, "get", "ippool", "-o", "wide")).Stdout;
+            Assert.Matches(@"net-conf\s+10\.244\.0\.0/16\s+all\(\)\s+24\s+false\s+None", pools); // Flannel's SubnetLen default 24
+            var pods = lab.Status()["pods"]!.AsArray();
+            var far = pods.Single(p => p!["node"]!.ToString() == "node-2")!["ip"]!.ToString();
+            Assert.Contains("via 198.51.100.12 dev eth0", TestEnv.Sh($"ip -n {lab.Netns("node-1")} route get {far}"));
+            Assert.DoesNotContain("weft-vxlan", TestEnv.Sh($"ip -n {lab.Netns("node-1")} link show"));
+            Assert.True(LabRun.AllTrue(lab.Matrix()));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+}
