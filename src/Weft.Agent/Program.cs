@@ -83,8 +83,8 @@ var observer = new ObserverService(ring, flowCounters, me.Name);
 builder.Services.AddSingleton(observer);
 builder.Services.AddGrpc();
 if (flowsOn)
-    builder.Services.AddHostedService(sp => new FlowCollector(ring, flowIds, flowCounters, me.Name, FlowLogGroup, store, sp.GetRequiredService<DatastoreTrigger>(), refreshIdentities: !options.Policy, sp.GetRequiredService<ILogger<FlowCollector>>()));
-builder.Services.AddHostedService(sp => new RouteReconciler(store, sp.GetRequiredService<DatastoreTrigger>(), backend, me, state, options.Resync, sp.GetRequiredService<ILogger<RouteReconciler>>(), options.Policy, bpfMasquerade));
+    builder.Services.AddHostedService(sp => new FlowCollector(ring, flowIds, flowCounters, me.Name, FlowLogGroup, sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), refreshIdentities: !options.Policy, sp.GetRequiredService<ILogger<FlowCollector>>()));
+builder.Services.AddHostedService(sp => new RouteReconciler(sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), backend, me, state, options.Resync, sp.GetRequiredService<ILogger<RouteReconciler>>(), options.Policy, bpfMasquerade));
 if (!options.Policy)
 {
     // Enforcement switched off: a table left by an earlier run would keep dropping new pods (fail closed). Remove it.
@@ -93,7 +93,7 @@ if (!options.Policy)
     log.LogInformation("policy enforcement off: the weft-policy nftables table is removed");
 }
 else
-    builder.Services.AddHostedService(sp => new PolicyReconciler(store, sp.GetRequiredService<DatastoreTrigger>(), me.Name, new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(FlowLogGroup: flowsOn ? FlowLogGroup : 0), state, sp.GetRequiredService<ILogger<PolicyReconciler>>(), flowsOn ? flowIds : null));
+    builder.Services.AddHostedService(sp => new PolicyReconciler(sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), me.Name, new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(FlowLogGroup: flowsOn ? FlowLogGroup : 0), state, sp.GetRequiredService<ILogger<PolicyReconciler>>(), flowsOn ? flowIds : null));
 
 var socketDir = Path.GetDirectoryName(options.SocketPath);
 if (!string.IsNullOrEmpty(socketDir)) Directory.CreateDirectory(socketDir);
@@ -132,11 +132,11 @@ app.MapGet("/debug/memory", () =>
     return Results.Text($"gc heap {gc.HeapSizeBytes / 1024} KiB, committed {gc.TotalCommittedBytes / 1024} KiB, fragmented {gc.FragmentedBytes / 1024} KiB, " +
         $"total allocated {GC.GetTotalAllocatedBytes() / 1024} KiB, gen0 collections {GC.CollectionCount(0)}, gen2 {GC.CollectionCount(2)}, threads {System.Diagnostics.Process.GetCurrentProcess().Threads.Count}\n");
 });
-app.MapGet("/metrics", async (AgentState s, CancellationToken ct) =>
+app.MapGet("/metrics", async (AgentState s, DatastoreTrigger trigger, CancellationToken ct) =>
 {
     var text = new System.Text.StringBuilder(s.Metrics());
     if (flowsOn) flowCounters.AppendMetrics(text, ring, flowIds.LocalEndpoints);
-    await IpamMetrics.AppendAsync(text, store, me.Name, ct);
+    await IpamMetrics.AppendAsync(text, trigger.Cache, me.Name, ct);
     return Results.Text(text.ToString(), "text/plain; version=0.0.4");
 });
 app.MapGrpcService<ObserverService>();

@@ -8,10 +8,13 @@ namespace Weft.Agent.Reconcile;
 /// The agent's one datastore watch, shared by every reconciler: each subscribes with the keys it cares about and a
 /// kick channel. A subscriber is kicked when it subscribes, at every (re)start of the watch (after a failure the
 /// watch waits briefly and starts again from the current revision: a relist), and on every change to a relevant
-/// key. One watch per agent instead of one per reconciler: every change is read once.
+/// key. One watch per agent instead of one per reconciler: every change is read once, into <see cref="Cache"/>,
+/// which the reconcilers read; a revision's events are applied to it together before anyone is kicked.
 /// </summary>
 public sealed class DatastoreTrigger(IDatastore store, ILogger<DatastoreTrigger> log) : BackgroundService
 {
+    public DatastoreCache Cache { get; } = new(store);
+
     private readonly Lock _lock = new();
     private (Func<string, bool> Relevant, ChannelWriter<bool> Kick)[] _subscribers = [];
 
@@ -21,17 +24,36 @@ public sealed class DatastoreTrigger(IDatastore store, ILogger<DatastoreTrigger>
         kick.TryWrite(true);
     }
 
+    private void Flush(List<WatchEvent> pending)
+    {
+        if (pending.Count == 0) return;
+        Cache.Apply(pending);
+        foreach (var s in Volatile.Read(ref _subscribers))
+            if (pending.Any(e => s.Relevant(e.Key))) s.Kick.TryWrite(true);
+        pending.Clear();
+    }
+
     protected override async Task ExecuteAsync(CancellationToken ct)
     {
         while (!ct.IsCancellationRequested)
         {
             try
             {
-                var rev = await store.RevisionAsync(ct).ConfigureAwait(false);
+                var list = await store.ListAsync(Keys.Root, ct).ConfigureAwait(false);
+                Cache.Load(list);
                 foreach (var s in Volatile.Read(ref _subscribers)) s.Kick.TryWrite(true);
-                await foreach (var e in store.WatchAsync(Keys.Root, rev, ct).ConfigureAwait(false))
-                    foreach (var s in Volatile.Read(ref _subscribers))
-                        if (s.Relevant(e.Key)) s.Kick.TryWrite(true);
+                var pending = new List<WatchEvent>();
+                await using var events = store.WatchAsync(Keys.Root, list.Revision, ct).GetAsyncEnumerator(ct);
+                while (true)
+                {
+                    var next = events.MoveNextAsync();
+                    // Nothing more ready now, or the next event is of a later revision: this revision is complete.
+                    if (!next.IsCompleted) Flush(pending);
+                    if (!await next.ConfigureAwait(false)) break;
+                    if (pending.Count > 0 && events.Current.Revision != pending[0].Revision) Flush(pending);
+                    pending.Add(events.Current);
+                }
+                Flush(pending);
             }
             catch (OperationCanceledException) { return; }
             catch (Exception e)

@@ -1,0 +1,86 @@
+using Weft.Datastore;
+
+namespace Weft.Agent.Reconcile;
+
+/// <summary>
+/// The agent's copy of everything under /weft/, kept by the one datastore watch (<see cref="DatastoreTrigger"/>):
+/// reconcilers read it instead of listing the datastore on every change. Against etcd a policy recompute listed five
+/// prefixes, each a linearizable read through raft, which alone put tens of milliseconds between a commit and its
+/// enforcement. Writes, watches and compaction go to the datastore itself.
+/// </summary>
+public sealed class DatastoreCache(IDatastore inner) : IDatastore
+{
+    private readonly Lock _lock = new();
+    private SortedDictionary<string, KeyValue> _items = new(StringComparer.Ordinal);
+    private long _revision;
+    private readonly TaskCompletionSource _loaded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public string Describe => inner.Describe;
+
+    /// <summary>Replaces the whole content (the watch's initial list and every relist).</summary>
+    public void Load(RangeResult list)
+    {
+        var items = new SortedDictionary<string, KeyValue>(StringComparer.Ordinal);
+        foreach (var kv in list.Items) items[kv.Key] = kv;
+        lock (_lock) (_items, _revision) = (items, list.Revision);
+        _loaded.TrySetResult();
+    }
+
+    /// <summary>Applies one revision's events together, so no reader sees half of a transaction.</summary>
+    public void Apply(IReadOnlyList<WatchEvent> events)
+    {
+        lock (_lock)
+        {
+            foreach (var e in events)
+            {
+                if (e.Kind == WatchEventKind.Delete) _items.Remove(e.Key);
+                else
+                {
+                    var created = _items.TryGetValue(e.Key, out var old) ? old.CreateRevision : e.Revision;
+                    _items[e.Key] = new KeyValue(e.Key, e.Value ?? [], created, e.Revision);
+                }
+                _revision = Math.Max(_revision, e.Revision);
+            }
+        }
+    }
+
+    public async ValueTask<KeyValue?> GetAsync(string key, CancellationToken ct = default)
+    {
+        await _loaded.Task.WaitAsync(ct).ConfigureAwait(false);
+        lock (_lock) return _items.GetValueOrDefault(key);
+    }
+
+    public async ValueTask<RangeResult> ListAsync(string prefix, CancellationToken ct = default)
+    {
+        await _loaded.Task.WaitAsync(ct).ConfigureAwait(false);
+        lock (_lock)
+        {
+            var list = new List<KeyValue>();
+            foreach (var (key, kv) in _items)
+            {
+                var c = string.CompareOrdinal(key, prefix);
+                if (c < 0) continue;
+                if (!key.StartsWith(prefix, StringComparison.Ordinal)) break;
+                list.Add(kv);
+            }
+            return new RangeResult(list, _revision);
+        }
+    }
+
+    /// <summary>The revision the cache reflects: every change up to it is in what a read returns next.</summary>
+    public async ValueTask<long> RevisionAsync(CancellationToken ct = default)
+    {
+        await _loaded.Task.WaitAsync(ct).ConfigureAwait(false);
+        lock (_lock) return _revision;
+    }
+
+    public ValueTask<TxnResult> CommitAsync(IReadOnlyList<Precondition> preconditions, IReadOnlyList<Mutation> mutations, CancellationToken ct = default) =>
+        inner.CommitAsync(preconditions, mutations, ct);
+
+    public IAsyncEnumerable<WatchEvent> WatchAsync(string prefix, long afterRevision, CancellationToken ct = default) => inner.WatchAsync(prefix, afterRevision, ct);
+
+    public ValueTask CompactAsync(long revision, CancellationToken ct = default) => inner.CompactAsync(revision, ct);
+
+    /// <summary>The datastore belongs to whoever opened it; the cache only reads through it.</summary>
+    public void Dispose() { }
+}
