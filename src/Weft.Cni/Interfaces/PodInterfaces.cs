@@ -46,17 +46,15 @@ public sealed class PodInterfaces(NetConf conf, CniEnvironment env)
 
     public CniResult Build(IReadOnlyList<PodAddress> addresses)
     {
+        // Both sockets first: nothing is built yet if entering the pod's namespace fails. The plugin is one-shot and
+        // this is synchronous, so the calling thread switches in and out (no thread per ADD).
         using var host = RtNetlink.Open();
-        // A veth left by an interrupted earlier ADD for this same attachment: start again from nothing.
-        host.DeleteLink(HostVethName);
-        using var pod = RtNetlink.OpenIn(env.Netns);
-        if (pod.GetLink(env.IfName) is not null)
-            throw new CniException(CniCodes.InterfaceSetup, $"interface {env.IfName} already exists in {env.Netns}; the runtime must DEL the old attachment first, or use another CNI_IFNAME");
+        using var pod = RtNetlink.OpenInOnCallingThread(env.Netns);
 
         var routed = conf.Mode == NetworkMode.Routed;
-        LinkInfo hostLink;
-        using (var netnsFd = NetNs.Open(env.Netns))
-            hostLink = host.CreateVeth(HostVethName, env.IfName, netnsFd, conf.Mtu, routed ? HostVethMac : null, conf.RuntimeMac);
+        // Without IPv6 the host end comes up in the create request itself; with it, its accept_dad is set first.
+        var hasV6 = addresses.Any(a => a.Address.AddressFamily == AddressFamily.InterNetworkV6);
+        var hostLink = CreateVeth(host, pod, routed, up: !hasV6);
 
         var bridgeIndex = 0;
         if (routed)
@@ -64,14 +62,14 @@ public sealed class PodInterfaces(NetConf conf, CniEnvironment env)
             var v = HostVethName;
             Sysctl.Write($"net/ipv4/conf/{v}/proxy_arp", "1");
             Sysctl.Write($"net/ipv4/neigh/{v}/proxy_delay", "0");
-            TrySysctl($"net/ipv6/conf/{v}/accept_dad", "0");
+            if (hasV6) TrySysctl($"net/ipv6/conf/{v}/accept_dad", "0");
         }
         else
         {
             bridgeIndex = EnsureBridge(host, addresses);
             host.SetMaster(hostLink.Index, bridgeIndex);
         }
-        host.SetUp(hostLink.Index);
+        if (hasV6) host.SetUp(hostLink.Index);
         EnableForwarding(addresses);
 
         var podLink = pod.GetLink(env.IfName) ?? throw new CniException(CniCodes.InterfaceSetup, $"veth peer {env.IfName} did not appear in {env.Netns}");
@@ -123,6 +121,25 @@ public sealed class PodInterfaces(NetConf conf, CniEnvironment env)
         return result;
     }
 
+    /// <summary>
+    /// Creates the pair. Name clashes are rare, so they are looked at only when the kernel reports one (EEXIST): a
+    /// host veth left by an interrupted earlier ADD for this same attachment is removed and the pair made again; an
+    /// interface of that name already in the pod is the runtime's mistake.
+    /// </summary>
+    private LinkInfo CreateVeth(RtNetlink host, RtNetlink pod, bool routed, bool up)
+    {
+        using var netnsFd = NetNs.Open(env.Netns);
+        for (var attempt = 0; ; attempt++)
+        {
+            try { return host.CreateVeth(HostVethName, env.IfName, netnsFd, conf.Mtu, routed ? HostVethMac : null, conf.RuntimeMac, up); }
+            catch (NetlinkException e) when (e.Errno == 17 && attempt == 0 && host.DeleteLink(HostVethName)) { }
+            catch (NetlinkException e) when (e.Errno == 17 && pod.GetLink(env.IfName) is not null)
+            {
+                throw new CniException(CniCodes.InterfaceSetup, $"interface {env.IfName} already exists in {env.Netns}; the runtime must DEL the old attachment first, or use another CNI_IFNAME");
+            }
+        }
+    }
+
     private int EnsureBridge(RtNetlink host, IReadOnlyList<PodAddress> addresses)
     {
         var bridge = host.GetLink(conf.BridgeName);
@@ -165,7 +182,7 @@ public sealed class PodInterfaces(NetConf conf, CniEnvironment env)
         if (host.DeleteLink(HostVethName)) return true;
         if (!string.IsNullOrEmpty(env.Netns) && NetNs.Exists(env.Netns))
         {
-            using var pod = RtNetlink.OpenIn(env.Netns);
+            using var pod = RtNetlink.OpenInOnCallingThread(env.Netns);
             return pod.DeleteLink(env.IfName);
         }
         return false;
@@ -179,7 +196,7 @@ public sealed class PodInterfaces(NetConf conf, CniEnvironment env)
             ?? throw new CniException(CniCodes.CheckFailed, $"host-side veth {HostVethName} is missing");
         if (!hostLink.IsUp) throw new CniException(CniCodes.CheckFailed, $"host-side veth {HostVethName} is down");
         if (!NetNs.Exists(env.Netns)) throw new CniException(CniCodes.CheckFailed, $"network namespace {env.Netns} is gone");
-        using var pod = RtNetlink.OpenIn(env.Netns);
+        using var pod = RtNetlink.OpenInOnCallingThread(env.Netns);
         var podLink = pod.GetLink(env.IfName) ?? throw new CniException(CniCodes.CheckFailed, $"interface {env.IfName} is missing from {env.Netns}");
         var expected = prev.Interfaces.FirstOrDefault(i => i.Name == env.IfName && i.Sandbox is not null);
         if (expected?.Mac is { } mac && !string.Equals(mac, podLink.Mac?.ToColonString(), StringComparison.OrdinalIgnoreCase))

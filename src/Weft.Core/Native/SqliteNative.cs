@@ -25,7 +25,8 @@ internal static partial class SqliteNative
     [LibraryImport(Lib)]
     public static partial int sqlite3_busy_timeout(IntPtr db, int ms);
 
-    public const int SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE = 1010;
+    /// <summary>sqlite3.h: 1006 (1010 is SQLITE_DBCONFIG_DEFENSIVE, which an earlier version passed by mistake).</summary>
+    public const int SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE = 1006;
 
     /// <summary>Variadic in C; on x86-64 SysV integer varargs travel like fixed arguments.</summary>
     [LibraryImport(Lib)]

@@ -34,7 +34,8 @@ internal sealed class NetlinkSocket : IDisposable
     private const int SOL_NETLINK = 270, NETLINK_EXT_ACK = 11, SOL_SOCKET = 1, SO_RCVBUF = 8;
 
     private readonly NetlinkSocketHandle _fd;
-    private readonly byte[] _rx = new byte[1 << 18];
+    // Uninitialised: a zeroed 256 KiB buffer cost a large-object memset per socket, several per pod ADD.
+    private readonly byte[] _rx = GC.AllocateUninitializedArray<byte>(1 << 18);
     private uint _seq = (uint)Environment.TickCount;
     private readonly Lock _lock = new();
 
@@ -42,6 +43,7 @@ internal sealed class NetlinkSocket : IDisposable
 
     public static unsafe NetlinkSocket Open(int protocol = Libc.NETLINK_ROUTE, uint groups = 0)
     {
+        NetNs.ThrowIfStranded();
         var fd = Libc.socket(Libc.AF_NETLINK, Libc.SOCK_RAW | Libc.SOCK_CLOEXEC, protocol);
         if (fd < 0) throw new NetlinkException("open netlink socket", Marshal.GetLastPInvokeError());
         var handle = new NetlinkSocketHandle(fd);

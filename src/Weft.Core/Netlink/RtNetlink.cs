@@ -39,6 +39,9 @@ public sealed class RtNetlink : IDisposable
     /// <summary>A client for another namespace: the socket is opened there, then usable from any thread.</summary>
     public static RtNetlink OpenIn(string netnsPath) => NetNs.Run(netnsPath, Open);
 
+    /// <summary>As <see cref="OpenIn"/>, switching the calling thread instead of starting one (see <see cref="NetNs.RunOnCallingThread"/>).</summary>
+    public static RtNetlink OpenInOnCallingThread(string netnsPath) => NetNs.RunOnCallingThread(netnsPath, Open);
+
     public void Dispose() => _socket.Dispose();
 
     private NetlinkWriter Request(ushort type, ushort flags) => new(type, (ushort)(flags | NetlinkSocket.NLM_F_ACK), _socket.NextSequence());
@@ -119,11 +122,16 @@ public sealed class RtNetlink : IDisposable
         return new LinkInfo(index, name, kind, mtu, mac, (flags & IFF_UP) != 0, master, peer, netnsId);
     }
 
-    public LinkInfo CreateVeth(string name, string peerName, SafeHandle? peerNetns, int mtu, PhysicalAddress? mac, PhysicalAddress? peerMac)
+    /// <summary>
+    /// A veth pair, the peer moved to <paramref name="peerNetns"/>; <paramref name="up"/> brings this end up in the same
+    /// request (not the peer: the kernel opens the peer before the pair is linked, and refuses with ENOTCONN).
+    /// </summary>
+    public LinkInfo CreateVeth(string name, string peerName, SafeHandle? peerNetns, int mtu, PhysicalAddress? mac, PhysicalAddress? peerMac, bool up = false)
     {
         var op = $"create veth {name} (peer {peerName})";
         var w = Request(RTM_NEWLINK, NetlinkSocket.NLM_F_CREATE | NetlinkSocket.NLM_F_EXCL);
-        IfInfo(w, 0);
+        var upFlags = up ? IFF_UP : 0;
+        IfInfo(w, 0, upFlags, upFlags);
         w.AttrString(IFLA_IFNAME, name);
         if (mtu > 0) w.AttrU32(IFLA_MTU, (uint)mtu);
         if (mac is not null) w.Attr(IFLA_ADDRESS, mac.GetAddressBytes());
