@@ -28,9 +28,9 @@ public static class EnforcementLatency
         for (var l = 0; l < labs; l++)
         {
             var name = $"pel{Environment.ProcessId % 1000}{l}";
-            Run(weftctl, "lab", "up", "--name", name, "--nodes", "3", "--pods-per-node", "2", "--datastore", datastore);
+            LabLatency.Run(weftctl, "lab", "up", "--name", name, "--nodes", "3", "--pods-per-node", "2", "--datastore", datastore);
             try { all.AddRange(await LabRoundsAsync(LabState.LoadOrThrow(name), Math.Min(perLab, applies - l * perLab)).ConfigureAwait(false)); }
-            finally { Run(weftctl, "lab", "down", "--name", name); }
+            finally { LabLatency.Run(weftctl, "lab", "down", "--name", name); }
         }
         var ms = all.Select(a => a.Ms).ToList();
         var afterAck = all.Select(a => a.Ms - a.CommitMs).ToList();
@@ -38,7 +38,7 @@ public static class EnforcementLatency
         Console.WriteLine();
         Console.WriteLine($"| datastore | applies (labs) | median ms | p90 ms | p99 ms | max ms | p99 ms after the commit returned | commit itself, median / p99 ms | first after lab up (ms) | after relabel, max ms |");
         Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
-        Console.WriteLine($"| {datastore} | {ms.Count} ({labs}) | {Q(ms, 0.5):0.0} | {Q(ms, 0.9):0.0} | {Q(ms, 0.99):0.0} | {ms.Max():0.0} | {Q(afterAck, 0.99):0.0} | {Q(commits, 0.5):0.0} / {Q(commits, 0.99):0.0} | " +
+        Console.WriteLine($"| {datastore} | {ms.Count} ({labs}) | {LabLatency.Q(ms, 0.5):0.0} | {LabLatency.Q(ms, 0.9):0.0} | {LabLatency.Q(ms, 0.99):0.0} | {ms.Max():0.0} | {LabLatency.Q(afterAck, 0.99):0.0} | {LabLatency.Q(commits, 0.5):0.0} / {LabLatency.Q(commits, 0.99):0.0} | " +
                           $"{string.Join(", ", all.Where(a => a.Kind == "first").Select(a => a.Ms.ToString("0.0", CultureInfo.InvariantCulture)))} | " +
                           $"{all.Where(a => a.Kind == "relabel").Select(a => a.Ms).DefaultIfEmpty().Max():0.0} |");
         return 0;
@@ -115,22 +115,6 @@ public static class EnforcementLatency
 
     private static Resource Read(string yaml) =>
         Weft.Ctl.Documents.YamlDocuments.Load(yaml, "bench").Select(d => ResourceReader.Read(d.Doc, d.Source)).Single();
-
-    private static double Q(List<double> xs, double q)
-    {
-        var s = xs.Order().ToList();
-        return s[Math.Clamp((int)Math.Ceiling(q * s.Count) - 1, 0, s.Count - 1)];
-    }
-
-    private static void Run(string file, params string[] argv)
-    {
-        var psi = new ProcessStartInfo(file) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in argv) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var o = p.StandardOutput.ReadToEnd() + p.StandardError.ReadToEnd();
-        p.WaitForExit();
-        if (p.ExitCode != 0) throw new InvalidOperationException($"{file} {string.Join(' ', argv)}: {o}");
-    }
 
     /// <summary>Probes from inside a pod: one UDP datagram per target per millisecond, each from a new socket.</summary>
     private sealed class Prober : IDisposable

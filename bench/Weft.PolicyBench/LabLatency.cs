@@ -61,13 +61,13 @@ public static class LabLatency
         finally { Run(weftctl, "lab", "down", "--name", name); }
     }
 
-    private static double Q(List<double> xs, double q)
+    internal static double Q(List<double> xs, double q)
     {
         var s = xs.Order().ToList();
         return s[Math.Clamp((int)Math.Ceiling(q * s.Count) - 1, 0, s.Count - 1)];
     }
 
-    private static void Run(string file, params string[] argv)
+    internal static void Run(string file, params string[] argv)
     {
         var psi = new ProcessStartInfo(file) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in argv) psi.ArgumentList.Add(a);
