@@ -50,5 +50,5 @@ public interface IBackend
 public static class RouteProtocols
 {
     /// <summary>Routes the agent owns (the plugin's host routes use 87): what a restart reads back and adopts.</summary>
-    public const byte Agent = 88;
+    public const byte Agent = Ownership.AgentRouteProtocol;
 }

@@ -12,7 +12,7 @@ namespace Weft.Agent.Backends;
 // flushes neighbours), and the MAC is derived from the node name so a restart recreates the same one.
 public sealed class VxlanBackend(int vni, int port) : IBackend
 {
-    public const string DeviceName = "weft-vxlan";
+    public const string DeviceName = Ownership.VxlanDevice;
     public string Type => "vxlan";
     public int Overhead => 50;
     public int Port => port;

@@ -29,7 +29,7 @@ public sealed class AgentOptions
     /// </summary>
     public string Masquerade { get; set; } = "auto";
     /// <summary>Where the BPF masquerade pins its translation state (a bpffs directory; mounted when missing).</summary>
-    public string BpfPinDir { get; set; } = "/sys/fs/bpf/weft";
+    public string BpfPinDir { get; set; } = Weft.Model.Ownership.BpfPinDir;
     /// <summary>From net-conf.json: the pool to create when none covers it.</summary>
     public FlannelNetConf? NetConf { get; private set; }
 

@@ -15,7 +15,7 @@ namespace Weft.Agent.Reconcile;
 public sealed class BpfMasquerade : IDisposable
 {
     // Weft's slot in the uplink's clsact filters ("WF"), kept across versions so a new agent replaces the old one.
-    public const uint TcHandle = 0x5746, TcPriority = 1;
+    public const uint TcHandle = Ownership.TcHandle, TcPriority = Ownership.TcPriority;
     private const string Egress = "weft_masq_egress", Ingress = "weft_masq_ingress";
     private static readonly string[] PinnedMaps = ["snat_v4", "rnat_v4", "frags_v4"];
     // Must match NAT_PORT_MIN/MAX in masquerade.bpf.c.

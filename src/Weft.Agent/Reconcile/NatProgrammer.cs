@@ -13,7 +13,7 @@ namespace Weft.Agent.Reconcile;
 /// </summary>
 public sealed class NatProgrammer(bool policyEnforced, int? tunnelPort = null, bool masquerade = true)
 {
-    public const string Table = "weft-nat";
+    public const string Table = Ownership.NatTable;
     private string? _applied;
 
     public bool Apply(NatPools pools)

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Threading.Channels;
 using Weft.Datastore;
 using Weft.Dataplane.Nftables;
 using Weft.Model;
@@ -15,67 +14,54 @@ namespace Weft.Agent.Reconcile;
 /// here is pod start-up latency. A failed apply is retried; the next attempt replaces the table whole.
 /// </summary>
 public sealed class PolicyReconciler(IDatastore store, DatastoreTrigger trigger, string nodeName, NftPolicyCompiler.Options compilerOptions, AgentState state, ILogger<PolicyReconciler> log, Flows.FlowIdentities? flowIdentities = null)
-    : BackgroundService
+    : Reconciler(trigger, TimeSpan.FromSeconds(30), log)
 {
-    private readonly Channel<bool> _kick = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
+    private readonly LibNftTransport _transport = new();
     private NftPolicyDriver? _driver;
     private readonly NftPolicyCompiler _compiler = new(compilerOptions); // keeps unchanged policies' chains between runs
-    private LibNftTransport? _transport;
 
-    protected override async Task ExecuteAsync(CancellationToken ct)
+    protected override string Concern => "policy";
+
+    protected override bool IsInput(string key) => PolicyStore.IsPolicyInput(key);
+
+    protected override void OnFailed(Exception e, TimeSpan retryIn)
     {
-        _transport = new LibNftTransport();
-        _driver = new NftPolicyDriver(_transport);
-        trigger.Subscribe(PolicyStore.IsPolicyInput, _kick.Writer);
-        while (!ct.IsCancellationRequested)
-        {
-            using (var timer = CancellationTokenSource.CreateLinkedTokenSource(ct))
-            {
-                // Periodic resync repairs drift (someone flushing the table by hand).
-                timer.CancelAfter(TimeSpan.FromSeconds(30));
-                try { await _kick.Reader.ReadAsync(timer.Token).ConfigureAwait(false); }
-                catch (OperationCanceledException) when (!ct.IsCancellationRequested) { _driver = new NftPolicyDriver(_transport); }
-                catch (OperationCanceledException) { break; }
-            }
-            await ReconcileOnceAsync(ct).ConfigureAwait(false);
-        }
+        _driver = null; // the next attempt replaces the table whole
+        state.Update(s => s with { Policy = s.Policy with { Errors = s.Policy.Errors + 1, LastError = e.Message } });
+    }
+
+    public override void Dispose()
+    {
+        base.Dispose();
         _transport.Dispose();
     }
 
-
-    private async Task ReconcileOnceAsync(CancellationToken ct)
+    protected override async Task ReconcileAsync(bool drift, CancellationToken ct)
     {
         var sw = Stopwatch.StartNew();
-        try
+        // A periodic run rebuilds the table whole: it repairs drift (someone flushing the table by hand).
+        if (drift || _driver is null) _driver = new NftPolicyDriver(_transport);
+        // Read the revision first: everything up to it is in what we load next.
+        var revision = await store.RevisionAsync(ct).ConfigureAwait(false);
+        var snapshot = await PolicyStore.LoadAsync(store, ct).ConfigureAwait(false);
+        var local = snapshot.World.Endpoints.Where(e => e.Node == nodeName && e.HostInterface is not null).ToList();
+        var ruleset = _compiler.Compile(snapshot.Policies, snapshot.World, local);
+        var result = _driver!.Apply(ruleset);
+        flowIdentities?.Update(snapshot.World, ruleset.LogMeanings);
+        state.PolicyApply.Observe(sw.Elapsed);
+        foreach (var err in snapshot.Errors) log.LogWarning("policy input skipped: {Error}", err);
+        state.Update(s => s with
         {
-            // Read the revision first: everything up to it is in what we load next.
-            var revision = await store.RevisionAsync(ct).ConfigureAwait(false);
-            var snapshot = await PolicyStore.LoadAsync(store, ct).ConfigureAwait(false);
-            var local = snapshot.World.Endpoints.Where(e => e.Node == nodeName && e.HostInterface is not null).ToList();
-            var ruleset = _compiler.Compile(snapshot.Policies, snapshot.World, local);
-            var result = _driver!.Apply(ruleset);
-            flowIdentities?.Update(snapshot.World, ruleset.LogMeanings);
-            state.PolicyApply.Observe(sw.Elapsed);
-            foreach (var err in snapshot.Errors) log.LogWarning("policy input skipped: {Error}", err);
-            state.Update(s => s with
+            Policy = s.Policy with
             {
-                Policy = s.Policy with
-                {
-                    Enforcing = true, Revision = revision, Endpoints = local.Count, Policies = snapshot.Policies.Policies.Count,
-                    Chains = ruleset.Chains.Count, Rules = ruleset.RuleCount, Sets = ruleset.Sets.Count,
-                    LastApplyMs = sw.Elapsed.TotalMilliseconds, LastApplyFull = result.Full, Applies = s.Policy.Applies + 1,
-                    LastError = null, DocumentErrors = snapshot.Errors,
-                },
-            });
-            if (result.Full || result.Commands > 0)
-                log.LogInformation("policy programmed: revision {Revision}, {Endpoints} local endpoint(s), {Policies} policies, {Rules} rules, {Commands} commands{Full} in {Ms:0.0} ms",
-                    revision, local.Count, snapshot.Policies.Policies.Count, ruleset.RuleCount, result.Commands, result.Full ? " (full)" : "", sw.Elapsed.TotalMilliseconds);
-        }
-        catch (Exception e) when (e is not OperationCanceledException)
-        {
-            log.LogError("policy programming failed: {Error}", e.Message);
-            state.Update(s => s with { Policy = s.Policy with { Errors = s.Policy.Errors + 1, LastError = e.Message } });
-            _ = Task.Delay(1000, ct).ContinueWith(_ => _kick.Writer.TryWrite(true), TaskScheduler.Default);
-        }
+                Enforcing = true, Revision = revision, Endpoints = local.Count, Policies = snapshot.Policies.Policies.Count,
+                Chains = ruleset.Chains.Count, Rules = ruleset.RuleCount, Sets = ruleset.Sets.Count,
+                LastApplyMs = sw.Elapsed.TotalMilliseconds, LastApplyFull = result.Full, Applies = s.Policy.Applies + 1,
+                LastError = null, DocumentErrors = snapshot.Errors,
+            },
+        });
+        if (result.Full || result.Commands > 0)
+            log.LogInformation("policy programmed: revision {Revision}, {Endpoints} local endpoint(s), {Policies} policies, {Rules} rules, {Commands} commands{Full} in {Ms:0.0} ms",
+                revision, local.Count, snapshot.Policies.Policies.Count, ruleset.RuleCount, result.Commands, result.Full ? " (full)" : "", sw.Elapsed.TotalMilliseconds);
     }
 }

@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Net.Sockets;
-using System.Threading.Channels;
 using Weft.Agent.Backends;
 using Weft.Datastore;
 using Weft.Model;
@@ -17,113 +16,92 @@ namespace Weft.Agent.Reconcile;
 /// </summary>
 public sealed class RouteReconciler(IDatastore store, DatastoreTrigger trigger, IBackend backend, LocalNode me, AgentState state, TimeSpan resync, ILogger<RouteReconciler> log, bool policyEnforced = true,
     BpfMasquerade? bpfMasquerade = null)
-    : BackgroundService
+    : Reconciler(trigger, resync, log)
 {
     private readonly NatProgrammer _nat = new(policyEnforced, (backend as VxlanBackend)?.Port, masquerade: bpfMasquerade is null);
     private SortedSet<string> _warned = new(StringComparer.Ordinal);
-    private readonly Channel<bool> _kick = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
 
-    protected override async Task ExecuteAsync(CancellationToken ct)
-    {
-        trigger.Subscribe(IsRouteInput, _kick.Writer);
-        while (!ct.IsCancellationRequested)
-        {
-            using (var timer = CancellationTokenSource.CreateLinkedTokenSource(ct))
-            {
-                timer.CancelAfter(resync);
-                try { await _kick.Reader.ReadAsync(timer.Token).ConfigureAwait(false); }
-                catch (OperationCanceledException) when (!ct.IsCancellationRequested) { }
-                catch (OperationCanceledException) { break; }
-            }
-            await ReconcileOnceAsync(ct).ConfigureAwait(false);
-        }
-    }
+    protected override string Concern => "routes";
 
-    private static bool IsRouteInput(string key) =>
+    protected override bool IsInput(string key) =>
         key.StartsWith(Keys.Nodes, StringComparison.Ordinal) || key.StartsWith(Keys.Blocks, StringComparison.Ordinal) ||
         key.StartsWith(Keys.Pools, StringComparison.Ordinal) || key.StartsWith(Keys.Endpoints, StringComparison.Ordinal);
 
-    public async Task ReconcileOnceAsync(CancellationToken ct)
+    protected override void OnFailed(Exception e, TimeSpan retryIn) =>
+        state.Update(s => s with { ReconcileErrors = s.ReconcileErrors + 1, LastError = e.Message });
+
+    protected override async Task ReconcileAsync(bool drift, CancellationToken ct)
     {
         var sw = Stopwatch.StartNew();
-        try
+        // Read the revision first: everything up to it is in what we load next.
+        var revision = await store.RevisionAsync(ct).ConfigureAwait(false);
+        var nodes = (await store.ListAsync(Keys.Nodes, ct).ConfigureAwait(false)).Items
+            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.NodeRecord, kv.Key)).ToList();
+        var blocks = (await store.ListAsync(Keys.Blocks, ct).ConfigureAwait(false)).Items
+            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.AllocationBlock, kv.Key)).ToList();
+        var endpoints = (await store.ListAsync(Keys.Endpoints, ct).ConfigureAwait(false)).Items
+            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.WorkloadEndpoint, kv.Key)).ToList();
+        var pools = (await store.ListAsync(Keys.Pools, ct).ConfigureAwait(false)).Items
+            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.IPPool, kv.Key)).ToList();
+        var peers = new List<PeerStatus>();
+        var programs = new List<PeerProgram>();
+        var warnings = new SortedSet<string>(StringComparer.Ordinal);
+        foreach (var peer in nodes.Where(n => n.Name != me.Name))
         {
-            // Read the revision first: everything up to it is in what we load next.
-            var revision = await store.RevisionAsync(ct).ConfigureAwait(false);
-            var nodes = (await store.ListAsync(Keys.Nodes, ct).ConfigureAwait(false)).Items
-                .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.NodeRecord, kv.Key)).ToList();
-            var blocks = (await store.ListAsync(Keys.Blocks, ct).ConfigureAwait(false)).Items
-                .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.AllocationBlock, kv.Key)).ToList();
-            var endpoints = (await store.ListAsync(Keys.Endpoints, ct).ConfigureAwait(false)).Items
-                .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.WorkloadEndpoint, kv.Key)).ToList();
-            var pools = (await store.ListAsync(Keys.Pools, ct).ConfigureAwait(false)).Items
-                .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.IPPool, kv.Key)).ToList();
-            var peers = new List<PeerStatus>();
-            var programs = new List<PeerProgram>();
-            var warnings = new SortedSet<string>(StringComparer.Ordinal);
-            foreach (var peer in nodes.Where(n => n.Name != me.Name))
+            var peerBlocks = blocks.Where(b => b.Affinity == peer.Name).ToList();
+            // A peer's pod whose address came from a block affine to another node (borrowed, or pinned with
+            // cni.projectcalico.org/ipAddrs) needs its own host route, as Calico programs for borrowed IPs.
+            var blockRoutes = peerBlocks.Select(b => (Cidr: b.Network, Pool: b.Pool)).ToList();
+            foreach (var ep in endpoints.Where(e => e.Node == peer.Name))
+                foreach (var a in ep.Addresses)
+                    if (System.Net.IPAddress.TryParse(a.Split('/')[0], out var ip) && ip.AddressFamily == AddressFamily.InterNetwork &&
+                        !peerBlocks.Any(b => b.Network.Contains(ip)))
+                        blockRoutes.Add((Cidr.Host(ip), blocks.FirstOrDefault(b => b.Network.Contains(ip))?.Pool ?? ""));
+            try
             {
-                var peerBlocks = blocks.Where(b => b.Affinity == peer.Name).ToList();
-                // A peer's pod whose address came from a block affine to another node (borrowed, or pinned with
-                // cni.projectcalico.org/ipAddrs) needs its own host route, as Calico programs for borrowed IPs.
-                var blockRoutes = peerBlocks.Select(b => (Cidr: b.Network, Pool: b.Pool)).ToList();
-                foreach (var ep in endpoints.Where(e => e.Node == peer.Name))
-                    foreach (var a in ep.Addresses)
-                        if (System.Net.IPAddress.TryParse(a.Split('/')[0], out var ip) && ip.AddressFamily == AddressFamily.InterNetwork &&
-                            !peerBlocks.Any(b => b.Network.Contains(ip)))
-                            blockRoutes.Add((Cidr.Host(ip), blocks.FirstOrDefault(b => b.Network.Contains(ip))?.Pool ?? ""));
-                try
+                // Each pool's encapsulation decides, per peer, whether its blocks go through the overlay or direct.
+                var onSubnet = PoolEncapsulation.OnSubnet(me, peer);
+                var overlay = new List<Cidr>();
+                var direct = new List<Cidr>();
+                foreach (var (cidr, poolName) in blockRoutes)
                 {
-                    // Each pool's encapsulation decides, per peer, whether its blocks go through the overlay or direct.
-                    var onSubnet = PoolEncapsulation.OnSubnet(me, peer);
-                    var overlay = new List<Cidr>();
-                    var direct = new List<Cidr>();
-                    foreach (var (cidr, poolName) in blockRoutes)
-                    {
-                        var (path, warning) = PoolEncapsulation.For(PoolEncapsulation.PoolOf(cidr, pools, poolName), backend.Type, onSubnet, peer.Name);
-                        if (warning is not null) warnings.Add(warning);
-                        (path == BlockPath.Overlay ? overlay : direct).Add(cidr);
-                    }
-                    var program = backend.OwnedDeviceIndex == 0
-                        ? backend.ProgramFor(me, peer, [.. overlay, .. direct]) // no overlay here: everything is direct
-                        : backend.ProgramFor(me, peer, overlay);
-                    if (backend.OwnedDeviceIndex > 0 && direct.Count > 0)
-                        program = program with { Routes = [.. program.Routes, .. HostGwBackend.Direct(me, peer, direct).Routes] };
-                    programs.Add(program);
-                    peers.Add(new PeerStatus(peer.Name, peer.UnderlayAddress, peerBlocks.Count, "programmed", null));
+                    var (path, warning) = PoolEncapsulation.For(PoolEncapsulation.PoolOf(cidr, pools, poolName), backend.Type, onSubnet, peer.Name);
+                    if (warning is not null) warnings.Add(warning);
+                    (path == BlockPath.Overlay ? overlay : direct).Add(cidr);
                 }
-                catch (BackendException e)
-                {
-                    peers.Add(new PeerStatus(peer.Name, peer.UnderlayAddress, peerBlocks.Count, "unreachable", e.Message));
-                    log.LogWarning("{Error}", e.Message);
-                }
+                var program = backend.OwnedDeviceIndex == 0
+                    ? backend.ProgramFor(me, peer, [.. overlay, .. direct]) // no overlay here: everything is direct
+                    : backend.ProgramFor(me, peer, overlay);
+                if (backend.OwnedDeviceIndex > 0 && direct.Count > 0)
+                    program = program with { Routes = [.. program.Routes, .. HostGwBackend.Direct(me, peer, direct).Routes] };
+                programs.Add(program);
+                peers.Add(new PeerStatus(peer.Name, peer.UnderlayAddress, peerBlocks.Count, "programmed", null));
             }
-            foreach (var w in warnings.Except(_warned, StringComparer.Ordinal)) log.LogWarning("{Warning}", w);
-            _warned = warnings;
-            // This node's own blocks end in a blackhole (as Calico programs): an address of ours with no pod behind
-            // it must not follow the default route out of the node. Pods' /32 routes are more specific; the high
-            // metric keeps a bridge's connected route of the same prefix (bridge mode) in charge.
-            var own = blocks.Where(b => b.Affinity == me.Name && b.Network.IsIPv4)
-                .Select(b => new RouteSpec(b.Network.NetworkAddress, b.Network.PrefixLength) { Type = RouteTypes.Blackhole, Priority = 1024, Protocol = RouteProtocols.Agent })
-                .ToList();
-            var routes = Apply(programs, own);
-            var natPools = NatPools.From(pools);
-            // BPF first: when it takes over from nftables masquerade, packets nftables already translated pass it as
-            // the node's own, so no packet leaves untranslated in between.
-            if (bpfMasquerade?.Apply(natPools) == true) log.LogInformation("BPF masquerade programmed for {Count} pool(s)", natPools.Masquerading.Count);
-            if (_nat.Apply(natPools)) log.LogInformation("nftables NAT table rewritten ({Count} natOutgoing pool(s))", natPools.Masquerading.Count);
-            state.Update(s => s with
+            catch (BackendException e)
             {
-                Synced = true, LastReconcile = DateTime.UtcNow, LastReconcileMs = sw.Elapsed.TotalMilliseconds,
-                Reconciles = s.Reconciles + 1, Routes = routes, Peers = peers, LastError = null, Warnings = [.. warnings], RoutesRevision = revision,
-            });
+                peers.Add(new PeerStatus(peer.Name, peer.UnderlayAddress, peerBlocks.Count, "unreachable", e.Message));
+                log.LogWarning("{Error}", e.Message);
+            }
         }
-        catch (Exception e) when (e is not OperationCanceledException)
+        foreach (var w in warnings.Except(_warned, StringComparer.Ordinal)) log.LogWarning("{Warning}", w);
+        _warned = warnings;
+        // This node's own blocks end in a blackhole (as Calico programs): an address of ours with no pod behind
+        // it must not follow the default route out of the node. Pods' /32 routes are more specific; the high
+        // metric keeps a bridge's connected route of the same prefix (bridge mode) in charge.
+        var own = blocks.Where(b => b.Affinity == me.Name && b.Network.IsIPv4)
+            .Select(b => new RouteSpec(b.Network.NetworkAddress, b.Network.PrefixLength) { Type = RouteTypes.Blackhole, Priority = 1024, Protocol = RouteProtocols.Agent })
+            .ToList();
+        var routes = Apply(programs, own);
+        var natPools = NatPools.From(pools);
+        // BPF first: when it takes over from nftables masquerade, packets nftables already translated pass it as
+        // the node's own, so no packet leaves untranslated in between.
+        if (bpfMasquerade?.Apply(natPools) == true) log.LogInformation("BPF masquerade programmed for {Count} pool(s)", natPools.Masquerading.Count);
+        if (_nat.Apply(natPools)) log.LogInformation("nftables NAT table rewritten ({Count} natOutgoing pool(s))", natPools.Masquerading.Count);
+        state.Update(s => s with
         {
-            log.LogError("reconcile failed: {Error}", e.Message);
-            state.Update(s => s with { ReconcileErrors = s.ReconcileErrors + 1, LastError = e.Message });
-            _ = Task.Delay(1000, ct).ContinueWith(_ => _kick.Writer.TryWrite(true), TaskScheduler.Default);
-        }
+            Synced = true, LastReconcile = DateTime.UtcNow, LastReconcileMs = sw.Elapsed.TotalMilliseconds,
+            Reconciles = s.Reconciles + 1, Routes = routes, Peers = peers, LastError = null, Warnings = [.. warnings], RoutesRevision = revision,
+        });
     }
 
     /// <summary>Diff against the kernel and apply: add/replace what is missing, then remove what is stale.</summary>

@@ -26,12 +26,12 @@ namespace Weft.Dataplane.Nftables;
 public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
 {
     /// <param name="FlowLogGroup">NFLOG group for verdicts on new connections (flows); 0 turns flow logging off</param>
-    public sealed record Options(string PodInterfacePrefix = "weft", IReadOnlyList<string>? NotPodInterfaces = null, int LogGroup = 1, int FlowLogGroup = 2)
+    public sealed record Options(string PodInterfacePrefix = Ownership.PodInterfacePrefix, IReadOnlyList<string>? NotPodInterfaces = null, int LogGroup = 1, int FlowLogGroup = 2)
     {
-        public IReadOnlyList<string> Excluded => NotPodInterfaces ?? ["weft-vxlan"];
+        public IReadOnlyList<string> Excluded => NotPodInterfaces ?? [Ownership.VxlanDevice];
     }
 
-    public const string Table = "weft-policy";
+    public const string Table = Ownership.PolicyTable;
     public const uint MarkAllow = 0x10000, MarkPass = 0x20000, MarkEgressOk = 0x40000, MarkAll = MarkAllow | MarkPass | MarkEgressOk;
 
     private PolicyRuleset _out = new();

@@ -1,0 +1,25 @@
+namespace Weft.Model;
+
+/// <summary>
+/// Every mark by which Weft knows its own kernel state, in one place: what a restarted agent reads back and adopts,
+/// what `lab down` and uninstall remove, and what nothing else on a node may use.
+/// </summary>
+public static class Ownership
+{
+    /// <summary>Route protocol of the plugin's per-pod host routes.</summary>
+    public const byte PluginRouteProtocol = 87;
+    /// <summary>Route protocol of the agent's routes (peers' blocks, own blackholes).</summary>
+    public const byte AgentRouteProtocol = 88;
+    /// <summary>Host-side pod interfaces: this prefix + 11 hex digits (as Calico's "cali").</summary>
+    public const string PodInterfacePrefix = "weft";
+    /// <summary>The bridge of `bridge` mode, unless the conflist names another.</summary>
+    public const string DefaultBridge = "weft0";
+    /// <summary>The node's VXLAN device.</summary>
+    public const string VxlanDevice = "weft-vxlan";
+    /// <summary>nftables tables (family inet and ip): policy, and NAT (masquerade, tunnel notrack).</summary>
+    public const string PolicyTable = "weft-policy", NatTable = "weft-nat";
+    /// <summary>tc filter handle ("WF") and priority of Weft's BPF programs.</summary>
+    public const uint TcHandle = 0x5746, TcPriority = 1;
+    /// <summary>Where pinned BPF state lives unless --bpf-pin-dir says otherwise.</summary>
+    public const string BpfPinDir = "/sys/fs/bpf/weft";
+}
