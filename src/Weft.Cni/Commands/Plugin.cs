@@ -44,7 +44,7 @@ public sealed class Plugin(CniEnvironment env, NetConf conf)
                 Mac = result.Interfaces[^1].Mac, Mode = conf.Mode == NetworkMode.Routed ? "routed" : "bridge",
                 Addresses = result.Ips.Select(i => i.AddressText).ToList(), Created = DateTime.UtcNow.ToString("O"),
             };
-            await store.PutAsync(Keys.Endpoint(Node, HandleId), Codec.Encode(endpoint, ModelJson.Default.WorkloadEndpoint), -1, ct).ConfigureAwait(false);
+            await store.PutAsync(Keys.Endpoint(Node, HandleId), Codec.Encode(endpoint), -1, ct).ConfigureAwait(false);
             success = true;
             return result;
         }
@@ -147,7 +147,7 @@ public sealed class Plugin(CniEnvironment env, NetConf conf)
                 host.DeleteLink(PodInterfaces.HostVethNameFor(h.ContainerId, h.IfName));
             foreach (var kv in endpoints.Items)
             {
-                var ep = Codec.Decode(kv.Value, ModelJson.Default.WorkloadEndpoint, kv.Key);
+                var ep = Codec.Decode<WorkloadEndpoint>(kv.Value, kv.Key);
                 if (ep.Network != conf.Name || valid.Contains(Keys.HandleId(ep.Network, ep.ContainerId, ep.IfName))) continue;
                 host.DeleteLink(ep.HostInterface);
                 await store.DeleteAsync(kv.Key, kv.ModRevision, ct).ConfigureAwait(false);

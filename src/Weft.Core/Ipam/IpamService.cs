@@ -84,7 +84,7 @@ public sealed class IpamService(IDatastore store)
                 if (cidr.Family != family || pool is null) continue;
                 var blockKv = await store.GetAsync(Keys.Block(cidr), ct).ConfigureAwait(false);
                 if (blockKv is null) continue;
-                var block = Codec.Decode(blockKv.Value, ModelJson.Default.AllocationBlock, blockKv.Key);
+                var block = Codec.Decode<AllocationBlock>(blockKv.Value, blockKv.Key);
                 var ordinal = FindFree(block, pool, reservations);
                 if (ordinal < 0) continue;
                 var outcome = await TryAllocateAsync(request, block, blockKv.ModRevision, ordinal, pool, newAffinity: false, ct).ConfigureAwait(false);
@@ -123,7 +123,7 @@ public sealed class IpamService(IDatastore store)
             // 3. Borrow a free address from another node's block.
             foreach (var kv in allBlocks.Items)
             {
-                var block = Codec.Decode(kv.Value, ModelJson.Default.AllocationBlock, kv.Key);
+                var block = Codec.Decode<AllocationBlock>(kv.Value, kv.Key);
                 var cidr = block.Network;
                 var pool = pools.FirstOrDefault(p => p.Network.Contains(cidr));
                 if (pool is null || cidr.Family != family || block.Affinity == request.Node) continue;
@@ -155,7 +155,7 @@ public sealed class IpamService(IDatastore store)
             var kv = await store.GetAsync(Keys.Block(cidr), ct).ConfigureAwait(false);
             var block = kv is null
                 ? new AllocationBlock { Cidr = cidr.ToString(), Affinity = request.Node, Pool = pool.Name }
-                : Codec.Decode(kv.Value, ModelJson.Default.AllocationBlock, kv.Key);
+                : Codec.Decode<AllocationBlock>(kv.Value, kv.Key);
             var ordinal = (int)cidr.OffsetOf(ip);
             if (block.Allocations.FirstOrDefault(a => a.Ordinal == ordinal) is { } holder)
                 throw new IpamException(IpamCodes.AddressUnavailable, $"requested address {ip} is already in use (handle {holder.Handle})");
@@ -178,7 +178,7 @@ public sealed class IpamService(IDatastore store)
                 Id = request.HandleId, Node = request.Node, Network = request.Network, ContainerId = request.ContainerId,
                 IfName = request.IfName, Created = DateTime.UtcNow.ToString("O"),
             }
-            : Codec.Decode(handleKv.Value, ModelJson.Default.IpamHandle, handleKey);
+            : Codec.Decode<IpamHandle>(handleKv.Value, handleKey);
         var attrs = new Dictionary<string, string>(request.Attributes) { ["node"] = request.Node, ["time"] = DateTime.UtcNow.ToString("O") };
         block.Allocations.Add(new BlockAllocation { Ordinal = ordinal, Handle = request.HandleId, Attributes = attrs });
         block.Allocations.Sort((a, b) => a.Ordinal.CompareTo(b.Ordinal));
@@ -187,8 +187,8 @@ public sealed class IpamService(IDatastore store)
         var pre = new List<Precondition> { new(Keys.Block(cidr), blockRevision), new(handleKey, handleKv?.ModRevision ?? 0) };
         var muts = new List<Mutation>
         {
-            Mutation.Put(Keys.Block(cidr), Codec.Encode(block, ModelJson.Default.AllocationBlock)),
-            Mutation.Put(handleKey, Codec.Encode(handle, ModelJson.Default.IpamHandle)),
+            Mutation.Put(Keys.Block(cidr), Codec.Encode(block)),
+            Mutation.Put(handleKey, Codec.Encode(handle)),
         };
         if (newAffinity && block.Affinity is { } owner)
         {
@@ -200,7 +200,7 @@ public sealed class IpamService(IDatastore store)
         if (extraHandle is not null)
         {
             pre.Add(Precondition.Absent(Keys.Handle(extraHandle.Id)));
-            muts.Add(Mutation.Put(Keys.Handle(extraHandle.Id), Codec.Encode(extraHandle, ModelJson.Default.IpamHandle)));
+            muts.Add(Mutation.Put(Keys.Handle(extraHandle.Id), Codec.Encode(extraHandle)));
         }
         var txn = await store.CommitAsync(pre, muts, ct).ConfigureAwait(false);
         return txn.Succeeded ? new AssignedAddress(cidr.AddressAt((UInt128)ordinal), cidr, pool.Name, pool.Network) : null;
@@ -239,10 +239,10 @@ public sealed class IpamService(IDatastore store)
             if (held.Count > 0) return held[0].Address;
             var bkv = await store.GetAsync(Keys.Block(blockCidr), ct).ConfigureAwait(false)
                 ?? throw new IpamException(IpamCodes.AddressUnavailable, $"block {blockCidr} vanished while choosing its gateway");
-            var block = Codec.Decode(bkv.Value, ModelJson.Default.AllocationBlock, bkv.Key);
+            var block = Codec.Decode<AllocationBlock>(bkv.Value, bkv.Key);
             var poolKv = await store.GetAsync(Keys.Pool(block.Pool), ct).ConfigureAwait(false)
                 ?? throw new IpamException(IpamCodes.AddressUnavailable, $"pool {block.Pool} of block {blockCidr} no longer exists");
-            var pool = Codec.Decode(poolKv.Value, ModelJson.Default.IPPool, poolKv.Key);
+            var pool = Codec.Decode<IPPool>(poolKv.Value, poolKv.Key);
             var ordinal = FindFree(block, pool, reservations);
             if (ordinal < 0) throw new IpamException(IpamCodes.PoolExhausted, $"block {blockCidr} has no free address left for its bridge gateway");
             var request = new AssignRequest(id, node) { Attributes = new Dictionary<string, string> { ["use"] = "gateway" } };
@@ -257,16 +257,16 @@ public sealed class IpamService(IDatastore store)
     {
         var kv = await store.GetAsync(Keys.Handle(handleId), ct).ConfigureAwait(false);
         if (kv is null) return [];
-        var handle = Codec.Decode(kv.Value, ModelJson.Default.IpamHandle, kv.Key);
+        var handle = Codec.Decode<IpamHandle>(kv.Value, kv.Key);
         var result = new List<AssignedAddress>();
         foreach (var blockCidr in handle.Blocks.Keys)
         {
             var cidr = Cidr.Parse(blockCidr);
             var bkv = await store.GetAsync(Keys.Block(cidr), ct).ConfigureAwait(false);
             if (bkv is null) continue;
-            var block = Codec.Decode(bkv.Value, ModelJson.Default.AllocationBlock, bkv.Key);
+            var block = Codec.Decode<AllocationBlock>(bkv.Value, bkv.Key);
             var poolKv = await store.GetAsync(Keys.Pool(block.Pool), ct).ConfigureAwait(false);
-            var poolNet = poolKv is null ? cidr : Codec.Decode(poolKv.Value, ModelJson.Default.IPPool, poolKv.Key).Network;
+            var poolNet = poolKv is null ? cidr : Codec.Decode<IPPool>(poolKv.Value, poolKv.Key).Network;
             foreach (var a in block.Allocations.Where(a => a.Handle == handleId))
                 result.Add(new AssignedAddress(cidr.AddressAt((UInt128)a.Ordinal), cidr, block.Pool, poolNet));
         }
@@ -282,7 +282,7 @@ public sealed class IpamService(IDatastore store)
             var handleKey = Keys.Handle(handleId);
             var hkv = await store.GetAsync(handleKey, ct).ConfigureAwait(false);
             if (hkv is null) return released;
-            var handle = Codec.Decode(hkv.Value, ModelJson.Default.IpamHandle, handleKey);
+            var handle = Codec.Decode<IpamHandle>(hkv.Value, handleKey);
             if (handle.Blocks.Count == 0)
             {
                 await store.DeleteAsync(handleKey, hkv.ModRevision, ct).ConfigureAwait(false);
@@ -297,15 +297,15 @@ public sealed class IpamService(IDatastore store)
             var pre = new List<Precondition> { new(handleKey, hkv.ModRevision) };
             var muts = new List<Mutation>
             {
-                handle.Blocks.Count == 0 ? Mutation.Delete(handleKey) : Mutation.Put(handleKey, Codec.Encode(handle, ModelJson.Default.IpamHandle)),
+                handle.Blocks.Count == 0 ? Mutation.Delete(handleKey) : Mutation.Put(handleKey, Codec.Encode(handle)),
             };
             var removed = 0;
             if (bkv is not null)
             {
-                var block = Codec.Decode(bkv.Value, ModelJson.Default.AllocationBlock, bkv.Key);
+                var block = Codec.Decode<AllocationBlock>(bkv.Value, bkv.Key);
                 removed = block.Allocations.RemoveAll(a => a.Handle == handleId);
                 pre.Add(new Precondition(bkv.Key, bkv.ModRevision));
-                muts.Add(Mutation.Put(bkv.Key, Codec.Encode(block, ModelJson.Default.AllocationBlock)));
+                muts.Add(Mutation.Put(bkv.Key, Codec.Encode(block)));
             }
             var txn = await store.CommitAsync(pre, muts, ct).ConfigureAwait(false);
             if (txn.Succeeded) { released += removed; attempt = 0; }
@@ -322,7 +322,7 @@ public sealed class IpamService(IDatastore store)
             var blocks = await store.ListAsync(Keys.Blocks, ct).ConfigureAwait(false);
             foreach (var kv in blocks.Items)
             {
-                var block = Codec.Decode(kv.Value, ModelJson.Default.AllocationBlock, kv.Key);
+                var block = Codec.Decode<AllocationBlock>(kv.Value, kv.Key);
                 var cidr = block.Network;
                 if (!cidr.Contains(ip)) continue;
                 var ordinal = (int)cidr.OffsetOf(ip);
@@ -330,15 +330,15 @@ public sealed class IpamService(IDatastore store)
                 if (alloc is null) return null;
                 block.Allocations.Remove(alloc);
                 var pre = new List<Precondition> { new(kv.Key, kv.ModRevision) };
-                var muts = new List<Mutation> { Mutation.Put(kv.Key, Codec.Encode(block, ModelJson.Default.AllocationBlock)) };
+                var muts = new List<Mutation> { Mutation.Put(kv.Key, Codec.Encode(block)) };
                 var hkv = await store.GetAsync(Keys.Handle(alloc.Handle), ct).ConfigureAwait(false);
                 if (hkv is not null)
                 {
-                    var handle = Codec.Decode(hkv.Value, ModelJson.Default.IpamHandle, hkv.Key);
+                    var handle = Codec.Decode<IpamHandle>(hkv.Value, hkv.Key);
                     var left = handle.Blocks.GetValueOrDefault(cidr.ToString()) - 1;
                     if (left > 0) handle.Blocks[cidr.ToString()] = left; else handle.Blocks.Remove(cidr.ToString());
                     pre.Add(new Precondition(hkv.Key, hkv.ModRevision));
-                    muts.Add(handle.Blocks.Count == 0 ? Mutation.Delete(hkv.Key) : Mutation.Put(hkv.Key, Codec.Encode(handle, ModelJson.Default.IpamHandle)));
+                    muts.Add(handle.Blocks.Count == 0 ? Mutation.Delete(hkv.Key) : Mutation.Put(hkv.Key, Codec.Encode(handle)));
                 }
                 if ((await store.CommitAsync(pre, muts, ct).ConfigureAwait(false)).Succeeded) return alloc.Handle;
                 goto retry;
@@ -353,7 +353,7 @@ public sealed class IpamService(IDatastore store)
     public async Task<IReadOnlyList<IpamHandle>> StaleHandlesAsync(string node, string network, IReadOnlySet<string> validHandleIds, CancellationToken ct = default)
     {
         var handles = await store.ListAsync(Keys.Handles, ct).ConfigureAwait(false);
-        return handles.Items.Select(kv => Codec.Decode(kv.Value, ModelJson.Default.IpamHandle, kv.Key))
+        return handles.Items.Select(kv => Codec.Decode<IpamHandle>(kv.Value, kv.Key))
             .Where(h => h.Node == node && h.Network == network && !validHandleIds.Contains(h.Id)).ToList();
     }
 
@@ -377,7 +377,7 @@ public sealed class IpamService(IDatastore store)
         if (pools.Count == 0) return false;
         var reservations = await LoadReservationsAsync(ct).ConfigureAwait(false);
         var blocks = (await store.ListAsync(Keys.Blocks, ct).ConfigureAwait(false)).Items
-            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.AllocationBlock, kv.Key)).ToList();
+            .Select(kv => Codec.Decode<AllocationBlock>(kv.Value, kv.Key)).ToList();
         foreach (var pool in pools)
         {
             var mine = blocks.Where(b => pool.Network.Contains(b.Network)).ToList();
@@ -390,20 +390,20 @@ public sealed class IpamService(IDatastore store)
     public async Task<IReadOnlyList<IPPool>> LoadPoolsAsync(CancellationToken ct = default)
     {
         var list = await store.ListAsync(Keys.Pools, ct).ConfigureAwait(false);
-        return list.Items.Select(kv => Codec.Decode(kv.Value, ModelJson.Default.IPPool, kv.Key)).ToList();
+        return list.Items.Select(kv => Codec.Decode<IPPool>(kv.Value, kv.Key)).ToList();
     }
 
     private async Task<IReadOnlyList<Cidr>> LoadReservationsAsync(CancellationToken ct)
     {
         var list = await store.ListAsync(Keys.Reservations, ct).ConfigureAwait(false);
-        return list.Items.Select(kv => Codec.Decode(kv.Value, ModelJson.Default.IPReservation, kv.Key))
+        return list.Items.Select(kv => Codec.Decode<IPReservation>(kv.Value, kv.Key))
             .SelectMany(r => r.ReservedCIDRs).Select(Cidr.Parse).ToList();
     }
 
     private async Task<IReadOnlyDictionary<string, string>> NodeLabelsAsync(string node, CancellationToken ct)
     {
         var kv = await store.GetAsync(Keys.Node(node), ct).ConfigureAwait(false);
-        var labels = kv is null ? [] : Codec.Decode(kv.Value, ModelJson.Default.NodeRecord, kv.Key).Labels;
+        var labels = kv is null ? [] : Codec.Decode<NodeRecord>(kv.Value, kv.Key).Labels;
         labels.TryAdd("kubernetes.io/hostname", node);
         return labels;
     }

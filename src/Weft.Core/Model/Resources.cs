@@ -163,6 +163,29 @@ public sealed partial class ModelJson : JsonSerializerContext;
 
 public static class Codec
 {
+    // The records the CNI plugin touches on every ADD/DEL, without building ModelJson's metadata (see RecordCodec).
+    public static byte[] Encode(IPPool value) => RecordCodec.Write(value, RecordCodec.WritePool);
+    public static byte[] Encode(IPReservation value) => RecordCodec.Write(value, RecordCodec.WriteReservation);
+    public static byte[] Encode(AllocationBlock value) => RecordCodec.Write(value, RecordCodec.WriteBlock);
+    public static byte[] Encode(IpamHandle value) => RecordCodec.Write(value, RecordCodec.WriteHandle);
+    public static byte[] Encode(WorkloadEndpoint value) => RecordCodec.Write(value, RecordCodec.WriteEndpoint);
+    public static byte[] Encode(NodeRecord value) => RecordCodec.Write(value, RecordCodec.WriteNode);
+
+    /// <summary>One of the records above, read as <see cref="ModelJson"/> reads it.</summary>
+    /// <exception cref="InvalidDataException">the record is null or malformed.</exception>
+    public static T Decode<T>(byte[] data, string key) where T : class
+    {
+        object value =
+            typeof(T) == typeof(IPPool) ? RecordCodec.Read(data, key, RecordCodec.ReadPool)
+            : typeof(T) == typeof(IPReservation) ? RecordCodec.Read(data, key, RecordCodec.ReadReservation)
+            : typeof(T) == typeof(AllocationBlock) ? RecordCodec.Read(data, key, RecordCodec.ReadBlock)
+            : typeof(T) == typeof(IpamHandle) ? RecordCodec.Read(data, key, RecordCodec.ReadHandle)
+            : typeof(T) == typeof(WorkloadEndpoint) ? RecordCodec.Read(data, key, RecordCodec.ReadEndpoint)
+            : typeof(T) == typeof(NodeRecord) ? RecordCodec.Read(data, key, RecordCodec.ReadNode)
+            : throw new NotSupportedException($"no hand-written codec for {typeof(T).Name}; use the ModelJson overload");
+        return (T)value;
+    }
+
     public static byte[] Encode<T>(T value, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> info) =>
         System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(value, info);
 
