@@ -73,9 +73,39 @@ public sealed class PodInterfaces(NetConf conf, CniEnvironment env)
         EnableForwarding(addresses);
 
         var podLink = pod.GetLink(env.IfName) ?? throw new CniException(CniCodes.InterfaceSetup, $"veth peer {env.IfName} did not appear in {env.Netns}");
-        foreach (var a in addresses)
-            pod.AddAddress(podLink.Index, a.Address, routed ? Cidr.Bits(a.Address.AddressFamily) : a.PrefixLength, noDad: true);
-        pod.SetUp(podLink.Index);
+        var families = new[] { AddressFamily.InterNetwork, AddressFamily.InterNetworkV6 }
+            .Select(f => (Family: f, Mine: addresses.Where(a => a.Address.AddressFamily == f).ToList()))
+            .Where(f => f.Mine.Count > 0)
+            .Select(f => (f.Family, f.Mine, Gateway: routed ? (f.Family == AddressFamily.InterNetwork ? RoutedGatewayV4 : RoutedGatewayV6) : f.Mine[0].Gateway))
+            .ToList();
+
+        // Each side's changes in one netlink datagram (the kernel applies them in order): addresses, up, then the
+        // default routes (and, routed, a permanent neighbour for the gateway: no ARP/NDP before the first packet).
+        pod.Batch(p =>
+        {
+            foreach (var a in addresses)
+                p.AddAddress(podLink.Index, a.Address, routed ? Cidr.Bits(a.Address.AddressFamily) : a.PrefixLength, noDad: true);
+            p.SetUp(podLink.Index);
+            foreach (var (family, _, gateway) in families)
+            {
+                if (gateway is null) continue;
+                var any = family == AddressFamily.InterNetwork ? IPAddress.Any : IPAddress.IPv6Any;
+                if (routed) p.ReplaceNeighbour(podLink.Index, gateway, HostVethMac);
+                p.ReplaceRoute(new RouteSpec(any, 0) { Gateway = gateway, OutputIndex = podLink.Index, OnLink = routed, Protocol = RouteProtocol });
+            }
+        });
+        if (routed)
+        {
+            // The host reaches each pod address through its veth, with the pod's MAC already known.
+            host.Batch(h =>
+            {
+                foreach (var a in addresses)
+                {
+                    h.ReplaceRoute(new RouteSpec(a.Address, Cidr.Bits(a.Address.AddressFamily)) { OutputIndex = hostLink.Index, Scope = RouteScope.Link, Protocol = RouteProtocol });
+                    if (podLink.Mac is { } podMac) h.ReplaceNeighbour(hostLink.Index, a.Address, podMac);
+                }
+            });
+        }
 
         var result = new CniResult();
         if (!routed)
@@ -87,36 +117,12 @@ public sealed class PodInterfaces(NetConf conf, CniEnvironment env)
         result.Interfaces.Add(new ResultInterface(env.IfName, podLink.Mac?.ToColonString(), env.Netns, conf.Mtu));
         var podIfIndex = result.Interfaces.Count - 1;
 
-        foreach (var family in new[] { AddressFamily.InterNetwork, AddressFamily.InterNetworkV6 })
+        foreach (var (family, mine, gateway) in families)
         {
-            var mine = addresses.Where(a => a.Address.AddressFamily == family).ToList();
-            if (mine.Count == 0) continue;
-            var gateway = routed ? (family == AddressFamily.InterNetwork ? RoutedGatewayV4 : RoutedGatewayV6) : mine[0].Gateway;
-            var any = new Cidr(family == AddressFamily.InterNetwork ? IPAddress.Any : IPAddress.IPv6Any, 0);
             if (gateway is not null)
-            {
-                if (routed)
-                {
-                    // A permanent neighbour for the gateway: no ARP/NDP round trip before the pod's first packet.
-                    pod.ReplaceNeighbour(podLink.Index, gateway, HostVethMac);
-                    pod.ReplaceRoute(new RouteSpec(any.NetworkAddress, 0) { Gateway = gateway, OutputIndex = podLink.Index, OnLink = true, Protocol = RouteProtocol });
-                }
-                else
-                {
-                    pod.ReplaceRoute(new RouteSpec(any.NetworkAddress, 0) { Gateway = gateway, OutputIndex = podLink.Index, Protocol = RouteProtocol });
-                }
-                result.Routes.Add(new ResultRoute(any, gateway));
-            }
+                result.Routes.Add(new ResultRoute(new Cidr(family == AddressFamily.InterNetwork ? IPAddress.Any : IPAddress.IPv6Any, 0), gateway));
             foreach (var a in mine)
-            {
-                var prefix = routed ? Cidr.Bits(family) : a.PrefixLength;
-                result.Ips.Add(new ResultIp(a.Address, prefix, gateway, podIfIndex));
-                if (routed)
-                {
-                    host.ReplaceRoute(new RouteSpec(a.Address, Cidr.Bits(family)) { OutputIndex = hostLink.Index, Scope = RouteScope.Link, Protocol = RouteProtocol });
-                    if (podLink.Mac is { } podMac) host.ReplaceNeighbour(hostLink.Index, a.Address, podMac);
-                }
-            }
+                result.Ips.Add(new ResultIp(a.Address, routed ? Cidr.Bits(family) : a.PrefixLength, gateway, podIfIndex));
         }
         return result;
     }

@@ -30,7 +30,7 @@ public sealed class CniResult
     public byte[] ToJson(string cniVersion)
     {
         using var buffer = new MemoryStream();
-        using (var w = new Utf8JsonWriter(buffer, new JsonWriterOptions { Indented = true }))
+        using (var w = new Utf8JsonWriter(buffer, PlainJsonEncoder.Options(indented: true)))
         {
             w.WriteStartObject();
             w.WriteString("cniVersion", cniVersion);

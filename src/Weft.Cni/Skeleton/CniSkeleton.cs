@@ -4,6 +4,7 @@ using Weft.Cni.Commands;
 using Weft.Cni.Config;
 using Weft.Datastore;
 using Weft.Ipam;
+using Weft.Model;
 using Weft.Netlink;
 
 namespace Weft.Cni.Skeleton;
@@ -102,7 +103,7 @@ public static class CniSkeleton
 
     private static void WriteVersion(Stream stdout, string version)
     {
-        using var w = new Utf8JsonWriter(stdout);
+        using var w = new Utf8JsonWriter(stdout, PlainJsonEncoder.Options());
         w.WriteStartObject();
         w.WriteString("cniVersion", version);
         w.WriteStartArray("supportedVersions");
@@ -113,7 +114,7 @@ public static class CniSkeleton
 
     private static void WriteError(Stream stdout, string version, int code, string msg, string? details)
     {
-        using var w = new Utf8JsonWriter(stdout, new JsonWriterOptions { Indented = true });
+        using var w = new Utf8JsonWriter(stdout, PlainJsonEncoder.Options(indented: true));
         w.WriteStartObject();
         w.WriteString("cniVersion", CniVersions.IsSupported(version) ? version : CniVersions.Latest);
         w.WriteNumber("code", code);

@@ -103,6 +103,61 @@ internal sealed class NetlinkSocket : IDisposable
         }
     }
 
+    /// <summary>
+    /// Several requests (each with NLM_F_ACK) in one datagram; waits for every acknowledgement, then throws the first
+    /// refusal in request order unless its errno is that request's tolerated one.
+    /// </summary>
+    public void TransactBatch(IReadOnlyList<(NetlinkWriter Request, string Operation, int Tolerated)> batch)
+    {
+        if (batch.Count == 0) return;
+        lock (_lock)
+        {
+            var total = 0;
+            foreach (var b in batch) total += b.Request.Written.Length;
+            var datagram = new byte[total];
+            var at = 0;
+            foreach (var b in batch)
+            {
+                b.Request.Written.CopyTo(datagram.AsSpan(at));
+                at += b.Request.Written.Length;
+            }
+            SendAll(datagram, batch[0].Operation);
+            var acked = new bool[batch.Count];
+            var pending = batch.Count;
+            NetlinkException? first = null;
+            var firstIndex = int.MaxValue;
+            while (pending > 0)
+            {
+                var n = Receive(batch[0].Operation);
+                var buf = _rx.AsSpan(0, n);
+                var off = 0;
+                while (off + 16 <= n)
+                {
+                    var len = (int)BinaryPrimitives.ReadUInt32LittleEndian(buf[off..]);
+                    if (len < 16 || off + len > n) throw new InvalidDataException($"{batch[0].Operation}: malformed netlink reply (length {len})");
+                    var type = BinaryPrimitives.ReadUInt16LittleEndian(buf[(off + 4)..]);
+                    var msgSeq = BinaryPrimitives.ReadUInt32LittleEndian(buf[(off + 8)..]);
+                    var msg = buf.Slice(off, len);
+                    off += Align(len);
+                    if (type != NLMSG_ERROR) continue;
+                    var i = 0;
+                    while (i < batch.Count && batch[i].Request.Sequence != msgSeq) i++;
+                    if (i == batch.Count || acked[i]) continue; // a late reply to an earlier, abandoned request
+                    if (len < 20) throw new InvalidDataException($"{batch[i].Operation}: truncated netlink error");
+                    acked[i] = true;
+                    pending--;
+                    var error = -BinaryPrimitives.ReadInt32LittleEndian(msg[16..]);
+                    if (error != 0 && error != batch[i].Tolerated && i < firstIndex)
+                    {
+                        first = new NetlinkException(batch[i].Operation, error);
+                        firstIndex = i;
+                    }
+                }
+            }
+            if (first is not null) throw first;
+        }
+    }
+
     private unsafe void SendAll(ReadOnlySpan<byte> data, string operation)
     {
         fixed (byte* p = data)

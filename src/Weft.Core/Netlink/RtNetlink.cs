@@ -44,6 +44,38 @@ public sealed class RtNetlink : IDisposable
 
     public void Dispose() => _socket.Dispose();
 
+    private List<(NetlinkWriter Request, string Operation, int Tolerated)>? _batch;
+
+    /// <summary>
+    /// The changes <paramref name="changes"/> makes (addresses, link flags, routes, neighbours, FDB entries) go to the
+    /// kernel together: one datagram, then every acknowledgement. The kernel applies them in order and goes on after
+    /// a refusal; the first refusal is thrown once all are read. Lookups and deletes inside a batch are refused.
+    /// </summary>
+    public void Batch(Action<RtNetlink> changes)
+    {
+        if (_batch is not null) throw new InvalidOperationException("netlink batches do not nest");
+        _batch = [];
+        List<(NetlinkWriter, string, int)> batch;
+        try { changes(this); }
+        finally { batch = _batch; _batch = null; }
+        _socket.TransactBatch(batch);
+    }
+
+    /// <summary>A change needing no answer: sent now, or queued in the open batch. <paramref name="tolerated"/>: an errno that means "already so".</summary>
+    private void Change(NetlinkWriter w, string op, int tolerated = 0)
+    {
+        if (_batch is not null) { _batch.Add((w, op, tolerated)); return; }
+        try { _socket.Transact(w, op); }
+        catch (NetlinkException e) when (tolerated != 0 && e.Errno == tolerated) { }
+    }
+
+    /// <summary>A request whose answer (or refusal) the caller needs: never inside a batch.</summary>
+    private List<byte[]> Exchange(NetlinkWriter w, string op, bool dump = false)
+    {
+        if (_batch is not null) throw new InvalidOperationException($"{op}: lookups and deletes cannot be batched");
+        return _socket.Transact(w, op, dump);
+    }
+
     private NetlinkWriter Request(ushort type, ushort flags) => new(type, (ushort)(flags | NetlinkSocket.NLM_F_ACK), _socket.NextSequence());
 
     // ---------------------------------------------------------------- links
@@ -78,7 +110,7 @@ public sealed class RtNetlink : IDisposable
     {
         try
         {
-            var replies = _socket.Transact(w, op);
+            var replies = Exchange(w, op);
             return replies.Count == 0 ? null : ParseLink(replies[0]);
         }
         catch (NetlinkException e) when (e.Errno is ENODEV or ENOENT) { return null; }
@@ -88,7 +120,7 @@ public sealed class RtNetlink : IDisposable
     {
         var w = new NetlinkWriter(RTM_GETLINK, NetlinkSocket.NLM_F_DUMP, _socket.NextSequence());
         IfInfo(w, 0);
-        return _socket.Transact(w, "list links", dump: true).Select(ParseLink).OfType<LinkInfo>().ToList();
+        return Exchange(w, "list links", dump: true).Select(ParseLink).OfType<LinkInfo>().ToList();
     }
 
     internal static LinkInfo? ParseLink(byte[] msg)
@@ -154,7 +186,7 @@ public sealed class RtNetlink : IDisposable
             w.EndNested(peer);
             w.EndNested(data);
             w.EndNested(linkInfo);
-            _socket.Transact(w, op);
+            Exchange(w, op);
         }
         finally
         {
@@ -176,7 +208,7 @@ public sealed class RtNetlink : IDisposable
         var li = w.BeginNested(IFLA_LINKINFO);
         w.AttrString(IFLA_INFO_KIND, kind);
         w.EndNested(li);
-        _socket.Transact(w, op);
+        Exchange(w, op);
         return GetLink(name) ?? throw new NetlinkException(op + ": created but not found", ENODEV);
     }
 
@@ -199,7 +231,7 @@ public sealed class RtNetlink : IDisposable
         if (spec.Port > 0) w.AttrU16BigEndian(IFLA_VXLAN_PORT, (ushort)spec.Port);
         w.EndNested(data);
         w.EndNested(li);
-        _socket.Transact(w, op);
+        Exchange(w, op);
         return GetLink(spec.Name) ?? throw new NetlinkException(op + ": created but not found", ENODEV);
     }
 
@@ -216,14 +248,14 @@ public sealed class RtNetlink : IDisposable
         var w = Request(RTM_NEWLINK, 0);
         IfInfo(w, index, flags, change);
         attrs(w);
-        _socket.Transact(w, op);
+        Change(w, op);
     }
 
     public bool DeleteLink(int index)
     {
         var w = Request(RTM_DELLINK, 0);
         IfInfo(w, index);
-        try { _socket.Transact(w, $"delete link #{index}"); return true; }
+        try { Exchange(w, $"delete link #{index}"); return true; }
         catch (NetlinkException e) when (e.Errno is ENODEV or ENOENT) { return false; }
     }
 
@@ -232,7 +264,7 @@ public sealed class RtNetlink : IDisposable
         var w = Request(RTM_DELLINK, 0);
         IfInfo(w, 0);
         w.AttrString(IFLA_IFNAME, name);
-        try { _socket.Transact(w, $"delete link {name}"); return true; }
+        try { Exchange(w, $"delete link {name}"); return true; }
         catch (NetlinkException e) when (e.Errno is ENODEV or ENOENT) { return false; }
     }
 
@@ -256,8 +288,7 @@ public sealed class RtNetlink : IDisposable
         w.Attr(IFA_LOCAL, bytes);
         w.Attr(IFA_ADDRESS, bytes);
         if (noDad) w.AttrU32(IFA_FLAGS, IFA_F_NODAD);
-        try { _socket.Transact(w, op); }
-        catch (NetlinkException e) when (e.Errno == EEXIST) { }
+        Change(w, op, tolerated: EEXIST);
     }
 
     public bool DeleteAddress(int index, IPAddress address, int prefixLength)
@@ -265,7 +296,7 @@ public sealed class RtNetlink : IDisposable
         var w = Request(RTM_DELADDR, 0);
         IfAddr(w, address.AddressFamily, prefixLength, index);
         w.Attr(IFA_LOCAL, address.GetAddressBytes());
-        try { _socket.Transact(w, $"delete address {address}/{prefixLength} from link #{index}"); return true; }
+        try { Exchange(w, $"delete address {address}/{prefixLength} from link #{index}"); return true; }
         catch (NetlinkException e) when (e.Errno is EADDRNOTAVAIL or ENODEV or ENOENT) { return false; }
     }
 
@@ -274,7 +305,7 @@ public sealed class RtNetlink : IDisposable
         var w = new NetlinkWriter(RTM_GETADDR, NetlinkSocket.NLM_F_DUMP, _socket.NextSequence());
         w.Struct(8);
         var result = new List<AddressInfo>();
-        foreach (var msg in _socket.Transact(w, "list addresses", dump: true))
+        foreach (var msg in Exchange(w, "list addresses", dump: true))
         {
             if (msg.Length < 24) continue;
             var body = msg.AsSpan(16);
@@ -324,14 +355,14 @@ public sealed class RtNetlink : IDisposable
     {
         var w = Request(RTM_NEWROUTE, NetlinkSocket.NLM_F_CREATE | NetlinkSocket.NLM_F_REPLACE);
         RtMsg(w, route, forDelete: false);
-        _socket.Transact(w, $"replace route {route.Destination}/{route.PrefixLength} via {route.Gateway?.ToString() ?? "-"} dev #{route.OutputIndex}");
+        Change(w, $"replace route {route.Destination}/{route.PrefixLength} via {route.Gateway?.ToString() ?? "-"} dev #{route.OutputIndex}");
     }
 
     public bool DeleteRoute(RouteSpec route)
     {
         var w = Request(RTM_DELROUTE, 0);
         RtMsg(w, route, forDelete: true);
-        try { _socket.Transact(w, $"delete route {route.Destination}/{route.PrefixLength}"); return true; }
+        try { Exchange(w, $"delete route {route.Destination}/{route.PrefixLength}"); return true; }
         catch (NetlinkException e) when (e.Errno is ESRCH or ENOENT or ENODEV) { return false; }
     }
 
@@ -341,7 +372,7 @@ public sealed class RtNetlink : IDisposable
         var s = w.Struct(12);
         s[0] = Family(family);
         var result = new List<RouteInfo>();
-        foreach (var msg in _socket.Transact(w, "list routes", dump: true))
+        foreach (var msg in Exchange(w, "list routes", dump: true))
         {
             if (msg.Length < 28) continue;
             var body = msg.AsSpan(16);
@@ -386,7 +417,7 @@ public sealed class RtNetlink : IDisposable
         NdMsg(w, Family(ip.AddressFamily), index, (ushort)state, 0);
         w.Attr(NDA_DST, ip.GetAddressBytes());
         w.Attr(NDA_LLADDR, mac.GetAddressBytes());
-        _socket.Transact(w, $"replace neighbour {ip} lladdr {mac} dev #{index}");
+        Change(w, $"replace neighbour {ip} lladdr {mac} dev #{index}");
     }
 
     public bool DeleteNeighbour(int index, IPAddress ip)
@@ -394,7 +425,7 @@ public sealed class RtNetlink : IDisposable
         var w = Request(RTM_DELNEIGH, 0);
         NdMsg(w, Family(ip.AddressFamily), index, 0, 0);
         w.Attr(NDA_DST, ip.GetAddressBytes());
-        try { _socket.Transact(w, $"delete neighbour {ip} dev #{index}"); return true; }
+        try { Exchange(w, $"delete neighbour {ip} dev #{index}"); return true; }
         catch (NetlinkException e) when (e.Errno is ENOENT or ENODEV or ESRCH) { return false; }
     }
 
@@ -403,7 +434,7 @@ public sealed class RtNetlink : IDisposable
         var w = new NetlinkWriter(RTM_GETNEIGH, NetlinkSocket.NLM_F_DUMP, _socket.NextSequence());
         NdMsg(w, Family(family), 0, 0, 0);
         var result = new List<NeighbourInfo>();
-        foreach (var msg in _socket.Transact(w, "list neighbours", dump: true))
+        foreach (var msg in Exchange(w, "list neighbours", dump: true))
         {
             if (msg.Length < 28) continue;
             var body = msg.AsSpan(16);
@@ -429,8 +460,7 @@ public sealed class RtNetlink : IDisposable
         NdMsg(w, AF_BRIDGE, vxlanIndex, (ushort)NeighbourState.Permanent, NTF_SELF);
         w.Attr(NDA_LLADDR, mac.GetAddressBytes());
         w.Attr(NDA_DST, destination.GetAddressBytes());
-        try { _socket.Transact(w, $"append fdb {mac} dst {destination} dev #{vxlanIndex}"); }
-        catch (NetlinkException e) when (e.Errno == EEXIST) { }
+        Change(w, $"append fdb {mac} dst {destination} dev #{vxlanIndex}", tolerated: EEXIST);
     }
 
     public bool DeleteFdb(int vxlanIndex, PhysicalAddress mac, IPAddress destination)
@@ -439,7 +469,7 @@ public sealed class RtNetlink : IDisposable
         NdMsg(w, AF_BRIDGE, vxlanIndex, 0, NTF_SELF);
         w.Attr(NDA_LLADDR, mac.GetAddressBytes());
         w.Attr(NDA_DST, destination.GetAddressBytes());
-        try { _socket.Transact(w, $"delete fdb {mac} dst {destination} dev #{vxlanIndex}"); return true; }
+        try { Exchange(w, $"delete fdb {mac} dst {destination} dev #{vxlanIndex}"); return true; }
         catch (NetlinkException e) when (e.Errno is ENOENT or ENODEV) { return false; }
     }
 
@@ -448,7 +478,7 @@ public sealed class RtNetlink : IDisposable
         var w = new NetlinkWriter(RTM_GETNEIGH, NetlinkSocket.NLM_F_DUMP, _socket.NextSequence());
         NdMsg(w, AF_BRIDGE, 0, 0, 0);
         var result = new List<FdbEntry>();
-        foreach (var msg in _socket.Transact(w, "list fdb", dump: true))
+        foreach (var msg in Exchange(w, "list fdb", dump: true))
         {
             if (msg.Length < 28) continue;
             var body = msg.AsSpan(16);

@@ -11,7 +11,7 @@ namespace Weft.Tests.Model;
 /// </summary>
 public sealed class RecordCodecTests
 {
-    private const string Tricky = "a<b>&'\"+\\ é 中 \u0001";
+    private const string Tricky = "a<b>&'\"+\\/`~ é 中 😀 \u0001\u001f\u007f\b\t\n\f\r\u2028";
 
     [Fact]
     public void Pools_match_model_json()
