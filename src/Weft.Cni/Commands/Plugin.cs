@@ -62,7 +62,12 @@ public sealed class Plugin(CniEnvironment env, NetConf conf)
 
     private async Task<IReadOnlyList<PodAddress>> AssignAsync(IpamService ipam, CniArgs args, CancellationToken ct)
     {
-        var requested = args.Ips.Concat(conf.RuntimeIps).Select(r => r.Address).Distinct().ToList();
+        // A loop, not Concat/Select: a LINQ chain on an iterator is a generic virtual call, resolved at run time under
+        // NativeAOT (~0.3 ms the first time, in a process that lives for one ADD).
+        var requested = new List<IPAddress>();
+        foreach (var list in new[] { args.Ips, conf.RuntimeIps })
+            foreach (var r in list)
+                if (!requested.Contains(r.Address)) requested.Add(r.Address);
         var assigned = await ipam.AssignAsync(new AssignRequest(HandleId, Node)
         {
             Network = conf.Name, ContainerId = env.ContainerId, IfName = env.IfName, Requested = requested,

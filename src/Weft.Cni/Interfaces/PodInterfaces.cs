@@ -73,11 +73,13 @@ public sealed class PodInterfaces(NetConf conf, CniEnvironment env)
         EnableForwarding(addresses);
 
         var podLink = pod.GetLink(env.IfName) ?? throw new CniException(CniCodes.InterfaceSetup, $"veth peer {env.IfName} did not appear in {env.Netns}");
-        var families = new[] { AddressFamily.InterNetwork, AddressFamily.InterNetworkV6 }
-            .Select(f => (Family: f, Mine: addresses.Where(a => a.Address.AddressFamily == f).ToList()))
-            .Where(f => f.Mine.Count > 0)
-            .Select(f => (f.Family, f.Mine, Gateway: routed ? (f.Family == AddressFamily.InterNetwork ? RoutedGatewayV4 : RoutedGatewayV6) : f.Mine[0].Gateway))
-            .ToList();
+        var families = new List<(AddressFamily Family, List<PodAddress> Mine, IPAddress? Gateway)>();
+        foreach (var family in new[] { AddressFamily.InterNetwork, AddressFamily.InterNetworkV6 })
+        {
+            var mine = addresses.Where(a => a.Address.AddressFamily == family).ToList();
+            if (mine.Count > 0)
+                families.Add((family, mine, routed ? (family == AddressFamily.InterNetwork ? RoutedGatewayV4 : RoutedGatewayV6) : mine[0].Gateway));
+        }
 
         // Each side's changes in one netlink datagram (the kernel applies them in order): addresses, up, then the
         // default routes (and, routed, a permanent neighbour for the gateway: no ARP/NDP before the first packet).

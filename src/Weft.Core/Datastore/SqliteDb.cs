@@ -40,10 +40,12 @@ internal sealed class SqliteDb : IDisposable
 
     internal IntPtr Raw => _db.DangerousGetHandle();
 
+    /// <summary>Runs a statement to its end. Cached too: BEGIN/COMMIT come several times per plugin run.</summary>
     public void Exec(string sql)
     {
-        using var st = PrepareUncached(sql);
+        var st = Prepare(sql);
         while (st.Step()) { }
+        st.Reset();
     }
 
     /// <summary>A cached prepared statement, reset and ready to bind.</summary>

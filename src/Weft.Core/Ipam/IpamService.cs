@@ -396,8 +396,11 @@ public sealed class IpamService(IDatastore store)
     private async Task<IReadOnlyList<Cidr>> LoadReservationsAsync(CancellationToken ct)
     {
         var list = await store.ListAsync(Keys.Reservations, ct).ConfigureAwait(false);
-        return list.Items.Select(kv => Codec.Decode<IPReservation>(kv.Value, kv.Key))
-            .SelectMany(r => r.ReservedCIDRs).Select(Cidr.Parse).ToList();
+        var result = new List<Cidr>();
+        foreach (var kv in list.Items)
+            foreach (var cidr in Codec.Decode<IPReservation>(kv.Value, kv.Key).ReservedCIDRs)
+                result.Add(Cidr.Parse(cidr));
+        return result;
     }
 
     private async Task<IReadOnlyDictionary<string, string>> NodeLabelsAsync(string node, CancellationToken ct)
