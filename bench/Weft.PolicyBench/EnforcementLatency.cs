@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
-using Weft.Ctl.Lab;
+using Weft.Lab;
 using Weft.Netlink;
 using Weft.Resources;
 
@@ -114,7 +114,7 @@ public static class EnforcementLatency
     }
 
     private static Resource Read(string yaml) =>
-        Weft.Ctl.Documents.YamlDocuments.Load(yaml, "bench").Select(d => ResourceReader.Read(d.Doc, d.Source)).Single();
+        Weft.Client.Documents.YamlDocuments.Load(yaml, "bench").Select(d => ResourceReader.Read(d.Doc, d.Source)).Single();
 
     /// <summary>Probes from inside a pod: one UDP datagram per target per millisecond, each from a new socket.</summary>
     private sealed class Prober : IDisposable

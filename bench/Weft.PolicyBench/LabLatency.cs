@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
-using Weft.Ctl.Lab;
+using Weft.Lab;
 using Weft.Resources;
 
 namespace Weft.PolicyBench;
@@ -26,7 +26,7 @@ public static class LabLatency
             var applied = new List<double>();
             for (var i = 0; i < rounds; i++)
             {
-                var doc = Weft.Ctl.Documents.YamlDocuments.Load($$"""
+                var doc = Weft.Client.Documents.YamlDocuments.Load($$"""
                     apiVersion: networking.k8s.io/v1
                     kind: NetworkPolicy
                     metadata: {name: bench, namespace: default}

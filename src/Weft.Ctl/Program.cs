@@ -95,44 +95,44 @@ var labMasquerade = new Option<string>("--masquerade") { Description = "how agen
 var labPool = new Option<string?>("--pool") { Description = "IPPool documents (Calico v3, as written) to use instead of the lab's default pool" };
 var labNetConf = new Option<string?>("--net-conf") { Description = "Flannel's net-conf.json: agents run from it (its Backend.Type picks the backend; its Network becomes the pool unless --pool)" };
 var up = new Command("up", "build the lab") { labName, nodes, podsPerNode, backend, mode, topology, labPolicy, labFlows, labMasquerade, labPool, labNetConf };
-up.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.UpAsync(Ctx(r), new(r.GetValue(labName)!, r.GetValue(nodes), r.GetValue(podsPerNode), r.GetValue(backend)!, r.GetValue(mode)!, r.GetValue(datastore) ?? "sqlite", r.GetValue(topology), r.GetValue(labPolicy)!, r.GetValue(labFlows)!, r.GetValue(labMasquerade)!, r.GetValue(labPool), r.GetValue(labNetConf)), ct)));
+up.SetAction((r, ct) => Guard(() => Weft.Lab.LabCommands.UpAsync(Ctx(r), new(r.GetValue(labName)!, r.GetValue(nodes), r.GetValue(podsPerNode), r.GetValue(backend)!, r.GetValue(mode)!, r.GetValue(datastore) ?? "sqlite", r.GetValue(topology), r.GetValue(labPolicy)!, r.GetValue(labFlows)!, r.GetValue(labMasquerade)!, r.GetValue(labPool), r.GetValue(labNetConf)), ct)));
 var down = new Command("down", "remove every namespace, process and file of the lab") { labName };
-down.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.DownAsync(Ctx(r), r.GetValue(labName)!)));
+down.SetAction((r, ct) => Guard(() => Weft.Lab.LabCommands.DownAsync(Ctx(r), r.GetValue(labName)!)));
 var labOut = new Option<string>("--output", "-o") { DefaultValueFactory = _ => "table" };
 var status = new Command("status", "nodes and pods of the lab") { labName, labOut };
-status.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.StatusAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(labOut)!, ct)));
+status.SetAction((r, ct) => Guard(() => Weft.Lab.LabCommands.StatusAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(labOut)!, ct)));
 var execPod = new Argument<string?>("pod") { Arity = ArgumentArity.ZeroOrOne };
 var execNode = new Option<string?>("--node");
 var execCmd = new Argument<string[]>("command") { Arity = ArgumentArity.ZeroOrMore };
 var exec = new Command("exec", "run a command in a pod's or node's namespace: lab exec POD -- CMD...") { labName, execNode, execPod, execCmd };
-exec.SetAction(r => GuardSync(() => Weft.Ctl.Lab.LabCommands.Exec(Ctx(r), r.GetValue(labName)!, r.GetValue(execPod), r.GetValue(execNode), r.GetValue(execCmd) ?? [])));
+exec.SetAction(r => GuardSync(() => Weft.Lab.LabCommands.Exec(Ctx(r), r.GetValue(labName)!, r.GetValue(execPod), r.GetValue(execNode), r.GetValue(execCmd) ?? [])));
 var port = new Option<int>("--port") { DefaultValueFactory = _ => 80 };
 var protocol = new Option<string>("--protocol") { DefaultValueFactory = _ => "TCP" };
 var timeoutMs = new Option<int>("--timeout-ms") { DefaultValueFactory = _ => 1000 };
 var matrix = new Command("matrix", "probe every pod from every pod with real packets") { labName, port, protocol, timeoutMs, labOut };
-matrix.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.MatrixAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(port), r.GetValue(protocol)!, r.GetValue(timeoutMs), r.GetValue(labOut)!, ct)));
+matrix.SetAction((r, ct) => Guard(() => Weft.Lab.LabCommands.MatrixAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(port), r.GetValue(protocol)!, r.GetValue(timeoutMs), r.GetValue(labOut)!, ct)));
 var serveTcp = new Option<string>("--tcp") { DefaultValueFactory = _ => "" };
 var serveUdp = new Option<string>("--udp") { DefaultValueFactory = _ => "" };
 var serve = new Command("serve", "(inside a lab pod) answer HTTP on TCP ports and echo on UDP ports") { serveTcp, serveUdp };
 serve.Hidden = true;
-serve.SetAction((r, ct) => Weft.Ctl.Lab.PodServer.RunAsync(Ports(r.GetValue(serveTcp)!), Ports(r.GetValue(serveUdp)!), ct));
+serve.SetAction((r, ct) => Weft.Lab.PodServer.RunAsync(Ports(r.GetValue(serveTcp)!), Ports(r.GetValue(serveUdp)!), ct));
 var restartNode = new Option<string>("--node") { Required = true };
 var restartKill = new Option<bool>("--kill") { Description = "SIGKILL the running agent instead of a clean stop" };
 var restartStop = new Option<bool>("--stop") { Description = "only stop it" };
 var restart = new Command("restart-agent", "stop a node's weft-agent and start it again") { labName, restartNode, restartKill, restartStop };
-restart.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.RestartAgentAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(restartNode)!, r.GetValue(restartKill), r.GetValue(restartStop), ct)));
+restart.SetAction((r, ct) => Guard(() => Weft.Lab.LabCommands.RestartAgentAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(restartNode)!, r.GetValue(restartKill), r.GetValue(restartStop), ct)));
 var syncTimeout = new Option<int>("--timeout-ms") { DefaultValueFactory = _ => 30000 };
 var sync = new Command("sync", "wait until every agent enforces the datastore's current revision (after apply)") { labName, syncTimeout };
-sync.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.SyncAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(syncTimeout), ct)));
+sync.SetAction((r, ct) => Guard(() => Weft.Lab.LabCommands.SyncAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(syncTimeout), ct)));
 var addPodKey = new Argument<string>("pod") { Description = "NAMESPACE/NAME" };
 var addPodNode = new Option<string>("--node") { Required = true };
 var addPodLabels = new Option<string[]>("--label") { Description = "k=v (repeat)", AllowMultipleArgumentsPerToken = true };
 var addPodPorts = new Option<string[]>("--port") { Description = "PORT[/TCP|UDP] the pod serves (default 80/TCP)", AllowMultipleArgumentsPerToken = true };
 var addPod = new Command("add-pod", "add a pod to a running lab through the CNI plugin (its Pod document first)") { labName, addPodKey, addPodNode, addPodLabels, addPodPorts };
-addPod.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.AddPodAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(addPodKey)!, r.GetValue(addPodNode)!, r.GetValue(addPodLabels) ?? [], r.GetValue(addPodPorts) ?? [], ct)));
+addPod.SetAction((r, ct) => Guard(() => Weft.Lab.LabCommands.AddPodAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(addPodKey)!, r.GetValue(addPodNode)!, r.GetValue(addPodLabels) ?? [], r.GetValue(addPodPorts) ?? [], ct)));
 var delPodKey = new Argument<string>("pod") { Description = "NAMESPACE/NAME" };
 var delPod = new Command("delete-pod", "remove a pod: CNI DEL, its namespace and its Pod document") { labName, delPodKey };
-delPod.SetAction((r, ct) => Guard(() => Weft.Ctl.Lab.LabCommands.DeletePodAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(delPodKey)!, ct)));
+delPod.SetAction((r, ct) => Guard(() => Weft.Lab.LabCommands.DeletePodAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(delPodKey)!, ct)));
 foreach (var c in new[] { up, down, status, exec, matrix, serve, restart, sync, addPod, delPod }) lab.Subcommands.Add(c);
 root.Subcommands.Add(lab);
 
@@ -201,7 +201,7 @@ static async Task<int> Guard(Func<Task<int>> action)
     {
         return await action().ConfigureAwait(false);
     }
-    catch (Exception e) when (e is ResourceException or IpamException or DatastoreUnavailableException or ArgumentException or InvalidDataException or IOException or Weft.Ctl.Lab.LabException)
+    catch (Exception e) when (e is ResourceException or IpamException or DatastoreUnavailableException or ArgumentException or InvalidDataException or IOException or Weft.Lab.LabException)
     {
         await Console.Error.WriteLineAsync("error: " + e.Message).ConfigureAwait(false);
         return 1;
@@ -217,7 +217,7 @@ static async Task<int> Guard(Func<Task<int>> action)
 static int GuardSync(Func<int> action)
 {
     try { return action(); }
-    catch (Exception e) when (e is ArgumentException or Weft.Ctl.Lab.LabException or IOException)
+    catch (Exception e) when (e is ArgumentException or Weft.Lab.LabException or IOException)
     {
         Console.Error.WriteLine("error: " + e.Message);
         return 1;

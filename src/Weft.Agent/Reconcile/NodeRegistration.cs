@@ -52,17 +52,27 @@ public static class NodeRegistration
     public static async Task EnsureNetConfPoolAsync(IDatastore store, FlannelNetConf netConf, CancellationToken ct)
     {
         var service = new ResourceService(store);
-        var pools = await service.ListPoolsAsync(ct).ConfigureAwait(false);
         var network = Cidr.Parse(netConf.Network);
-        if (pools.Any(p => p.Network == network)) return;
-        var pool = new IPPool { Name = "net-conf", Cidr = network.ToString(), BlockSize = netConf.SubnetLen, VxlanMode = netConf.BackendType == "vxlan" ? "Always" : "Never", CreationTimestamp = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ") };
-        try
+        // Every node's agent starts from the same file at once: whoever loses the race to create the pool finds it
+        // on the next look.
+        for (var attempt = 1; ; attempt++)
         {
-            await service.ApplyAsync([new IPPoolResource(pool, new DocumentSource("net-conf.json", 1))], ct).ConfigureAwait(false);
-        }
-        catch (ResourceException e)
-        {
-            throw new AgentStartupException($"net-conf.json Network {network}: {e.Message}");
+            var pools = await service.ListPoolsAsync(ct).ConfigureAwait(false);
+            if (pools.Any(p => p.Network == network)) return;
+            var pool = new IPPool { Name = "net-conf", Cidr = network.ToString(), BlockSize = netConf.SubnetLen, VxlanMode = netConf.BackendType == "vxlan" ? "Always" : "Never", CreationTimestamp = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ") };
+            try
+            {
+                await service.ApplyAsync([new IPPoolResource(pool, new DocumentSource("net-conf.json", 1))], ct).ConfigureAwait(false);
+                return;
+            }
+            catch (ResourceConflictException) when (attempt < 5)
+            {
+                await Task.Delay(Random.Shared.Next(5, 50), ct).ConfigureAwait(false);
+            }
+            catch (ResourceException e)
+            {
+                throw new AgentStartupException($"net-conf.json Network {network}: {e.Message}");
+            }
         }
     }
 

@@ -5,7 +5,10 @@ using Weft.Model.Selectors;
 namespace Weft.Resources;
 
 /// <summary>A document that cannot be accepted; the message names the document and the field.</summary>
-public sealed class ResourceException(string message) : Exception(message);
+public class ResourceException(string message) : Exception(message);
+
+/// <summary>Another writer changed what an apply or delete read; nothing was written, and trying again is right.</summary>
+public sealed class ResourceConflictException(string message) : ResourceException(message);
 
 /// <summary>Where a document came from, for error messages: "pools.yaml, document 2 (IPPool default-ipv4)".</summary>
 public sealed record DocumentSource(string File, int Index)

@@ -87,7 +87,7 @@ public sealed class ResourceService(IDatastore store)
         }
         var txn = await store.CommitAsync(preconditions, mutations, ct).ConfigureAwait(false);
         if (!txn.Succeeded)
-            throw new ResourceException("the datastore changed while applying (another apply ran at the same time); nothing was written, run the command again");
+            throw new ResourceConflictException("the datastore changed while applying (another apply ran at the same time); nothing was written, run the command again");
         LastRevision = txn.Revision;
         return messages;
     }
@@ -139,7 +139,7 @@ public sealed class ResourceService(IDatastore store)
                 throw new ResourceException($"IPPool {name} still has {inUse} address(es) in use; set spec.disabled: true, move the pods, then delete (or pass --force)");
         }
         var txn = await store.DeleteAsync(key, kv.ModRevision, ct).ConfigureAwait(false);
-        if (!txn.Succeeded) throw new ResourceException($"{kind} {name} changed while deleting; try again");
+        if (!txn.Succeeded) throw new ResourceConflictException($"{kind} {name} changed while deleting; try again");
         LastRevision = txn.Revision;
         return true;
     }

@@ -12,9 +12,12 @@ public sealed class CtlContext(string? datastoreUri, TextWriter stdout, TextWrit
 
     public string DatastoreUri { get; } =
         !string.IsNullOrEmpty(datastoreUri) ? datastoreUri
-        : lab is not null ? Weft.Ctl.Lab.LabState.LoadOrThrow(lab).CtlDatastore
+        : lab is not null ? Weft.Lab.LabState.LoadOrThrow(lab).CtlDatastore
         : Environment.GetEnvironmentVariable("WEFT_DATASTORE") is { Length: > 0 } env ? env
         : DatastoreFactory.DefaultUri;
 
     public IDatastore OpenStore() => DatastoreFactory.Open(DatastoreUri);
+
+    /// <summary>The lab's commands write to the same console.</summary>
+    public static implicit operator Weft.Client.Terminal(CtlContext c) => new(c.Out, c.Err);
 }

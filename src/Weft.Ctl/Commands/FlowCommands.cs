@@ -5,7 +5,7 @@ using System.Text;
 using System.Text.Json;
 using Grpc.Core;
 using Grpc.Net.Client;
-using Weft.Ctl.Output;
+using Weft.Client.Output;
 using Weft.Flows;
 using Weft.Flows.Api;
 using Weft.Model;
@@ -149,7 +149,7 @@ public static class FlowCommands
     {
         if (servers.Count > 0) return servers.Select(s => s.StartsWith("unix://", StringComparison.Ordinal) ? FlowServer.ForSocket(s, s["unix://".Length..]) : FlowServer.ForTcp(s, s)).ToList();
         if (lab is not null)
-            return Lab.LabState.LoadOrThrow(lab).Nodes.Select(n => FlowServer.ForSocket(n.Name, n.Socket)).ToList();
+            return Weft.Lab.LabState.LoadOrThrow(lab).Nodes.Select(n => FlowServer.ForSocket(n.Name, n.Socket)).ToList();
         using var store = ctx.OpenStore();
         var nodes = (await store.ListAsync(Keys.Nodes, ct).ConfigureAwait(false)).Items
             .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.NodeRecord, kv.Key)).ToList();

@@ -2,7 +2,7 @@ using System.Globalization;
 using System.Net;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using Weft.Ctl.Output;
+using Weft.Client.Output;
 using Weft.Datastore;
 using Weft.Ipam;
 using Weft.Resources;

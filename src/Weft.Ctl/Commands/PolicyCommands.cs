@@ -1,8 +1,8 @@
 using System.Net;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using Weft.Ctl.Documents;
-using Weft.Ctl.Output;
+using Weft.Client.Documents;
+using Weft.Client.Output;
 using Weft.Policy;
 using Weft.Policy.Dialects;
 using Weft.Policy.Ir;

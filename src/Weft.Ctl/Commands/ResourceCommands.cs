@@ -1,5 +1,7 @@
 using System.Text.Json.Nodes;
-using Weft.Ctl.Documents;
+using Weft.Client;
+using Weft.Client.Documents;
+using Weft.Client.Output;
 using Weft.Ctl.Output;
 using Weft.Ipam;
 using Weft.Model;
@@ -45,7 +47,8 @@ public static class ResourceCommands
             await ctx.Err.WriteLineAsync("--wait: nothing here is programmed by the agents (IP reservations are read by the plugin at the next ADD)").ConfigureAwait(false);
             return;
         }
-        var took = await AgentWait.WaitAsync(ctx, store, revision, scope, timeout, ct).ConfigureAwait(false);
+        var agents = ctx.Lab is { } lab ? Weft.Lab.LabState.LoadOrThrow(lab).AgentEndpoints() : await AgentEndpoint.FromNodesAsync(store, ct).ConfigureAwait(false);
+        var took = await AgentWait.WaitAsync(agents, revision, scope, timeout, ct).ConfigureAwait(false);
         await ctx.Err.WriteLineAsync($"every agent enforces revision {revision} ({took.TotalMilliseconds:0} ms)").ConfigureAwait(false);
     }
 

@@ -1,5 +1,5 @@
 using System.Text.Json.Nodes;
-using Weft.Ctl.Documents;
+using Weft.Client.Documents;
 using Weft.Tests.Support;
 
 namespace Weft.Tests.Policy;

@@ -44,7 +44,7 @@ public sealed class PolicyCommandOutputTests : IDisposable
         Assert.All(allowed, row => Assert.Equal(pods.Count, row.Length));
         PolicyWorlds.AssertMatrix(["x.. .. .", "xxx xx x", "xxx xx x", "... x. .", "xxx xx x", "xxx xx x"], allowed, "simulate -o json");
         // Byte for byte what `lab matrix -o json` prints for the same matrix.
-        Assert.Equal(Weft.Ctl.Output.MatrixView.Json(5432, "TCP", pods, allowed), lines[0]);
+        Assert.Equal(Weft.Client.Output.MatrixView.Json(5432, "TCP", pods, allowed), lines[0]);
     }
 
     [Fact]

@@ -1,7 +1,7 @@
 using System.Text.Json.Nodes;
 using CsCheck;
 using Weft.Ctl.Commands;
-using Weft.Ctl.Documents;
+using Weft.Client.Documents;
 using Weft.Policy;
 using Weft.Policy.Ir;
 using Weft.Resources;

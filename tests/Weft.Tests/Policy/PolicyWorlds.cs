@@ -1,6 +1,6 @@
 using System.Text;
 using Weft.Ctl.Commands;
-using Weft.Ctl.Documents;
+using Weft.Client.Documents;
 using Weft.Policy.Ir;
 using Weft.Resources;
 

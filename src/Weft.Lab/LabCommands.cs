@@ -3,11 +3,11 @@ using System.Net;
 using System.Net.Sockets;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using Weft.Ctl.Commands;
-using Weft.Ctl.Output;
+using Weft.Client;
+using Weft.Client.Output;
 using Weft.Resources;
 
-namespace Weft.Ctl.Lab;
+namespace Weft.Lab;
 
 public sealed record LabUpOptions(string Name, int Nodes, int PodsPerNode, string Backend, string Mode, string Datastore, string? TopologyFile, string Policy = "on", string Flows = "on", string Masquerade = "auto",
     string? PoolFile = null, string? NetConfFile = null);
@@ -21,7 +21,7 @@ public static class LabCommands
 {
     private const string UnderlayPrefix = "198.51.100.";
 
-    public static async Task<int> UpAsync(CtlContext ctx, LabUpOptions o, CancellationToken ct)
+    public static async Task<int> UpAsync(Terminal ctx, LabUpOptions o, CancellationToken ct)
     {
         ValidateName(o.Name);
         if (o.Nodes is < 1 or > 200) throw new ArgumentException($"--nodes {o.Nodes}: use 1 to 200");
@@ -38,7 +38,7 @@ public static class LabCommands
         var dir = LabState.DirFor(o.Name);
         // Flannel's net-conf.json picks the backend, as it does for flanneld; the agents read the file as written.
         var backendType = o.NetConfFile is null ? o.Backend : NetConfBackend(o.NetConfFile);
-        var poolDocs = o.PoolFile is null ? null : Documents.YamlDocuments.Load(File.ReadAllText(o.PoolFile), o.PoolFile)
+        var poolDocs = o.PoolFile is null ? null : Weft.Client.Documents.YamlDocuments.Load(File.ReadAllText(o.PoolFile), o.PoolFile)
             .Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList();
         if (poolDocs is not null && (poolDocs.Count == 0 || poolDocs.Any(r => r is not IPPoolResource)))
             throw new ArgumentException($"--pool {o.PoolFile}: give only projectcalico.org/v3 IPPool documents");
@@ -75,7 +75,7 @@ public static class LabCommands
             // With a net-conf.json and no --pool, the agents create the pool from its Network, as Weft does for Flannel users.
             if (poolDocs is not null || o.NetConfFile is null)
                 using (var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore))
-                    await new ResourceService(store).ApplyAsync(poolDocs ?? Documents.YamlDocuments.Load(pool, "lab pool").Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList(), ct).ConfigureAwait(false);
+                    await new ResourceService(store).ApplyAsync(poolDocs ?? Weft.Client.Documents.YamlDocuments.Load(pool, "lab pool").Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList(), ct).ConfigureAwait(false);
 
             for (var i = 1; i <= o.Nodes; i++)
             {
@@ -134,7 +134,7 @@ public static class LabCommands
     /// A 3-member etcd in the control-plane namespace `&lt;lab&gt;-cp`, one address each on its leg into the underlay
     /// bridge, so agents and the plugin reach it from the node namespaces exactly as they would a real cluster's.
     /// </summary>
-    private static async Task StartEtcdAsync(CtlContext ctx, LabState state, CancellationToken ct)
+    private static async Task StartEtcdAsync(Terminal ctx, LabState state, CancellationToken ct)
     {
         const string etcd = "/usr/bin/etcd";
         if (!File.Exists(etcd)) throw new LabException($"{etcd} is missing: run scripts/install-deps.sh (Debian package etcd-server)");
@@ -243,7 +243,7 @@ public static class LabCommands
     /// Adds one pod to a running lab exactly as a runtime would after the scheduler placed it: its Pod document
     /// first (labels, ports), then CNI ADD inside the node's namespace. Prints how long ADD took.
     /// </summary>
-    public static async Task<int> AddPodAsync(CtlContext ctx, string name, string key, string nodeName, IReadOnlyList<string> labels, IReadOnlyList<string> ports, CancellationToken ct)
+    public static async Task<int> AddPodAsync(Terminal ctx, string name, string key, string nodeName, IReadOnlyList<string> labels, IReadOnlyList<string> ports, CancellationToken ct)
     {
         var pod = await AddPodAsync(LabState.LoadOrThrow(name), key, nodeName, labels, ports, ct).ConfigureAwait(false);
         var took = Stopwatch.GetElapsedTime(pod.AddReturnedAt);
@@ -306,7 +306,7 @@ public static class LabCommands
     }
 
     /// <summary>Removes one pod: CNI DEL in its node, its server, its namespace and its Pod document.</summary>
-    public static async Task<int> DeletePodAsync(CtlContext ctx, string name, string key, CancellationToken ct)
+    public static async Task<int> DeletePodAsync(Terminal ctx, string name, string key, CancellationToken ct)
     {
         var state = LabState.LoadOrThrow(name);
         var pod = state.FindPod(key);
@@ -361,14 +361,14 @@ public static class LabCommands
     /// <summary>Until every agent's policy dataplane enforces the datastore's current revision (agents with policy off count as done).</summary>
     public static async Task<TimeSpan> WaitPolicySyncedAsync(LabState state, TimeSpan timeout, CancellationToken ct)
     {
-        var ctx = new CtlContext(null, TextWriter.Null, TextWriter.Null, state.Name);
         using var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore);
         var target = await store.RevisionAsync(ct).ConfigureAwait(false);
-        try { return await AgentWait.WaitAsync(ctx, store, target, "policy", timeout, ct).ConfigureAwait(false); }
+        var agents = state.AgentEndpoints();
+        try { return await AgentWait.WaitAsync(agents, target, "policy", timeout, ct).ConfigureAwait(false); }
         catch (ResourceException e) { throw new LabException(e.Message); }
     }
 
-    public static async Task<int> SyncAsync(CtlContext ctx, string name, int timeoutMs, CancellationToken ct)
+    public static async Task<int> SyncAsync(Terminal ctx, string name, int timeoutMs, CancellationToken ct)
     {
         var state = LabState.LoadOrThrow(name);
         var took = await WaitPolicySyncedAsync(state, TimeSpan.FromMilliseconds(timeoutMs), ct).ConfigureAwait(false);
@@ -400,20 +400,7 @@ public static class LabCommands
     }
 
     /// <summary>The agent's socket speaks HTTP/2 only (it also carries the gRPC flow API).</summary>
-    public static HttpClient AgentClient(string socket) => new(new SocketsHttpHandler
-    {
-        ConnectCallback = async (_, ct) =>
-        {
-            var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-            try { await s.ConnectAsync(new UnixDomainSocketEndPoint(socket), ct).ConfigureAwait(false); }
-            catch { s.Dispose(); throw; }
-            return new NetworkStream(s, ownsSocket: true);
-        },
-    })
-    {
-        DefaultRequestVersion = System.Net.HttpVersion.Version20,
-        DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact,
-    };
+    public static HttpClient AgentClient(string socket) => AgentEndpoint.UnixClient(socket);
 
     private static int StartAgent(LabState state, LabNode node, string dist) =>
         Shell.StartDetached(node.Netns, Path.Combine(state.Dir, node.Name + ".log"), Path.Combine(dist, "weft-agent"),
@@ -437,7 +424,7 @@ public static class LabCommands
         catch (JsonException e) { throw new ArgumentException($"--net-conf {path}: not JSON: {e.Message}"); }
     }
 
-    public static Task<int> DownAsync(CtlContext ctx, string name)
+    public static Task<int> DownAsync(Terminal ctx, string name)
     {
         ValidateName(name);
         var state = LabState.Load(name);
@@ -472,7 +459,7 @@ public static class LabCommands
     }
 
     /// <summary>Stops a node's agent (SIGTERM, or SIGKILL with --kill) and starts a new one; waits until it is healthy.</summary>
-    public static async Task<int> RestartAgentAsync(CtlContext ctx, string name, string nodeName, bool kill, bool stopOnly, CancellationToken ct)
+    public static async Task<int> RestartAgentAsync(Terminal ctx, string name, string nodeName, bool kill, bool stopOnly, CancellationToken ct)
     {
         var state = LabState.LoadOrThrow(name);
         var node = state.Nodes.FirstOrDefault(n => n.Name == nodeName) ?? throw new ArgumentException($"no node '{nodeName}' in lab {name}");
@@ -497,7 +484,7 @@ public static class LabCommands
         return 0;
     }
 
-    public static async Task<int> StatusAsync(CtlContext ctx, string name, string output, CancellationToken ct)
+    public static async Task<int> StatusAsync(Terminal ctx, string name, string output, CancellationToken ct)
     {
         var state = LabState.LoadOrThrow(name);
         var health = new Dictionary<string, string>();
@@ -507,7 +494,7 @@ public static class LabCommands
         return 0;
     }
 
-    private static void Status(CtlContext ctx, LabState state, string output, IReadOnlyDictionary<string, string>? health = null)
+    private static void Status(Terminal ctx, LabState state, string output, IReadOnlyDictionary<string, string>? health = null)
     {
         if (output == "json")
         {
@@ -550,7 +537,7 @@ public static class LabCommands
         ctx.Out.Write(pods.Render());
     }
 
-    public static int Exec(CtlContext ctx, string name, string? pod, string? node, IReadOnlyList<string> command)
+    public static int Exec(Terminal ctx, string name, string? pod, string? node, IReadOnlyList<string> command)
     {
         var state = LabState.LoadOrThrow(name);
         // With --node, a word in the POD position is the start of the command (`lab exec --node n1 -- ping ...`).
@@ -567,7 +554,7 @@ public static class LabCommands
         return p.ExitCode;
     }
 
-    public static async Task<int> MatrixAsync(CtlContext ctx, string name, int port, string protocol, int timeoutMs, string output, CancellationToken ct)
+    public static async Task<int> MatrixAsync(Terminal ctx, string name, int port, string protocol, int timeoutMs, string output, CancellationToken ct)
     {
         var state = LabState.LoadOrThrow(name);
         protocol = protocol.ToUpperInvariant();
@@ -593,7 +580,7 @@ public static class LabCommands
         return 0;
     }
 
-    private static void Step(CtlContext ctx, string message) => ctx.Out.WriteLine($"\u2022 {message}");
+    private static void Step(Terminal ctx, string message) => ctx.Out.WriteLine($"\u2022 {message}");
 
     private static void AddNetns(LabState state, string name)
     {

@@ -6,7 +6,53 @@ using Weft.Datastore;
 using Weft.Model;
 using Weft.Resources;
 
-namespace Weft.Ctl.Commands;
+namespace Weft.Client;
+
+/// <summary>Where a command writes: weftctl passes the console, tests and benchmarks their own writers.</summary>
+public sealed record Terminal(TextWriter Out, TextWriter Err)
+{
+    public static Terminal Console { get; } = new(System.Console.Out, System.Console.Error);
+    public static Terminal Null { get; } = new(TextWriter.Null, TextWriter.Null);
+}
+
+/// <summary>One node's agent API: its unix socket (HTTP/2, as in the lab) or its metrics port (HTTP/1.1).</summary>
+public sealed record AgentEndpoint(string Node, HttpClient Client, Uri Base) : IDisposable
+{
+    public const int AgentPort = 9962;
+
+    public void Dispose() => Client.Dispose();
+
+    public static AgentEndpoint ForSocket(string node, string socket) => new(node, UnixClient(socket), new Uri("http://agent/"));
+
+    /// <summary>An HTTP/2 (prior knowledge) client for an agent's unix socket.</summary>
+    public static HttpClient UnixClient(string socket) => new(new SocketsHttpHandler
+    {
+        ConnectCallback = async (_, ct) =>
+        {
+            var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            try { await s.ConnectAsync(new UnixDomainSocketEndPoint(socket), ct).ConfigureAwait(false); }
+            catch { s.Dispose(); throw; }
+            return new NetworkStream(s, ownsSocket: true);
+        },
+    })
+    {
+        DefaultRequestVersion = System.Net.HttpVersion.Version20,
+        DefaultVersionPolicy = HttpVersionPolicy.RequestVersionExact,
+    };
+
+    /// <summary>Every registered node's agent at its underlay address on the metrics port, as outside a lab.</summary>
+    public static async Task<List<AgentEndpoint>> FromNodesAsync(IDatastore store, CancellationToken ct)
+    {
+        var nodes = (await store.ListAsync(Keys.Nodes, ct).ConfigureAwait(false)).Items
+            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.NodeRecord, kv.Key)).ToList();
+        return nodes.Select(n =>
+        {
+            var ip = n.UnderlayAddress?.Split('/')[0] ?? throw new ResourceException($"node {n.Name} has no underlay address registered: is its agent running?");
+            var host = ip.Contains(':', StringComparison.Ordinal) ? $"[{ip}]" : ip;
+            return new AgentEndpoint(n.Name, new HttpClient(), new Uri($"http://{host}:{AgentPort}/"));
+        }).ToList();
+    }
+}
 
 /// <summary>
 /// `apply --wait`, `delete --wait` and `lab sync`: return once every agent enforces a datastore revision. Each agent
@@ -16,8 +62,6 @@ namespace Weft.Ctl.Commands;
 /// </summary>
 public static class AgentWait
 {
-    public const int AgentPort = 9962;
-
     /// <summary>Which reconcilers a change reaches: policy inputs, route inputs (pools, nodes), or neither.</summary>
     public static string? ScopeFor(IEnumerable<string> kinds)
     {
@@ -27,30 +71,10 @@ public static class AgentWait
         return policy && routes ? "all" : policy ? "policy" : routes ? "routes" : null;
     }
 
-    private sealed record Agent(string Node, HttpClient Client, Uri Base) : IDisposable
-    {
-        public void Dispose() => Client.Dispose();
-    }
-
-    private static async Task<List<Agent>> AgentsAsync(CtlContext ctx, IDatastore store, CancellationToken ct)
-    {
-        if (ctx.Lab is { } lab)
-            return Lab.LabState.LoadOrThrow(lab).Nodes.Select(n => new Agent(n.Name, Lab.LabCommands.AgentClient(n.Socket), new Uri("http://agent/"))).ToList();
-        var nodes = (await store.ListAsync(Keys.Nodes, ct).ConfigureAwait(false)).Items
-            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.NodeRecord, kv.Key)).ToList();
-        return nodes.Select(n =>
-        {
-            var ip = n.UnderlayAddress?.Split('/')[0] ?? throw new ResourceException($"node {n.Name} has no underlay address registered: is its agent running?");
-            var host = ip.Contains(':', StringComparison.Ordinal) ? $"[{ip}]" : ip;
-            return new Agent(n.Name, new HttpClient(), new Uri($"http://{host}:{AgentPort}/"));
-        }).ToList();
-    }
-
     /// <summary>Waits for every agent to enforce <paramref name="revision"/>; throws naming the nodes that lag.</summary>
-    public static async Task<TimeSpan> WaitAsync(CtlContext ctx, IDatastore store, long revision, string scope, TimeSpan timeout, CancellationToken ct)
+    public static async Task<TimeSpan> WaitAsync(IReadOnlyList<AgentEndpoint> agents, long revision, string scope, TimeSpan timeout, CancellationToken ct)
     {
         var sw = Stopwatch.StartNew();
-        var agents = await AgentsAsync(ctx, store, ct).ConfigureAwait(false);
         try
         {
             var results = await Task.WhenAll(agents.Select(a => AskAsync(a, revision, scope, timeout, ct))).ConfigureAwait(false);
@@ -66,7 +90,7 @@ public static class AgentWait
     }
 
     /// <summary>Null when the agent enforces the revision, else why not (its revision and last error, or unreachable).</summary>
-    private static async Task<string?> AskAsync(Agent agent, long revision, string scope, TimeSpan timeout, CancellationToken ct)
+    private static async Task<string?> AskAsync(AgentEndpoint agent, long revision, string scope, TimeSpan timeout, CancellationToken ct)
     {
         var deadline = Stopwatch.StartNew();
         string last = "no answer";

@@ -1,6 +1,6 @@
 using System.Text.Json.Nodes;
 
-namespace Weft.Ctl.Output;
+namespace Weft.Client.Output;
 
 /// <summary>The reachability matrix shared by `lab matrix` (real packets) and `policy simulate` (the evaluator).</summary>
 public static class MatrixView

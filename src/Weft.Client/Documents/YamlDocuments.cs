@@ -4,7 +4,7 @@ using Weft.Resources;
 using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
 
-namespace Weft.Ctl.Documents;
+namespace Weft.Client.Documents;
 
 /// <summary>Reads YAML streams (several documents, or a JSON file) into JSON trees, one per document.</summary>
 public static class YamlDocuments

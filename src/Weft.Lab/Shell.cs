@@ -1,6 +1,6 @@
 using System.Diagnostics;
 
-namespace Weft.Ctl.Lab;
+namespace Weft.Lab;
 
 /// <summary>Runs iproute2 and our own binaries for lab set-up. (The lab is a tool around the dataplane, not in it.)</summary>
 internal static class Shell

@@ -1,9 +1,9 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using Weft.Ctl.Documents;
+using Weft.Client.Documents;
 using Weft.Resources;
 
-namespace Weft.Ctl.Lab;
+namespace Weft.Lab;
 
 /// <summary>
 /// The lab's cluster description: a YAML stream of v1 Namespace and v1 Pod documents (labels, annotations,

@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace Weft.Ctl.Output;
+namespace Weft.Client.Output;
 
 /// <summary>Plain aligned columns, as calicoctl and kubectl print them; or a boxed grid for ipam show.</summary>
 public sealed class TextTable(params string[] headers)

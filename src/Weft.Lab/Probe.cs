@@ -3,7 +3,7 @@ using System.Net.Sockets;
 using System.Text;
 using Weft.Netlink;
 
-namespace Weft.Ctl.Lab;
+namespace Weft.Lab;
 
 /// <summary>
 /// Real packets from one pod to another: the socket is created inside the source pod's namespace (on a dedicated

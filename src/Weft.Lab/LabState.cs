@@ -1,7 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
 
-namespace Weft.Ctl.Lab;
+namespace Weft.Lab;
 
 public sealed class LabNode
 {
@@ -66,6 +66,9 @@ public sealed class LabState
     /// <summary>The URI for weftctl in the root namespace: etcd is reached through the control-plane namespace.</summary>
     [JsonIgnore]
     public string CtlDatastore => ControlPlane is null ? Datastore : $"{Datastore}?netns=/var/run/netns/{ControlPlane}";
+    /// <summary>Each node's agent through its socket (what `lab sync` and `--lab ... --wait` ask).</summary>
+    public List<Weft.Client.AgentEndpoint> AgentEndpoints() => Nodes.Select(n => Weft.Client.AgentEndpoint.ForSocket(n.Name, n.Socket)).ToList();
+
     public string Backend { get; init; } = "vxlan";
     /// <summary>The lab's copy of a Flannel net-conf.json the agents run from, if `lab up --net-conf` gave one.</summary>
     public string? NetConf { get; set; }
