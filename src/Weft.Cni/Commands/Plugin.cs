@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.ExceptionServices;
 using Weft.Cni.Config;
 using Weft.Cni.Interfaces;
 using Weft.Cni.Results;
@@ -90,8 +91,21 @@ public sealed class Plugin(CniEnvironment env, NetConf conf)
 
     public async Task DelAsync(CancellationToken ct)
     {
-        using var store = OpenStore();
-        new PodInterfaces(conf, env).Teardown();
+        // Interfaces first, then addresses. Removing a veth waits ~25 ms in the kernel for an RCU grace period; the
+        // datastore opens on this thread meanwhile (synchronous work only on the other one: see NetNs).
+        var interfaces = new PodInterfaces(conf, env);
+        ExceptionDispatchInfo? teardownError = null;
+        var teardown = new Thread(() =>
+        {
+            try { interfaces.Teardown(); }
+            catch (Exception e) { teardownError = ExceptionDispatchInfo.Capture(e); }
+        }, maxStackSize: 1 << 20) { IsBackground = true, Name = "teardown" };
+        teardown.Start();
+        IDatastore store;
+        try { store = OpenStore(); }
+        finally { teardown.Join(); }
+        using var owned = store;
+        teardownError?.Throw();
         if (conf.DelegatesIpam) new DelegatedIpam(conf, env).Del();
         else await new IpamService(store).ReleaseAsync(HandleId, ct).ConfigureAwait(false);
         await store.DeleteAsync(Keys.Endpoint(Node, HandleId), -1, ct).ConfigureAwait(false);
