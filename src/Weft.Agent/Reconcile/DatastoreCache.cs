@@ -26,13 +26,18 @@ public sealed class DatastoreCache(IDatastore inner) : IDatastore
         _loaded.TrySetResult();
     }
 
-    /// <summary>Applies one revision's events together, so no reader sees half of a transaction.</summary>
+    /// <summary>
+    /// Applies one revision's events together, so no reader sees half of a transaction. Events at or below the
+    /// revision already applied (a duplicate, or history replayed after a reconnect) change nothing.
+    /// </summary>
     public void Apply(IReadOnlyList<WatchEvent> events)
     {
         lock (_lock)
         {
+            var applied = _revision;
             foreach (var e in events)
             {
+                if (e.Revision <= applied) continue;
                 if (e.Kind == WatchEventKind.Delete) _items.Remove(e.Key);
                 else
                 {
