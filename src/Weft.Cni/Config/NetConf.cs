@@ -19,7 +19,7 @@ public sealed class NetConf
     public string NodeName { get; init; } = "";
     public int Mtu { get; init; } = 1500;
     public NetworkMode Mode { get; init; } = NetworkMode.Routed;
-    public string BridgeName { get; init; } = "weft0";
+    public string BridgeName { get; init; } = Weft.Model.Ownership.DefaultBridge;
     /// <summary>"weft-ipam" (built in) or the name of a plugin to delegate to.</summary>
     public string IpamType { get; init; } = WeftIpamType;
     public IReadOnlyList<IpRequest> RuntimeIps { get; init; } = [];
@@ -70,7 +70,7 @@ public sealed class NetConf
             var mtu = Int(root, "mtu") ?? 1500;
             if (mtu is < 576 or > 65535)
                 throw new CniException(CniCodes.InvalidNetworkConfig, $"\"mtu\": {mtu} is out of range (576-65535)");
-            var bridge = Str(root, "bridge") ?? "weft0";
+            var bridge = Str(root, "bridge") ?? Weft.Model.Ownership.DefaultBridge;
             if (bridge.Length is 0 or > 15)
                 throw new CniException(CniCodes.InvalidNetworkConfig, $"\"bridge\": '{bridge}' is not a valid interface name");
             var datastore = Str(root, "datastore") ?? DatastoreFactory.DefaultUri;

@@ -27,7 +27,7 @@ public sealed class PodInterfaces(NetConf conf, CniEnvironment env)
     public static readonly IPAddress RoutedGatewayV6 = IPAddress.Parse("fe80::ecee:eeff:feee:eeee");
     public static readonly PhysicalAddress HostVethMac = PhysicalAddress.Parse("EE-EE-EE-EE-EE-EE");
     /// <summary>Route protocol number marking routes Weft owns (mark-and-sweep after restarts).</summary>
-    public const byte RouteProtocol = 87;
+    public const byte RouteProtocol = Weft.Model.Ownership.PluginRouteProtocol;
 
     public string HostVethName { get; } = HostVethNameFor(env.ContainerId, env.IfName);
 
@@ -41,7 +41,7 @@ public sealed class PodInterfaces(NetConf conf, CniEnvironment env)
         var hash = 14695981039346656037UL;
         foreach (var b in Encoding.UTF8.GetBytes(containerId + "." + ifName))
             hash = (hash ^ b) * 1099511628211UL;
-        return "weft" + (hash >> 20).ToString("x11", System.Globalization.CultureInfo.InvariantCulture);
+        return Weft.Model.Ownership.PodInterfacePrefix + (hash >> 20).ToString("x11", System.Globalization.CultureInfo.InvariantCulture);
     }
 
     public CniResult Build(IReadOnlyList<PodAddress> addresses)
