@@ -84,7 +84,13 @@ builder.Services.AddSingleton(observer);
 builder.Services.AddGrpc();
 if (flowsOn)
     builder.Services.AddHostedService(sp => new FlowCollector(ring, flowIds, flowCounters, me.Name, FlowLogGroup, sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), refreshIdentities: !options.Policy, sp.GetRequiredService<ILogger<FlowCollector>>()));
-builder.Services.AddHostedService(sp => new RouteReconciler(sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), backend, me, state, options.Resync, sp.GetRequiredService<ILogger<RouteReconciler>>(), options.Policy, bpfMasquerade));
+builder.Services.AddHostedService(sp => new RouteReconciler(sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), backend, me, state, options.Resync, sp.GetRequiredService<ILogger<RouteReconciler>>()));
+// natOutgoing drivers in order: BPF (when loaded) masquerades; nftables then keeps only the tunnel's notrack (or
+// nothing with policy off), else it masquerades itself.
+var natDrivers = new List<Weft.Agent.Drivers.INatDriver>();
+if (bpfMasquerade is not null) natDrivers.Add(bpfMasquerade);
+natDrivers.Add(new NatProgrammer(options.Policy, backend.TunnelPort, masquerade: bpfMasquerade is null));
+builder.Services.AddHostedService(sp => new NatReconciler(sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), natDrivers, state, options.Resync, sp.GetRequiredService<ILogger<NatReconciler>>()));
 if (!options.Policy)
 {
     // Enforcement switched off: a table left by an earlier run would keep dropping new pods (fail closed). Remove it.
@@ -122,7 +128,7 @@ app.MapGet("/status/wait", async (AgentState s, long revision, string? scope, in
     var routes = scope is "routes" or "all";
     if (!policy && !routes) return Results.Text("scope: use policy, routes or all\n", statusCode: 400);
     var (done, snapshot) = await s.WaitAsync(x =>
-        (!policy || !x.Policy.Enabled || x.Policy.Revision >= revision) && (!routes || x.RoutesRevision >= revision),
+        (!policy || !x.Policy.Enabled || x.Policy.Revision >= revision) && (!routes || (x.RoutesRevision >= revision && x.NatRevision >= revision)),
         TimeSpan.FromMilliseconds(Math.Clamp(timeoutMs ?? 30_000, 0, 600_000)), ct);
     return Results.Json(snapshot, AgentJson.Default.AgentSnapshot, statusCode: done ? 200 : 504);
 });

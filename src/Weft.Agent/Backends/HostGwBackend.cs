@@ -10,6 +10,7 @@ public sealed class HostGwBackend : IBackend
     public string Type => "host-gw";
     public int Overhead => 0;
     public int OwnedDeviceIndex => 0;
+    public int? TunnelPort => null;
 
     public LocalNode Prepare(RtNetlink netlink, LocalNode me)
     {

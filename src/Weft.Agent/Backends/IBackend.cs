@@ -43,6 +43,9 @@ public interface IBackend
     /// <summary>The kernel entries that send traffic for the peer's blocks to the peer.</summary>
     PeerProgram ProgramFor(LocalNode me, NodeRecord peer, IReadOnlyList<Cidr> peerBlocks);
 
+    /// <summary>The UDP port of the encapsulation between nodes (VXLAN), or null: such packets skip conntrack.</summary>
+    int? TunnelPort { get; }
+
     /// <summary>The device whose neighbour and FDB entries this backend owns, if any.</summary>
     int OwnedDeviceIndex { get; }
 }

@@ -16,6 +16,7 @@ public sealed class VxlanBackend(int vni, int port) : IBackend
     public string Type => "vxlan";
     public int Overhead => 50;
     public int Port => port;
+    public int? TunnelPort => port;
     public int OwnedDeviceIndex { get; private set; }
 
     public LocalNode Prepare(RtNetlink netlink, LocalNode me)

@@ -14,6 +14,8 @@ public sealed record AgentSnapshot(
     public string Masquerade { get; init; } = "nftables";
     /// <summary>Every node, block, pool and endpoint change up to this datastore revision is in the routes, overlay and NAT.</summary>
     public long RoutesRevision { get; init; }
+    /// <summary>Every pool change up to this datastore revision is in the natOutgoing dataplane.</summary>
+    public long NatRevision { get; init; }
     /// <summary>What the pools ask for that this node cannot do as asked (e.g. IPIP, which Weft carries over VXLAN).</summary>
     public IReadOnlyList<string> Warnings { get; init; } = [];
 }

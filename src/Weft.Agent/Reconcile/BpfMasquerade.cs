@@ -1,3 +1,5 @@
+using Weft.Agent.Calculators;
+using Weft.Agent.Drivers;
 using System.Buffers.Binary;
 using System.Net;
 using System.Runtime.InteropServices;
@@ -12,8 +14,10 @@ namespace Weft.Agent.Reconcile;
 /// attached while any pool masquerades. Translation state is pinned under <c>pinDir</c>, and attaching replaces the
 /// previous agent's programs in one step, so a restart neither drops nor re-maps a running connection.
 /// </summary>
-public sealed class BpfMasquerade : IDisposable
+public sealed class BpfMasquerade : INatDriver, IDisposable
 {
+    public string Mode => "bpf";
+
     // Weft's slot in the uplink's clsact filters ("WF"), kept across versions so a new agent replaces the old one.
     public const uint TcHandle = Ownership.TcHandle, TcPriority = Ownership.TcPriority;
     private const string Egress = "weft_masq_egress", Ingress = "weft_masq_ingress";

@@ -1,5 +1,7 @@
 using System.Text.Json.Nodes;
 using Weft.Model;
+using Weft.Agent.Calculators;
+using Weft.Agent.Drivers;
 using Weft.Nftables;
 
 namespace Weft.Agent.Reconcile;
@@ -11,8 +13,10 @@ namespace Weft.Agent.Reconcile;
 /// masquerade (<paramref name="masquerade"/> false) the table keeps only what connection tracking for policy needs,
 /// and nothing at all with policy off: a node without conntrack users pays no netfilter cost per packet.
 /// </summary>
-public sealed class NatProgrammer(bool policyEnforced, int? tunnelPort = null, bool masquerade = true)
+public sealed class NatProgrammer(bool policyEnforced, int? tunnelPort = null, bool masquerade = true) : INatDriver
 {
+    public string Mode => "nftables";
+
     public const string Table = Ownership.NatTable;
     private string? _applied;
 
@@ -120,20 +124,4 @@ public sealed class NatProgrammer(bool policyEnforced, int? tunnelPort = null, b
         }
         return new JsonObject { ["nftables"] = cmds };
     }
-}
-
-/// <summary>
-/// What natOutgoing works from, whichever dataplane masquerades: the enabled IPv4 pools that masquerade, and every
-/// enabled IPv4 pool (destinations inside the cluster are never translated). Ordered, so equal sets compare equal.
-/// </summary>
-public sealed record NatPools(IReadOnlyList<Cidr> Masquerading, IReadOnlyList<Cidr> Cluster)
-{
-    public static NatPools From(IEnumerable<IPPool> pools)
-    {
-        var v4 = pools.Where(p => p.Network.IsIPv4 && !p.Disabled).ToList();
-        return new(v4.Where(p => p.NatOutgoing).Select(p => p.Network).Order().ToList(), v4.Select(p => p.Network).Order().ToList());
-    }
-
-    /// <summary>A value that changes exactly when the pool sets do.</summary>
-    public string Key => string.Join(",", Masquerading) + "|" + string.Join(",", Cluster);
 }

@@ -16,11 +16,9 @@ namespace Weft.Agent.Reconcile;
 /// difference. A restart reads the kernel back and adopts it, so traffic keeps flowing; a periodic resync repairs
 /// drift (someone deleting a route by hand).
 /// </summary>
-public sealed class RouteReconciler(IDatastore store, DatastoreTrigger trigger, IBackend backend, LocalNode me, AgentState state, TimeSpan resync, ILogger<RouteReconciler> log, bool policyEnforced = true,
-    BpfMasquerade? bpfMasquerade = null)
+public sealed class RouteReconciler(IDatastore store, DatastoreTrigger trigger, IBackend backend, LocalNode me, AgentState state, TimeSpan resync, ILogger<RouteReconciler> log)
     : Reconciler(trigger, resync, log)
 {
-    private readonly NatProgrammer _nat = new(policyEnforced, (backend as VxlanBackend)?.Port, masquerade: bpfMasquerade is null);
     private HashSet<string> _warned = new(StringComparer.Ordinal);
     private readonly IRouteDriver _driver = new NetlinkRouteDriver(() => backend.OwnedDeviceIndex);
 
@@ -53,11 +51,6 @@ public sealed class RouteReconciler(IDatastore store, DatastoreTrigger trigger, 
         var changed = _driver.Apply(desired);
         if (!changed.IsEmpty)
             log.LogInformation("routes: {Added} added or replaced, {Removed} removed", changed.Upserts.Count, changed.Removals.Count);
-        var natPools = NatPools.From(pools);
-        // BPF first: when it takes over from nftables masquerade, packets nftables already translated pass it as
-        // the node's own, so no packet leaves untranslated in between.
-        if (bpfMasquerade?.Apply(natPools) == true) log.LogInformation("BPF masquerade programmed for {Count} pool(s)", natPools.Masquerading.Count);
-        if (_nat.Apply(natPools)) log.LogInformation("nftables NAT table rewritten ({Count} natOutgoing pool(s))", natPools.Masquerading.Count);
         state.Update(s => s with
         {
             Synced = true, LastReconcile = DateTime.UtcNow, LastReconcileMs = sw.Elapsed.TotalMilliseconds,

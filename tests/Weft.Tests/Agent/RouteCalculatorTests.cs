@@ -23,6 +23,7 @@ public sealed class RouteCalculatorTests
         public string Type => "vxlan";
         public int Overhead => 50;
         public int OwnedDeviceIndex => 7;
+        public int? TunnelPort => 4789;
         public LocalNode Prepare(RtNetlink netlink, LocalNode me) => me;
         public PeerProgram ProgramFor(LocalNode me, NodeRecord peer, IReadOnlyList<Cidr> peerBlocks)
         {

@@ -1,3 +1,4 @@
+using Weft.Agent.Calculators;
 using Microsoft.Extensions.Logging.Abstractions;
 using Weft.Agent.Config;
 using Weft.Agent.Reconcile;
