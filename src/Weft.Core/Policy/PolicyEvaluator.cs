@@ -44,10 +44,8 @@ public sealed class PolicyEvaluator(PolicySet policies, PolicyWorld world)
     {
         var steps = new List<string>();
         var anyApplied = false;
-        foreach (var tier in policies.TierOrder)
+        foreach (var (tier, applicable) in PolicyCalculator.Applicable(policies, world, subject, direction).Tiers)
         {
-            var applicable = policies.InTier(tier).Where(p => p.AppliesTo(direction) && world.Applies(p, subject)).ToList();
-            if (applicable.Count == 0) continue;
             anyApplied = true;
             steps.Add($"tier {tier}: {applicable.Count} {direction.ToString().ToLowerInvariant()} polic{(applicable.Count == 1 ? "y selects" : "ies select")} {subject.Key}: {string.Join(", ", applicable.Select(p => p.Display))}");
             var passed = false;

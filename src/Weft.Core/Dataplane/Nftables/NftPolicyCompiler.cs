@@ -130,16 +130,11 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
     /// <summary>The chain deciding one direction for one endpoint, shared by every endpoint with the same applicable policies.</summary>
     private string EndpointChain(PolicySet policies, EndpointInfo ep, Direction direction)
     {
-        var tiers = new List<(string Tier, List<PolicyIr> Policies)>();
-        foreach (var tier in policies.TierOrder)
-        {
-            var applicable = policies.InTier(tier).Where(p => p.AppliesTo(direction) && _world.Applies(p, ep)).ToList();
-            if (applicable.Count > 0) tiers.Add((tier, applicable));
-        }
+        var applicable = PolicyCalculator.Applicable(policies, _world, ep, direction);
+        var tiers = applicable.Tiers;
         var egress = direction == Direction.Egress;
-        if (tiers.Count == 0) return egress ? "allow-egress" : "allow-ingress";
-        var key = (egress ? "eg|" : "in|") + string.Join("|", tiers.Select(t => t.Tier + ":" + string.Join(",", t.Policies.Select(p => p.Id))));
-        var name = $"ep-{(egress ? "eg" : "in")}-{Hash(key)}";
+        if (applicable.IsEmpty) return egress ? "allow-egress" : "allow-ingress";
+        var name = $"ep-{(egress ? "eg" : "in")}-{Hash(applicable.Key)}";
         if (_out.Chains.ContainsKey(name)) return name;
         JsonArray AllowVerdict() => egress ? Rule(SetMark(MarkEgressOk), Verdict("return")) : Rule(Verdict("accept"));
         JsonArray ProfileVerdict() => Rule([.. FlowLogStatement('A', direction, FlowLog.Profile), .. AllowVerdict().Select(n => n!.DeepClone())]);
