@@ -94,12 +94,13 @@ builder.Services.AddHostedService(sp => new NatReconciler(sp.GetRequiredService<
 if (!options.Policy)
 {
     // Enforcement switched off: a table left by an earlier run would keep dropping new pods (fail closed). Remove it.
-    using var transport = new Weft.Dataplane.Nftables.LibNftTransport();
-    new Weft.Dataplane.Nftables.NftPolicyDriver(transport).Remove();
+    using var dataplane = new Weft.Agent.Drivers.NftPolicyDataplane(new Weft.Dataplane.Nftables.NftPolicyCompiler.Options());
+    dataplane.Remove();
     log.LogInformation("policy enforcement off: the weft-policy nftables table is removed");
 }
 else
-    builder.Services.AddHostedService(sp => new PolicyReconciler(sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), me.Name, new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(FlowLogGroup: flowsOn ? FlowLogGroup : 0), state, sp.GetRequiredService<ILogger<PolicyReconciler>>(), flowsOn ? flowIds : null));
+    builder.Services.AddHostedService(sp => new PolicyReconciler(sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), me.Name,
+        new Weft.Agent.Drivers.NftPolicyDataplane(new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(FlowLogGroup: flowsOn ? FlowLogGroup : 0)), state, sp.GetRequiredService<ILogger<PolicyReconciler>>(), flowsOn ? flowIds : null));
 
 var socketDir = Path.GetDirectoryName(options.SocketPath);
 if (!string.IsNullOrEmpty(socketDir)) Directory.CreateDirectory(socketDir);

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using Weft.Datastore;
-using Weft.Dataplane.Nftables;
+using Weft.Agent.Drivers;
 using Weft.Model;
 using Weft.Policy;
 
@@ -13,41 +13,36 @@ namespace Weft.Agent.Reconcile;
 /// transaction. Nothing is delayed on purpose: a new pod is dropped (fail closed) until this has run, so latency
 /// here is pod start-up latency. A failed apply is retried; the next attempt replaces the table whole.
 /// </summary>
-public sealed class PolicyReconciler(IDatastore store, DatastoreTrigger trigger, string nodeName, NftPolicyCompiler.Options compilerOptions, AgentState state, ILogger<PolicyReconciler> log, Flows.FlowIdentities? flowIdentities = null)
+public sealed class PolicyReconciler(IDatastore store, DatastoreTrigger trigger, string nodeName, IPolicyDataplane dataplane, AgentState state, ILogger<PolicyReconciler> log, Flows.FlowIdentities? flowIdentities = null)
     : Reconciler(trigger, TimeSpan.FromSeconds(30), log)
 {
-    private readonly LibNftTransport _transport = new();
-    private NftPolicyDriver? _driver;
-    private readonly NftPolicyCompiler _compiler = new(compilerOptions); // keeps unchanged policies' chains between runs
-
     protected override string Concern => "policy";
 
     protected override bool IsInput(string key) => PolicyStore.IsPolicyInput(key);
 
     protected override void OnFailed(Exception e, TimeSpan retryIn)
     {
-        _driver = null; // the next attempt replaces the table whole
+        dataplane.Reset(); // the next attempt replaces everything
         state.Update(s => s with { Policy = s.Policy with { Errors = s.Policy.Errors + 1, LastError = e.Message } });
     }
 
     public override void Dispose()
     {
         base.Dispose();
-        _transport.Dispose();
+        dataplane.Dispose();
     }
 
     protected override async Task ReconcileAsync(bool drift, CancellationToken ct)
     {
         var sw = Stopwatch.StartNew();
-        // A periodic run rebuilds the table whole: it repairs drift (someone flushing the table by hand).
-        if (drift || _driver is null) _driver = new NftPolicyDriver(_transport);
+        // A periodic run rebuilds everything: it repairs drift (someone flushing the table by hand).
+        if (drift) dataplane.Reset();
         // Read the revision first: everything up to it is in what we load next.
         var revision = await store.RevisionAsync(ct).ConfigureAwait(false);
         var snapshot = await PolicyStore.LoadAsync(store, ct).ConfigureAwait(false);
         var local = snapshot.World.Endpoints.Where(e => e.Node == nodeName && e.HostInterface is not null).ToList();
-        var ruleset = _compiler.Compile(snapshot.Policies, snapshot.World, local);
-        var result = _driver!.Apply(ruleset);
-        flowIdentities?.Update(snapshot.World, ruleset.LogMeanings);
+        var result = dataplane.Apply(snapshot.Policies, snapshot.World, local);
+        flowIdentities?.Update(snapshot.World, result.LogMeanings);
         state.PolicyApply.Observe(sw.Elapsed);
         foreach (var err in snapshot.Errors) log.LogWarning("policy input skipped: {Error}", err);
         state.Update(s => s with
@@ -55,13 +50,13 @@ public sealed class PolicyReconciler(IDatastore store, DatastoreTrigger trigger,
             Policy = s.Policy with
             {
                 Enforcing = true, Revision = revision, Endpoints = local.Count, Policies = snapshot.Policies.Policies.Count,
-                Chains = ruleset.Chains.Count, Rules = ruleset.RuleCount, Sets = ruleset.Sets.Count,
+                Chains = result.Chains, Rules = result.Rules, Sets = result.Sets,
                 LastApplyMs = sw.Elapsed.TotalMilliseconds, LastApplyFull = result.Full, Applies = s.Policy.Applies + 1,
                 LastError = null, DocumentErrors = snapshot.Errors,
             },
         });
-        if (result.Full || result.Commands > 0)
-            log.LogInformation("policy programmed: revision {Revision}, {Endpoints} local endpoint(s), {Policies} policies, {Rules} rules, {Commands} commands{Full} in {Ms:0.0} ms",
-                revision, local.Count, snapshot.Policies.Policies.Count, ruleset.RuleCount, result.Commands, result.Full ? " (full)" : "", sw.Elapsed.TotalMilliseconds);
+        if (result.Full || result.Changes > 0)
+            log.LogInformation("policy programmed ({Dataplane}): revision {Revision}, {Endpoints} local endpoint(s), {Policies} policies, {Rules} rules, {Changes} changes{Full} in {Ms:0.0} ms",
+                dataplane.Name, revision, local.Count, snapshot.Policies.Policies.Count, result.Rules, result.Changes, result.Full ? " (full)" : "", sw.Elapsed.TotalMilliseconds);
     }
 }

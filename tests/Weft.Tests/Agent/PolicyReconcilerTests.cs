@@ -1,0 +1,85 @@
+using Microsoft.Extensions.Logging.Abstractions;
+using Weft.Agent.Drivers;
+using Weft.Agent.Reconcile;
+using Weft.Client.Documents;
+using Weft.Datastore;
+using Weft.Policy;
+using Weft.Policy.Ir;
+using Weft.Resources;
+
+namespace Weft.Tests.Agent;
+
+/// <summary>
+/// The policy reconciler on the real watch, cache and sqlite store, with a fake dataplane: a committed policy reaches
+/// the dataplane with the revision reported; a failing apply is retried after a reset, and counted.
+/// </summary>
+public sealed class PolicyReconcilerTests : IDisposable
+{
+    private readonly string _dir = Support.TestEnv.TempDir("policy-reconciler");
+
+    public void Dispose() => Directory.Delete(_dir, true);
+
+    private sealed class FakeDataplane : IPolicyDataplane
+    {
+        public List<string[]> Applied { get; } = [];
+        public int Resets;
+        public int FailNext;
+        public string Name => "fake";
+
+        public PolicyApplyResult Apply(PolicySet policies, PolicyWorld world, IReadOnlyList<EndpointInfo> local)
+        {
+            if (Interlocked.Exchange(ref FailNext, 0) > 0) throw new InvalidOperationException("the kernel said no");
+            lock (Applied) Applied.Add([.. policies.Policies.Select(p => p.Id)]);
+            return new PolicyApplyResult(1, policies.Policies.Count, 0, false, 1, new Dictionary<string, string>());
+        }
+
+        public void Reset() => Interlocked.Increment(ref Resets);
+        public void Remove() { }
+        public void Dispose() { }
+    }
+
+    private static async Task ApplyAsync(IDatastore store, string yaml) =>
+        await new ResourceService(store).ApplyAsync(YamlDocuments.Load(yaml, "test").Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList());
+
+    [Fact]
+    public async Task A_commit_reaches_the_dataplane_and_a_failed_apply_is_retried_after_a_reset()
+    {
+        using var store = DatastoreFactory.Open("sqlite://" + Path.Combine(_dir, "weft.db"));
+        var state = new AgentState("n1", "vxlan");
+        var fake = new FakeDataplane();
+        using var trigger = new DatastoreTrigger(store, NullLogger<DatastoreTrigger>.Instance);
+        using var reconciler = new PolicyReconciler(trigger.Cache, trigger, "n1", fake, state, NullLogger<PolicyReconciler>.Instance);
+        await trigger.StartAsync(CancellationToken.None);
+        await reconciler.StartAsync(CancellationToken.None);
+        try
+        {
+            async Task<AgentSnapshot> Until(Func<AgentSnapshot, bool> done)
+            {
+                var (ok, s) = await state.WaitAsync(done, TimeSpan.FromSeconds(10), CancellationToken.None);
+                Assert.True(ok, "timed out; policy status: " + s.Policy);
+                return s;
+            }
+            await Until(s => s.Policy.Enforcing);
+
+            await ApplyAsync(store, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: default}\nspec: {podSelector: {}}\n");
+            var revision = await store.RevisionAsync();
+            await Until(s => s.Policy.Revision >= revision);
+            lock (fake.Applied) Assert.Contains("knp/default/a", fake.Applied[^1]);
+
+            fake.FailNext = 1;
+            await ApplyAsync(store, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b, namespace: default}\nspec: {podSelector: {}}\n");
+            revision = await store.RevisionAsync();
+            var failed = await Until(s => s.Policy.Errors == 1);
+            Assert.Equal("the kernel said no", failed.Policy.LastError);
+            Assert.True(fake.Resets >= 1, "a failed apply must make the next one replace everything");
+            var after = await Until(s => s.Policy.Revision >= revision && s.Policy.LastError is null); // the retry, about 1 s later
+            lock (fake.Applied) Assert.Contains("knp/default/b", fake.Applied[^1]);
+            Assert.Equal(1, after.Policy.Errors);
+        }
+        finally
+        {
+            await reconciler.StopAsync(CancellationToken.None);
+            await trigger.StopAsync(CancellationToken.None);
+        }
+    }
+}
