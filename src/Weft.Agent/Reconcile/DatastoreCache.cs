@@ -11,7 +11,9 @@ namespace Weft.Agent.Reconcile;
 public sealed class DatastoreCache(IDatastore inner) : IDatastore
 {
     private readonly Lock _lock = new();
-    private SortedDictionary<string, KeyValue> _items = new(StringComparer.Ordinal);
+    private Dictionary<string, KeyValue> _items = new(StringComparer.Ordinal);
+    // Keys in order, so a prefix list costs O(log n + k), not a scan of every key (50k pods are 50k endpoint keys).
+    private SortedSet<string> _keys = new(StringComparer.Ordinal);
     private long _revision;
     private readonly TaskCompletionSource _loaded = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -20,9 +22,10 @@ public sealed class DatastoreCache(IDatastore inner) : IDatastore
     /// <summary>Replaces the whole content (the watch's initial list and every relist).</summary>
     public void Load(RangeResult list)
     {
-        var items = new SortedDictionary<string, KeyValue>(StringComparer.Ordinal);
+        var items = new Dictionary<string, KeyValue>(StringComparer.Ordinal);
         foreach (var kv in list.Items) items[kv.Key] = kv;
-        lock (_lock) (_items, _revision) = (items, list.Revision);
+        var keys = new SortedSet<string>(items.Keys, StringComparer.Ordinal);
+        lock (_lock) (_items, _keys, _revision) = (items, keys, list.Revision);
         _loaded.TrySetResult();
     }
 
@@ -38,9 +41,14 @@ public sealed class DatastoreCache(IDatastore inner) : IDatastore
             foreach (var e in events)
             {
                 if (e.Revision <= applied) continue;
-                if (e.Kind == WatchEventKind.Delete) _items.Remove(e.Key);
+                if (e.Kind == WatchEventKind.Delete)
+                {
+                    _items.Remove(e.Key);
+                    _keys.Remove(e.Key);
+                }
                 else
                 {
+                    _keys.Add(e.Key);
                     var created = _items.TryGetValue(e.Key, out var old) ? old.CreateRevision : e.Revision;
                     _items[e.Key] = new KeyValue(e.Key, e.Value ?? [], created, e.Revision);
                 }
@@ -61,13 +69,10 @@ public sealed class DatastoreCache(IDatastore inner) : IDatastore
         lock (_lock)
         {
             var list = new List<KeyValue>();
-            foreach (var (key, kv) in _items)
-            {
-                var c = string.CompareOrdinal(key, prefix);
-                if (c < 0) continue;
-                if (!key.StartsWith(prefix, StringComparison.Ordinal)) break;
-                list.Add(kv);
-            }
+            if (prefix.Length == 0) list.AddRange(_keys.Select(k => _items[k]));
+            else
+                foreach (var key in _keys.GetViewBetween(prefix, prefix[..^1] + (char)(prefix[^1] + 1)))
+                    if (key.StartsWith(prefix, StringComparison.Ordinal)) list.Add(_items[key]); // the view's upper end is inclusive
             return new RangeResult(list, _revision);
         }
     }
