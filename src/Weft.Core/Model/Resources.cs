@@ -129,6 +129,8 @@ public static class Keys
     /// <summary>Policy documents as applied, by IR id: knp/NS/NAME, np/NS/NAME, gnp/NAME.</summary>
     public const string Policies = "/weft/policies/";
     public const string Tiers = "/weft/tiers/";
+    /// <summary>The Tigera operator's Installation documents as applied (the dataplane choice).</summary>
+    public const string Installations = "/weft/installations/";
     /// <summary>v1 Namespace and Pod documents (labels, named ports) when no Kubernetes API server provides them.</summary>
     public const string K8sNamespaces = "/weft/k8s/namespaces/";
     public const string K8sPods = "/weft/k8s/pods/";

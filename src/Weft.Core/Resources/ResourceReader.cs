@@ -27,6 +27,12 @@ public sealed record PolicyResource(Weft.Policy.Ir.PolicyIr Policy, JsonObject D
 public sealed record TierResource(string TierName, double Order, JsonObject Document, DocumentSource Source) : Resource("Tier", TierName, Source);
 /// <summary>v1 Namespace and Pod: where labels and named ports come from when no Kubernetes API server is there (the lab, simulate).</summary>
 public sealed record NamespaceResource(Weft.Policy.NamespaceInfo Namespace, JsonObject Document, DocumentSource Source) : Resource("Namespace", Namespace.Name, Source);
+/// <summary>
+/// The Tigera operator's Installation, as far as Weft acts on it: which dataplane (spec.calicoNetwork.linuxDataplane)
+/// and what that means here.
+/// </summary>
+public sealed record InstallationResource(string InstallationName, string LinuxDataplane, string WeftDataplane, JsonObject Document, DocumentSource Source) : Resource("Installation", InstallationName, Source);
+
 public sealed record PodResource(Weft.Policy.Dialects.PodDocument Pod, JsonObject Document, DocumentSource Source) : Resource("Pod", $"{Pod.Namespace}/{Pod.Name}", Source);
 
 /// <summary>
@@ -36,7 +42,7 @@ public sealed record PodResource(Weft.Policy.Dialects.PodDocument Pod, JsonObjec
 public static class ResourceReader
 {
     public const string CalicoApiVersion = "projectcalico.org/v3";
-    public static readonly string[] Kinds = ["IPPool", "IPReservation", "NetworkPolicy", "GlobalNetworkPolicy", "Tier", "Namespace", "Pod"];
+    public static readonly string[] Kinds = ["IPPool", "IPReservation", "NetworkPolicy", "GlobalNetworkPolicy", "Tier", "Namespace", "Pod", "Installation"];
 
     public static Resource Read(JsonObject doc, DocumentSource source)
     {
@@ -70,6 +76,8 @@ public static class ResourceReader
             case "Pod" when apiVersion == "v1":
                 if (ns is not null) ValidateName(ns, where);
                 return new PodResource(Weft.Policy.Dialects.PolicyDocuments.ReadPod(doc, where), doc, source);
+            case "Installation" when apiVersion == "operator.tigera.io/v1":
+                return ReadInstallation(name, doc, Spec(doc, where), where, source);
             case "NetworkPolicy" or "GlobalNetworkPolicy" or "Namespace" or "Pod":
                 throw new ResourceException($"{where}: apiVersion '{apiVersion}' is not supported for {kind}; use " +
                     (kind == "NetworkPolicy" ? "networking.k8s.io/v1 or projectcalico.org/v3" : kind == "GlobalNetworkPolicy" ? CalicoApiVersion : "v1"));
@@ -173,6 +181,31 @@ public static class ResourceReader
             AssignmentMode = OptEnum(spec, "assignmentMode", ["Automatic", "Manual"], "Automatic", where),
             CreationTimestamp = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ"),
         };
+    }
+
+    /// <summary>
+    /// The operator's dataplane choice. Weft reads only spec.calicoNetwork.linuxDataplane and refuses the rest by
+    /// name rather than ignore what a user wrote: Iptables and Nftables run Weft's nftables dataplane; BPF and VPP are
+    /// refused with what is missing.
+    /// </summary>
+    private static InstallationResource ReadInstallation(string name, JsonObject doc, JsonObject spec, string where, DocumentSource source)
+    {
+        foreach (var key in spec.Select(p => p.Key))
+            if (key != "calicoNetwork")
+                throw new ResourceException($"{where}: spec.{key}: Weft reads only spec.calicoNetwork.linuxDataplane from an Installation (IP pools are IPPool documents); remove spec.{key}");
+        var network = spec["calicoNetwork"] as JsonObject ?? throw new ResourceException($"{where}: spec.calicoNetwork must be a mapping");
+        foreach (var key in network.Select(p => p.Key))
+            if (key != "linuxDataplane")
+                throw new ResourceException($"{where}: spec.calicoNetwork.{key}: Weft reads only spec.calicoNetwork.linuxDataplane from an Installation (IP pools are IPPool documents); remove spec.calicoNetwork.{key}");
+        var dataplane = OptString(network, "linuxDataplane", where, "spec.calicoNetwork.") ?? "Iptables";
+        var weft = dataplane switch
+        {
+            "Iptables" or "Nftables" => "nftables",
+            "BPF" => throw new ResourceException($"{where}: spec.calicoNetwork.linuxDataplane BPF: Weft's eBPF policy dataplane is not built yet; use Iptables (Weft's nftables dataplane enforces the same policies)"),
+            "VPP" => throw new ResourceException($"{where}: spec.calicoNetwork.linuxDataplane VPP: Weft has no VPP dataplane (it would need the VPP vSwitch with hugepages and a DPDK or af_packet uplink, which Weft neither ships nor drives); use Iptables"),
+            _ => throw new ResourceException($"{where}: spec.calicoNetwork.linuxDataplane '{dataplane}' is not one of Iptables, Nftables, BPF, VPP"),
+        };
+        return new InstallationResource(name, dataplane, weft, doc, source);
     }
 
     private static IPReservation ReadReservation(string name, JsonObject spec, string where)

@@ -64,6 +64,11 @@ public sealed class ResourceService(IDatastore store)
                 case PolicyResource pr:
                     await Document(Keys.Policy(pr.Policy.Id), pr.Kind, pr.Name, pr.Document).ConfigureAwait(false);
                     break;
+                case InstallationResource ir:
+                    await Document(Keys.Installations + ir.InstallationName, "Installation", ir.Name, ir.Document).ConfigureAwait(false);
+                    messages.Add($"Installation {ir.Name}: linuxDataplane {ir.LinuxDataplane} runs Weft's {ir.WeftDataplane} dataplane" +
+                                 (ir.LinuxDataplane == "Iptables" ? " (Calico's iptables rules, written as one nftables table)" : ""));
+                    break;
                 case TierResource tr:
                     await Document(Keys.Tier(tr.TierName), "Tier", tr.TierName, tr.Document).ConfigureAwait(false);
                     break;
@@ -119,6 +124,7 @@ public sealed class ResourceService(IDatastore store)
             "NetworkPolicy" => Keys.Policy("np/" + Namespaced(name)),
             "GlobalNetworkPolicy" => Keys.Policy("gnp/" + name),
             "Tier" => Keys.Tier(name),
+            "Installation" => Keys.Installations + name,
             "Namespace" => Keys.K8sNamespace(name),
             "Pod" => Keys.K8sPod(Namespaced(name).Split('/')[0], Namespaced(name).Split('/')[1]),
             var k => throw new ResourceException($"cannot delete kind '{k}'; known kinds: {string.Join(", ", ResourceReader.Kinds)}"),
@@ -157,6 +163,7 @@ public sealed class ResourceService(IDatastore store)
         "knp" or "kubernetesnetworkpolicy" or "networkpolicy.networking.k8s.io" or "networkpolicies.networking.k8s.io" => "KubernetesNetworkPolicy",
         "globalnetworkpolicy" or "globalnetworkpolicies" or "gnp" => "GlobalNetworkPolicy",
         "tier" or "tiers" => "Tier",
+        "installation" or "installations" => "Installation",
         "namespace" or "namespaces" or "ns" => "Namespace",
         "pod" or "pods" or "po" => "Pod",
         _ => kind,

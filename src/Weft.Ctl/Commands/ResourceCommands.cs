@@ -44,7 +44,7 @@ public static class ResourceCommands
     {
         if (AgentWait.ScopeFor(kinds) is not { } scope)
         {
-            await ctx.Err.WriteLineAsync("--wait: nothing here is programmed by the agents (IP reservations are read by the plugin at the next ADD)").ConfigureAwait(false);
+            await ctx.Err.WriteLineAsync("--wait: nothing here changes what the agents program (IP reservations are read by the plugin at its next ADD)").ConfigureAwait(false);
             return;
         }
         var agents = ctx.Lab is { } lab ? Weft.Lab.LabState.LoadOrThrow(lab).AgentEndpoints() : await AgentEndpoint.FromNodesAsync(store, ct).ConfigureAwait(false);
@@ -131,7 +131,7 @@ public static class ResourceCommands
                 await ctx.Out.WriteAsync(table.Render()).ConfigureAwait(false);
                 return 0;
             }
-            case "NetworkPolicy" or "KubernetesNetworkPolicy" or "GlobalNetworkPolicy" or "Tier" or "Namespace" or "Pod":
+            case "NetworkPolicy" or "KubernetesNetworkPolicy" or "GlobalNetworkPolicy" or "Tier" or "Namespace" or "Pod" or "Installation":
                 return await GetDocumentsAsync(ctx, store, ResourceService.NormaliseKind(kind), name, output, ct).ConfigureAwait(false);
             default:
                 if (kind.ToLowerInvariant() is "block" or "blocks" or "ipamblock" or "ipamblocks")
@@ -149,6 +149,7 @@ public static class ResourceCommands
             "NetworkPolicy" or "KubernetesNetworkPolicy" => new[] { Keys.Policies + "np/", Keys.Policies + "knp/" },
             "GlobalNetworkPolicy" => [Keys.Policies + "gnp/"],
             "Tier" => [Keys.Tiers],
+            "Installation" => [Keys.Installations],
             "Namespace" => [Keys.K8sNamespaces],
             _ => [Keys.K8sPods],
         };
@@ -167,6 +168,7 @@ public static class ResourceCommands
             "Namespace" => new TextTable("NAME", "LABELS"),
             "Pod" => new TextTable("NAMESPACE", "NAME", "IP", "LABELS"),
             "Tier" => new TextTable("NAME", "ORDER"),
+            "Installation" => new TextTable("NAME", "LINUXDATAPLANE"),
             _ => new TextTable("NAMESPACE", "NAME", "DIALECT", "ORDER", "SELECTOR", "TYPES"),
         };
         foreach (var (key, doc) in docs)
@@ -179,6 +181,7 @@ public static class ResourceCommands
                 case "Namespace": table.Add(key, labels); break;
                 case "Pod": table.Add(meta?["namespace"]?.ToString() ?? "default", meta?["name"]?.ToString() ?? key, doc["status"]?["podIP"]?.ToString() ?? "-", labels); break;
                 case "Tier": table.Add(key, spec?["order"]?.ToString() ?? "-"); break;
+                case "Installation": table.Add(key, spec?["calicoNetwork"]?["linuxDataplane"]?.ToString() ?? "Iptables"); break;
                 default:
                     var kubernetes = doc["apiVersion"]?.ToString() == "networking.k8s.io/v1";
                     var types = kubernetes

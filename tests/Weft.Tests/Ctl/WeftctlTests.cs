@@ -52,6 +52,33 @@ public sealed class WeftctlTests : IDisposable
         Assert.Equal(0, Apply(doc.Replace("  natOutgoing", $"  vxlanMode: {vxlanMode}\n  ipipMode: {ipipMode}\n  natOutgoing", StringComparison.Ordinal)).ExitCode);
     }
 
+    /// <summary>The chapter's Installation documents (the Tigera operator's dataplane choice), as written.</summary>
+    [Theory]
+    [InlineData("Iptables", true, "runs Weft's nftables dataplane")]
+    [InlineData("Nftables", true, "runs Weft's nftables dataplane")]
+    [InlineData("BPF", false, "linuxDataplane BPF: Weft's eBPF policy dataplane is not built yet")]
+    [InlineData("VPP", false, "linuxDataplane VPP: Weft has no VPP dataplane")]
+    [InlineData("Windows", false, "'Windows' is not one of Iptables, Nftables, BPF, VPP")]
+    public void Installation_documents_select_the_dataplane_or_are_refused_saying_what_is_missing(string dataplane, bool accepted, string expected)
+    {
+        var doc = $"# The seed shows only the spec.calicoNetwork.linuxDataplane line\napiVersion: operator.tigera.io/v1\nkind: Installation\nmetadata:\n  name: default\nspec:\n  calicoNetwork:\n    linuxDataplane: {dataplane}\n";
+        var r = Apply(doc);
+        Assert.Equal(accepted ? 0 : 1, r.ExitCode);
+        Assert.Contains(expected, accepted ? r.Stdout : r.Stderr);
+        Assert.DoesNotContain("Unhandled", r.Stderr);
+        var get = TestEnv.Ctl(_uri, "get", "installation").Stdout;
+        if (accepted) Assert.Matches($@"default\s+{dataplane}", get);
+        else Assert.DoesNotContain("default", get);
+    }
+
+    [Fact]
+    public void Installation_fields_weft_does_not_act_on_are_refused_by_name()
+    {
+        var r = Apply("apiVersion: operator.tigera.io/v1\nkind: Installation\nmetadata: {name: default}\nspec:\n  calicoNetwork:\n    linuxDataplane: Iptables\n    ipPools: [{cidr: 10.0.0.0/16}]\n");
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("spec.calicoNetwork.ipPools: Weft reads only spec.calicoNetwork.linuxDataplane", r.Stderr);
+    }
+
     [Fact]
     public void The_chapters_ippool_file_applies_exactly_as_written()
     {
