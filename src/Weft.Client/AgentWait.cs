@@ -43,8 +43,7 @@ public sealed record AgentEndpoint(string Node, HttpClient Client, Uri Base) : I
     /// <summary>Every registered node's agent at its underlay address on the metrics port, as outside a lab.</summary>
     public static async Task<List<AgentEndpoint>> FromNodesAsync(IDatastore store, CancellationToken ct)
     {
-        var nodes = (await store.ListAsync(Keys.Nodes, ct).ConfigureAwait(false)).Items
-            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.NodeRecord, kv.Key)).ToList();
+        var nodes = await store.ListRecordsAsync(Keys.Nodes, ModelJson.Default.NodeRecord, ct).ConfigureAwait(false);
         return nodes.Select(n =>
         {
             var ip = n.UnderlayAddress?.Split('/')[0] ?? throw new ResourceException($"node {n.Name} has no underlay address registered: is its agent running?");

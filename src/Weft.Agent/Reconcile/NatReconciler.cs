@@ -23,8 +23,7 @@ public sealed class NatReconciler(IDatastore store, DatastoreTrigger trigger, IR
     protected override async Task ReconcileAsync(bool drift, CancellationToken ct)
     {
         var revision = await store.RevisionAsync(ct).ConfigureAwait(false);
-        var pools = NatPools.From((await store.ListAsync(Keys.Pools, ct).ConfigureAwait(false)).Items
-            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.IPPool, kv.Key)));
+        var pools = NatPools.From(await store.ListRecordsAsync(Keys.Pools, ModelJson.Default.IPPool, ct).ConfigureAwait(false));
         foreach (var d in drivers)
             if (d.Apply(pools)) log.LogInformation("natOutgoing ({Mode}) programmed for {Count} pool(s)", d.Mode, pools.Masquerading.Count);
         state.Update(s => s with { NatRevision = revision });

@@ -36,14 +36,10 @@ public sealed class RouteReconciler(IDatastore store, DatastoreTrigger trigger, 
         var sw = Stopwatch.StartNew();
         // Read the revision first: everything up to it is in what we load next.
         var revision = await store.RevisionAsync(ct).ConfigureAwait(false);
-        var nodes = (await store.ListAsync(Keys.Nodes, ct).ConfigureAwait(false)).Items
-            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.NodeRecord, kv.Key)).ToList();
-        var blocks = (await store.ListAsync(Keys.Blocks, ct).ConfigureAwait(false)).Items
-            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.AllocationBlock, kv.Key)).ToList();
-        var endpoints = (await store.ListAsync(Keys.Endpoints, ct).ConfigureAwait(false)).Items
-            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.WorkloadEndpoint, kv.Key)).ToList();
-        var pools = (await store.ListAsync(Keys.Pools, ct).ConfigureAwait(false)).Items
-            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.IPPool, kv.Key)).ToList();
+        var nodes = await store.ListRecordsAsync(Keys.Nodes, ModelJson.Default.NodeRecord, ct).ConfigureAwait(false);
+        var blocks = await store.ListRecordsAsync(Keys.Blocks, ModelJson.Default.AllocationBlock, ct).ConfigureAwait(false);
+        var endpoints = await store.ListRecordsAsync(Keys.Endpoints, ModelJson.Default.WorkloadEndpoint, ct).ConfigureAwait(false);
+        var pools = await store.ListRecordsAsync(Keys.Pools, ModelJson.Default.IPPool, ct).ConfigureAwait(false);
         var desired = RouteCalculator.Compute(backend, me, nodes, blocks, endpoints, pools);
         foreach (var p in desired.Peers.Where(p => p.Error is not null)) log.LogWarning("{Error}", p.Error);
         foreach (var w in desired.Warnings.Except(_warned, StringComparer.Ordinal)) log.LogWarning("{Warning}", w);

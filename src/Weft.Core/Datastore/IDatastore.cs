@@ -62,6 +62,10 @@ public sealed class DatastoreCompactedException(long requested, long compacted)
 
 public static class DatastoreExtensions
 {
+    /// <summary>Every record under <paramref name="prefix"/>, decoded, in key order.</summary>
+    public static async Task<List<T>> ListRecordsAsync<T>(this IDatastore store, string prefix, System.Text.Json.Serialization.Metadata.JsonTypeInfo<T> info, CancellationToken ct = default) =>
+        (await store.ListAsync(prefix, ct).ConfigureAwait(false)).Items.Select(kv => Weft.Model.Codec.Decode(kv.Value, info, kv.Key)).ToList();
+
     /// <summary>Compare-and-swap of one key: <paramref name="expectedModRevision"/> 0 creates, -1 writes unconditionally.</summary>
     public static async ValueTask<TxnResult> PutAsync(this IDatastore store, string key, byte[] value, long expectedModRevision, CancellationToken ct = default)
     {

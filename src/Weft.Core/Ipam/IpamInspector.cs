@@ -31,10 +31,8 @@ public sealed class IpamInspector(IDatastore store)
 
     private async Task<(List<IPPool> Pools, List<AllocationBlock> Blocks)> LoadAsync(CancellationToken ct)
     {
-        var pools = (await store.ListAsync(Keys.Pools, ct).ConfigureAwait(false)).Items
-            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.IPPool, kv.Key)).ToList();
-        var blocks = (await store.ListAsync(Keys.Blocks, ct).ConfigureAwait(false)).Items
-            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.AllocationBlock, kv.Key)).ToList();
+        var pools = await store.ListRecordsAsync(Keys.Pools, ModelJson.Default.IPPool, ct).ConfigureAwait(false);
+        var blocks = await store.ListRecordsAsync(Keys.Blocks, ModelJson.Default.AllocationBlock, ct).ConfigureAwait(false);
         return (pools, blocks);
     }
 
@@ -66,10 +64,8 @@ public sealed class IpamInspector(IDatastore store)
     public async Task<IpamCheckReport> CheckAsync(TimeSpan grace, Func<string, bool>? netnsExists = null, CancellationToken ct = default)
     {
         var (pools, blocks) = await LoadAsync(ct).ConfigureAwait(false);
-        var handles = (await store.ListAsync(Keys.Handles, ct).ConfigureAwait(false)).Items
-            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.IpamHandle, kv.Key)).ToDictionary(h => h.Id, StringComparer.Ordinal);
-        var endpoints = (await store.ListAsync(Keys.Endpoints, ct).ConfigureAwait(false)).Items
-            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.WorkloadEndpoint, kv.Key))
+        var handles = (await store.ListRecordsAsync(Keys.Handles, ModelJson.Default.IpamHandle, ct).ConfigureAwait(false)).ToDictionary(h => h.Id, StringComparer.Ordinal);
+        var endpoints = (await store.ListRecordsAsync(Keys.Endpoints, ModelJson.Default.WorkloadEndpoint, ct).ConfigureAwait(false))
             .ToDictionary(e => Keys.HandleId(e.Network, e.ContainerId, e.IfName), StringComparer.Ordinal);
         var problems = new List<IpamProblem>();
         var seen = new Dictionary<IPAddress, string>();

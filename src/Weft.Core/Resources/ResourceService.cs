@@ -105,12 +105,10 @@ public sealed class ResourceService(IDatastore store)
     };
 
     public async Task<IReadOnlyList<IPPool>> ListPoolsAsync(CancellationToken ct = default) =>
-        (await store.ListAsync(Keys.Pools, ct).ConfigureAwait(false)).Items
-            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.IPPool, kv.Key)).ToList();
+        await store.ListRecordsAsync(Keys.Pools, ModelJson.Default.IPPool, ct).ConfigureAwait(false);
 
     public async Task<IReadOnlyList<IPReservation>> ListReservationsAsync(CancellationToken ct = default) =>
-        (await store.ListAsync(Keys.Reservations, ct).ConfigureAwait(false)).Items
-            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.IPReservation, kv.Key)).ToList();
+        await store.ListRecordsAsync(Keys.Reservations, ModelJson.Default.IPReservation, ct).ConfigureAwait(false);
 
     /// <summary>Deletes one resource. A pool still holding addresses is refused unless forced.</summary>
     public async Task<bool> DeleteAsync(string kind, string name, bool force, CancellationToken ct = default)
@@ -137,8 +135,7 @@ public sealed class ResourceService(IDatastore store)
         if (NormaliseKind(kind) == "IPPool" && !force)
         {
             var pool = Codec.Decode(kv.Value, ModelJson.Default.IPPool, kv.Key);
-            var inUse = (await store.ListAsync(Keys.Blocks, ct).ConfigureAwait(false)).Items
-                .Select(b => Codec.Decode(b.Value, ModelJson.Default.AllocationBlock, b.Key))
+            var inUse = (await store.ListRecordsAsync(Keys.Blocks, ModelJson.Default.AllocationBlock, ct).ConfigureAwait(false))
                 .Where(b => pool.Network.Contains(b.Network))
                 .Sum(b => b.Allocations.Count(a => !a.Handle.StartsWith("weft-gateway.", StringComparison.Ordinal)));
             if (inUse > 0)

@@ -8,6 +8,7 @@ using Grpc.Net.Client;
 using Weft.Client.Output;
 using Weft.Flows;
 using Weft.Flows.Api;
+using Weft.Datastore;
 using Weft.Model;
 
 namespace Weft.Ctl.Commands;
@@ -151,8 +152,7 @@ public static class FlowCommands
         if (lab is not null)
             return Weft.Lab.LabState.LoadOrThrow(lab).Nodes.Select(n => FlowServer.ForSocket(n.Name, n.Socket)).ToList();
         using var store = ctx.OpenStore();
-        var nodes = (await store.ListAsync(Keys.Nodes, ct).ConfigureAwait(false)).Items
-            .Select(kv => Codec.Decode(kv.Value, ModelJson.Default.NodeRecord, kv.Key)).ToList();
+        var nodes = await store.ListRecordsAsync(Keys.Nodes, ModelJson.Default.NodeRecord, ct).ConfigureAwait(false);
         return nodes.Where(n => n.UnderlayAddress is not null)
             .Select(n => FlowServer.ForTcp(n.Name, $"{n.UnderlayAddress!.Split('/')[0]}:{FlowPort}")).ToList();
     }
@@ -285,7 +285,7 @@ public static class FlowCommands
         long revision;
         try { revision = await store.RevisionAsync(ct).ConfigureAwait(false); }
         catch (Exception e) when (e is not OperationCanceledException) { throw new Datastore.DatastoreUnavailableException($"datastore {ctx.DatastoreUri}: {e.Message}"); }
-        var nodes = (await store.ListAsync(Keys.Nodes, ct).ConfigureAwait(false)).Items.Select(kv => Codec.Decode(kv.Value, ModelJson.Default.NodeRecord, kv.Key)).ToList();
+        var nodes = await store.ListRecordsAsync(Keys.Nodes, ModelJson.Default.NodeRecord, ct).ConfigureAwait(false);
         var endpoints = (await store.ListAsync(Keys.Endpoints, ct).ConfigureAwait(false)).Items.Count;
         var policies = (await store.ListAsync(Keys.Policies, ct).ConfigureAwait(false)).Items.Count;
         var usage = await new Ipam.IpamInspector(store).UsageAsync(ct).ConfigureAwait(false);

@@ -4,6 +4,7 @@ using Weft.Client.Documents;
 using Weft.Client.Output;
 using Weft.Ctl.Output;
 using Weft.Ipam;
+using Weft.Datastore;
 using Weft.Model;
 using Weft.Resources;
 
@@ -123,8 +124,7 @@ public static class ResourceCommands
             }
             case "Node":
             {
-                var list = (await store.ListAsync(Weft.Model.Keys.Nodes, ct).ConfigureAwait(false)).Items
-                    .Select(kv => Weft.Model.Codec.Decode(kv.Value, Weft.Model.ModelJson.Default.NodeRecord, kv.Key)).Where(n => name is null || n.Name == name).ToList();
+                var list = (await store.ListRecordsAsync(Keys.Nodes, ModelJson.Default.NodeRecord, ct).ConfigureAwait(false)).Where(n => name is null || n.Name == name).ToList();
                 if (name is not null && list.Count == 0) return NotFound(ctx, "Node", name);
                 var table = new TextTable("NAME", "UNDERLAY", "BACKEND", "VTEP", "MTU");
                 foreach (var n in list) table.Add(n.Name, n.UnderlayAddress ?? "-", n.Backend ?? "-", n.VtepAddress ?? "-", n.Mtu.ToString(System.Globalization.CultureInfo.InvariantCulture));
