@@ -114,7 +114,7 @@ public static class EnforcementLatency
     }
 
     private static Resource Read(string yaml) =>
-        Weft.Client.Documents.YamlDocuments.Load(yaml, "bench").Select(d => ResourceReader.Read(d.Doc, d.Source)).Single();
+        Weft.Client.Documents.YamlDocuments.Resources(yaml, "bench").Single();
 
     /// <summary>Probes from inside a pod: one UDP datagram per target per millisecond, each from a new socket.</summary>
     private sealed class Prober : IDisposable

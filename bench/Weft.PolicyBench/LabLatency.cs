@@ -26,7 +26,7 @@ public static class LabLatency
             var applied = new List<double>();
             for (var i = 0; i < rounds; i++)
             {
-                var doc = Weft.Client.Documents.YamlDocuments.Load($$"""
+                var doc = Weft.Client.Documents.YamlDocuments.Resources($$"""
                     apiVersion: networking.k8s.io/v1
                     kind: NetworkPolicy
                     metadata: {name: bench, namespace: default}
@@ -34,7 +34,7 @@ public static class LabLatency
                       podSelector: {}
                       ingress:
                       - ports: [{port: {{1000 + i}}}, {port: 80}]
-                    """, "bench").Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList();
+                    """, "bench");
                 await resources.ApplyAsync(doc).ConfigureAwait(false);
                 applied.Add((await LabCommands.WaitPolicySyncedAsync(state, TimeSpan.FromSeconds(10), CancellationToken.None).ConfigureAwait(false)).TotalMilliseconds);
             }

@@ -38,8 +38,7 @@ public static class LabCommands
         var dir = LabState.DirFor(o.Name);
         // Flannel's net-conf.json picks the backend, as it does for flanneld; the agents read the file as written.
         var backendType = o.NetConfFile is null ? o.Backend : NetConfBackend(o.NetConfFile);
-        var poolDocs = o.PoolFile is null ? null : Weft.Client.Documents.YamlDocuments.Load(File.ReadAllText(o.PoolFile), o.PoolFile)
-            .Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList();
+        var poolDocs = o.PoolFile is null ? null : Weft.Client.Documents.YamlDocuments.Resources(File.ReadAllText(o.PoolFile), o.PoolFile);
         if (poolDocs is not null && (poolDocs.Count == 0 || poolDocs.Any(r => r is not IPPoolResource)))
             throw new ArgumentException($"--pool {o.PoolFile}: give only projectcalico.org/v3 IPPool documents");
         var state = new LabState
@@ -75,7 +74,7 @@ public static class LabCommands
             // With a net-conf.json and no --pool, the agents create the pool from its Network, as Weft does for Flannel users.
             if (poolDocs is not null || o.NetConfFile is null)
                 using (var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore))
-                    await new ResourceService(store).ApplyAsync(poolDocs ?? Weft.Client.Documents.YamlDocuments.Load(pool, "lab pool").Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList(), ct).ConfigureAwait(false);
+                    await new ResourceService(store).ApplyAsync(poolDocs ?? Weft.Client.Documents.YamlDocuments.Resources(pool, "lab pool"), ct).ConfigureAwait(false);
 
             for (var i = 1; i <= o.Nodes; i++)
             {

@@ -47,6 +47,12 @@ public static class YamlDocuments
         return result;
     }
 
+    /// <summary>Every document of the stream, read and validated as a resource (what apply takes).</summary>
+    public static List<Resource> Resources(string text, string file) => [.. Load(text, file).Select(d => ResourceReader.Read(d.Doc, d.Source))];
+
+    /// <summary>Every document of these files, directories or stdin, read and validated as a resource.</summary>
+    public static List<Resource> ResourcesFrom(IEnumerable<string> paths) => [.. LoadPaths(paths).Select(d => ResourceReader.Read(d.Doc, d.Source))];
+
     public static IReadOnlyList<(JsonObject Doc, DocumentSource Source)> LoadPaths(IEnumerable<string> paths)
     {
         var all = new List<(JsonObject, DocumentSource)>();

@@ -58,7 +58,7 @@ public static class PolicyCommands
     {
         var proto = ParseProtocol(protocol);
         CheckPort(port);
-        var resources = YamlDocuments.LoadPaths(files).Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList();
+        var resources = YamlDocuments.ResourcesFrom(files);
         var scenario = PolicyScenario.FromResources(resources, ctx.Err);
         var allowed = Matrix(scenario, port, proto);
         var names = scenario.Pods.Select(p => p.Key).ToList();
@@ -100,7 +100,7 @@ public static class PolicyCommands
         CheckPort(port);
         PolicyScenario scenario;
         if (files.Count > 0)
-            scenario = PolicyScenario.FromResources(YamlDocuments.LoadPaths(files).Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList(), ctx.Err);
+            scenario = PolicyScenario.FromResources(YamlDocuments.ResourcesFrom(files), ctx.Err);
         else
         {
             using var store = ctx.OpenStore();

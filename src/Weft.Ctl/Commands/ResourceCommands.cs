@@ -15,9 +15,8 @@ public static class ResourceCommands
 {
     public static async Task<int> ApplyAsync(CtlContext ctx, IReadOnlyList<string> files, TimeSpan? wait, CancellationToken ct)
     {
-        var docs = YamlDocuments.LoadPaths(files);
-        if (docs.Count == 0) throw new ResourceException($"{string.Join(", ", files)}: no documents found");
-        var resources = docs.Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList();
+        var resources = YamlDocuments.ResourcesFrom(files);
+        if (resources.Count == 0) throw new ResourceException($"{string.Join(", ", files)}: no documents found");
         using var store = ctx.OpenStore();
         var service = new ResourceService(store);
         foreach (var line in await service.ApplyAsync(resources, ct).ConfigureAwait(false))

@@ -39,7 +39,7 @@ public sealed class PolicyReconcilerTests : IDisposable
     }
 
     private static async Task ApplyAsync(IDatastore store, string yaml) =>
-        await new ResourceService(store).ApplyAsync(YamlDocuments.Load(yaml, "test").Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList());
+        await new ResourceService(store).ApplyAsync(YamlDocuments.Resources(yaml, "test"));
 
     [Fact]
     public async Task A_commit_reaches_the_dataplane_and_a_failed_apply_is_retried_after_a_reset()

@@ -63,7 +63,7 @@ internal static class PolicyWorlds
         """;
 
     public static IReadOnlyList<Resource> Read(string yaml, string file = "case.yaml") =>
-        YamlDocuments.Load(yaml, file).Select(d => ResourceReader.Read(d.Doc, d.Source)).ToList();
+        YamlDocuments.Resources(yaml, file);
 
     /// <summary>The cluster plus the policies (and tiers) in <paramref name="policiesYaml"/>.</summary>
     public static PolicyScenario Scenario(string policiesYaml)
