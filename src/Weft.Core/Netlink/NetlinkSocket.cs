@@ -77,21 +77,14 @@ internal sealed class NetlinkSocket : IDisposable
             var replies = new List<byte[]>();
             while (true)
             {
-                var n = Receive(operation);
-                var buf = _rx.AsSpan(0, n);
+                ReadOnlySpan<byte> buf = _rx.AsSpan(0, Receive(operation));
                 var off = 0;
-                while (off + 16 <= n)
+                while (NextMessage(buf, ref off, operation, out var type, out var msgSeq, out var msg))
                 {
-                    var len = (int)BinaryPrimitives.ReadUInt32LittleEndian(buf[off..]);
-                    if (len < 16 || off + len > n) throw new InvalidDataException($"{operation}: malformed netlink reply (length {len})");
-                    var type = BinaryPrimitives.ReadUInt16LittleEndian(buf[(off + 4)..]);
-                    var msgSeq = BinaryPrimitives.ReadUInt32LittleEndian(buf[(off + 8)..]);
-                    var msg = buf.Slice(off, len);
-                    off += Align(len);
                     if (msgSeq != seq) continue; // a late reply to an earlier, abandoned request
                     if (type == NLMSG_ERROR)
                     {
-                        if (len < 20) throw new InvalidDataException($"{operation}: truncated netlink error");
+                        if (msg.Length < 20) throw new InvalidDataException($"{operation}: truncated netlink error");
                         var error = BinaryPrimitives.ReadInt32LittleEndian(msg[16..]);
                         if (error != 0) throw new NetlinkException(operation, -error);
                         return replies;
@@ -128,22 +121,15 @@ internal sealed class NetlinkSocket : IDisposable
             var firstIndex = int.MaxValue;
             while (pending > 0)
             {
-                var n = Receive(batch[0].Operation);
-                var buf = _rx.AsSpan(0, n);
+                ReadOnlySpan<byte> buf = _rx.AsSpan(0, Receive(batch[0].Operation));
                 var off = 0;
-                while (off + 16 <= n)
+                while (NextMessage(buf, ref off, batch[0].Operation, out var type, out var msgSeq, out var msg))
                 {
-                    var len = (int)BinaryPrimitives.ReadUInt32LittleEndian(buf[off..]);
-                    if (len < 16 || off + len > n) throw new InvalidDataException($"{batch[0].Operation}: malformed netlink reply (length {len})");
-                    var type = BinaryPrimitives.ReadUInt16LittleEndian(buf[(off + 4)..]);
-                    var msgSeq = BinaryPrimitives.ReadUInt32LittleEndian(buf[(off + 8)..]);
-                    var msg = buf.Slice(off, len);
-                    off += Align(len);
                     if (type != NLMSG_ERROR) continue;
                     var i = 0;
                     while (i < batch.Count && batch[i].Request.Sequence != msgSeq) i++;
                     if (i == batch.Count || acked[i]) continue; // a late reply to an earlier, abandoned request
-                    if (len < 20) throw new InvalidDataException($"{batch[i].Operation}: truncated netlink error");
+                    if (msg.Length < 20) throw new InvalidDataException($"{batch[i].Operation}: truncated netlink error");
                     acked[i] = true;
                     pending--;
                     var error = -BinaryPrimitives.ReadInt32LittleEndian(msg[16..]);
@@ -156,6 +142,22 @@ internal sealed class NetlinkSocket : IDisposable
             }
             if (first is not null) throw first;
         }
+    }
+
+    /// <summary>The next message of a received datagram (header checked), advancing <paramref name="off"/>; false at its end.</summary>
+    private static bool NextMessage(ReadOnlySpan<byte> buf, ref int off, string operation, out ushort type, out uint seq, out ReadOnlySpan<byte> msg)
+    {
+        type = 0;
+        seq = 0;
+        msg = default;
+        if (off + 16 > buf.Length) return false;
+        var len = (int)BinaryPrimitives.ReadUInt32LittleEndian(buf[off..]);
+        if (len < 16 || off + len > buf.Length) throw new InvalidDataException($"{operation}: malformed netlink reply (length {len})");
+        type = BinaryPrimitives.ReadUInt16LittleEndian(buf[(off + 4)..]);
+        seq = BinaryPrimitives.ReadUInt32LittleEndian(buf[(off + 8)..]);
+        msg = buf.Slice(off, len);
+        off += Align(len);
+        return true;
     }
 
     private unsafe void SendAll(ReadOnlySpan<byte> data, string operation)
