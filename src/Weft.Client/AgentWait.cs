@@ -9,11 +9,7 @@ using Weft.Resources;
 namespace Weft.Client;
 
 /// <summary>Where a command writes: weftctl passes the console, tests and benchmarks their own writers.</summary>
-public sealed record Terminal(TextWriter Out, TextWriter Err)
-{
-    public static Terminal Console { get; } = new(System.Console.Out, System.Console.Error);
-    public static Terminal Null { get; } = new(TextWriter.Null, TextWriter.Null);
-}
+public sealed record Terminal(TextWriter Out, TextWriter Err);
 
 /// <summary>One node's agent API: its unix socket (HTTP/2, as in the lab) or its metrics port (HTTP/1.1).</summary>
 public sealed record AgentEndpoint(string Node, HttpClient Client, Uri Base) : IDisposable
@@ -105,8 +101,9 @@ public static class AgentWait
                 using var response = await agent.Client.GetAsync(uri, cts.Token).ConfigureAwait(false);
                 var body = await response.Content.ReadAsStringAsync(cts.Token).ConfigureAwait(false);
                 if (response.IsSuccessStatusCode) return null;
-                last = response.StatusCode == System.Net.HttpStatusCode.GatewayTimeout ? Describe(body, scope) : $"HTTP {(int)response.StatusCode}: {body.Trim()}";
-                if (response.StatusCode == System.Net.HttpStatusCode.GatewayTimeout) return $"{agent.Node} ({last})";
+                // 504: the agent waited the whole timeout and says where it is.
+                if (response.StatusCode == System.Net.HttpStatusCode.GatewayTimeout) return $"{agent.Node} ({Describe(body, scope)})";
+                last = $"HTTP {(int)response.StatusCode}: {body.Trim()}";
             }
             catch (Exception e) when (e is HttpRequestException or SocketException or IOException || (e is OperationCanceledException && !ct.IsCancellationRequested))
             {

@@ -354,10 +354,9 @@ public static class LabCommands
     private static Weft.Policy.Dialects.PodDocument PodDocument(LabPod p) => Weft.Policy.Dialects.PolicyDocuments.ReadPod(PodJson(p), $"lab pod {p.Key}");
 
     /// <summary>
-    /// Waits until every node's agent enforces the datastore's current revision (policies, pods, endpoints), so what
-    /// a probe sees next is the programmed state. Returns how long that took.
+    /// Waits until every node's agent enforces the datastore's current revision (policies, pods, endpoints; agents
+    /// with policy off count as done), so what a probe sees next is the programmed state. Returns how long that took.
     /// </summary>
-    /// <summary>Until every agent's policy dataplane enforces the datastore's current revision (agents with policy off count as done).</summary>
     public static async Task<TimeSpan> WaitPolicySyncedAsync(LabState state, TimeSpan timeout, CancellationToken ct)
     {
         using var store = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore);

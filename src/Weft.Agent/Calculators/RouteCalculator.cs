@@ -51,10 +51,9 @@ public static class RouteCalculator
                     if (warning is not null) warnings.Add(warning);
                     (path == BlockPath.Overlay ? overlay : direct).Add(cidr);
                 }
-                var program = backend.OwnedDeviceIndex == 0
-                    ? backend.ProgramFor(me, peer, [.. overlay, .. direct]) // no overlay here: everything is direct
-                    : backend.ProgramFor(me, peer, overlay);
-                if (backend.OwnedDeviceIndex > 0 && direct.Count > 0)
+                // Without an overlay PoolEncapsulation routes every block directly, so overlay is empty then.
+                var program = backend.ProgramFor(me, peer, overlay);
+                if (direct.Count > 0)
                     program = program with { Routes = [.. program.Routes, .. HostGwBackend.Direct(me, peer, direct).Routes] };
                 programs.Add(program);
                 peers.Add(new PeerStatus(peer.Name, peer.UnderlayAddress, peerBlocks.Count, "programmed", null));

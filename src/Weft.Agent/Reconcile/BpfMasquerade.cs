@@ -1,8 +1,8 @@
-using Weft.Agent.Calculators;
-using Weft.Agent.Drivers;
 using System.Buffers.Binary;
 using System.Net;
 using System.Runtime.InteropServices;
+using Weft.Agent.Calculators;
+using Weft.Agent.Drivers;
 using Weft.Bpf;
 using Weft.Model;
 

@@ -1,7 +1,7 @@
 using System.Text.Json.Nodes;
-using Weft.Model;
 using Weft.Agent.Calculators;
 using Weft.Agent.Drivers;
+using Weft.Model;
 using Weft.Nftables;
 
 namespace Weft.Agent.Reconcile;

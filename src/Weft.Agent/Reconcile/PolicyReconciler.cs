@@ -1,6 +1,6 @@
 using System.Diagnostics;
-using Weft.Datastore;
 using Weft.Agent.Drivers;
+using Weft.Datastore;
 using Weft.Model;
 using Weft.Policy;
 

@@ -1,11 +1,9 @@
 using System.Diagnostics;
-using System.Net.Sockets;
 using Weft.Agent.Backends;
 using Weft.Agent.Calculators;
 using Weft.Agent.Drivers;
 using Weft.Datastore;
 using Weft.Model;
-using Weft.Netlink;
 
 namespace Weft.Agent.Reconcile;
 

@@ -1,5 +1,5 @@
-using Weft.Agent.Calculators;
 using Microsoft.Extensions.Logging.Abstractions;
+using Weft.Agent.Calculators;
 using Weft.Agent.Config;
 using Weft.Agent.Reconcile;
 using Weft.Bpf;
