@@ -82,7 +82,7 @@ public sealed class WeftctlTests : IDisposable
     [Fact]
     public void The_chapters_ippool_file_applies_exactly_as_written()
     {
-        var file = Path.Combine(TestEnv.RepoRoot, "..", "shared", "seed-documents", "calico-ippool.yaml");
+        var file = TestEnv.SeedDocument("calico-ippool.yaml");
         Assert.SkipUnless(File.Exists(file), "../shared/seed-documents is not beside the checkout");
         var r = TestEnv.Ctl(_uri, "apply", "-f", file);
         Assert.True(r.ExitCode == 0, r.Stderr);

@@ -19,12 +19,6 @@ public sealed class ApplyWaitLabTests
           policyTypes: [Ingress]
         """;
 
-    private static TestEnv.ProcessResult Ok(TestEnv.ProcessResult r)
-    {
-        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
-        return r;
-    }
-
     private static bool Connects(LabRun lab, string fromNetns, string ip) =>
         TestEnv.Run("ip", ["netns", "exec", fromNetns, "nc", "-z", "-w", "1", ip, "80"]).ExitCode == 0;
 
@@ -43,23 +37,23 @@ public sealed class ApplyWaitLabTests
         {
             for (var round = 0; round < 5; round++)
             {
-                var apply = Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", file));
+                var apply = TestEnv.Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", file));
                 Assert.Contains("every agent enforces revision", apply.Stderr);
                 Assert.False(Connects(lab, pod1, pod2Ip), $"round {round}: pod-1 still reaches pod-2 after apply --wait returned");
-                Ok(lab.Ctl("--lab", lab.Name, "delete", "--wait", "networkpolicy", "default/deny-to-pod-2"));
+                TestEnv.Ok(lab.Ctl("--lab", lab.Name, "delete", "--wait", "networkpolicy", "default/deny-to-pod-2"));
                 Assert.True(Connects(lab, pod1, pod2Ip), $"round {round}: pod-1 cannot reach pod-2 after delete --wait returned");
             }
 
             // Outside a lab: weftctl on node-1 reaches every agent at its underlay address (198.51.100.1x:9962).
             var datastore = lab.Status()["datastore"]!.ToString();
             var node1 = lab.Netns("node-1");
-            Ok(TestEnv.Run("ip", ["netns", "exec", node1, TestEnv.Weftctl, "--datastore", datastore, "apply", "--wait", "--timeout", "10s", "-f", file]));
+            TestEnv.Ok(TestEnv.Run("ip", ["netns", "exec", node1, TestEnv.Weftctl, "--datastore", datastore, "apply", "--wait", "--timeout", "10s", "-f", file]));
             Assert.False(Connects(lab, pod1, pod2Ip));
-            Ok(TestEnv.Run("ip", ["netns", "exec", node1, TestEnv.Weftctl, "--datastore", datastore, "delete", "--wait", "networkpolicy", "deny-to-pod-2"]));
+            TestEnv.Ok(TestEnv.Run("ip", ["netns", "exec", node1, TestEnv.Weftctl, "--datastore", datastore, "delete", "--wait", "networkpolicy", "deny-to-pod-2"]));
             Assert.True(Connects(lab, pod1, pod2Ip));
 
             // An agent that is down: the write happens, --wait fails within its timeout naming that node only.
-            Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-2", "--stop"));
+            TestEnv.Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-2", "--stop"));
             var sw = Stopwatch.StartNew();
             var lagging = lab.Ctl("--lab", lab.Name, "apply", "--wait", "--timeout", "2s", "-f", file);
             Assert.Equal(1, lagging.ExitCode);
@@ -67,8 +61,8 @@ public sealed class ApplyWaitLabTests
             Assert.Contains("1 of 2 node(s): node-2", lagging.Stderr);
             Assert.DoesNotContain("node-1 (", lagging.Stderr);
             Assert.Contains("deny-to-pod-2 created", lagging.Stdout);
-            Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-2"));
-            Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", file)); // back: enforced again
+            TestEnv.Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-2"));
+            TestEnv.Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", file)); // back: enforced again
             Assert.False(Connects(lab, pod1, pod2Ip));
 
             Assert.NotEqual(0, lab.Ctl("--lab", lab.Name, "apply", "--wait", "--timeout", "soon", "-f", file).ExitCode);

@@ -56,20 +56,14 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
     {
         var file = Path.Combine(Path.GetTempPath(), $"weft-flowlab-{Lab.Name}-{Guid.NewGuid():N}.yaml");
         File.WriteAllText(file, yaml);
-        try { Ok(Lab.Ctl("--lab", Lab.Name, "apply", "-f", file)); }
+        try { TestEnv.Ok(Lab.Ctl("--lab", Lab.Name, "apply", "-f", file)); }
         finally { File.Delete(file); }
-        Ok(Lab.Ctl("lab", "sync", "--name", Lab.Name));
-    }
-
-    private static TestEnv.ProcessResult Ok(TestEnv.ProcessResult r)
-    {
-        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
-        return r;
+        TestEnv.Ok(Lab.Ctl("lab", "sync", "--name", Lab.Name));
     }
 
     private List<JsonObject> Observe(params string[] args)
     {
-        var r = Ok(Lab.Ctl(["--lab", Lab.Name, "observe", "-o", "json", .. args]));
+        var r = TestEnv.Ok(Lab.Ctl(["--lab", Lab.Name, "observe", "-o", "json", .. args]));
         return r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
     }
 
@@ -82,7 +76,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
 
     private (List<string> Pods, bool[][] Allowed) Matrix(int port = 80, string protocol = "TCP")
     {
-        var m = JsonNode.Parse(Ok(Lab.Ctl("lab", "matrix", "--name", Lab.Name, "--port", port.ToString(CultureInfo.InvariantCulture), "--protocol", protocol, "--timeout-ms", "400", "-o", "json")).Stdout)!;
+        var m = JsonNode.Parse(TestEnv.Ok(Lab.Ctl("lab", "matrix", "--name", Lab.Name, "--port", port.ToString(CultureInfo.InvariantCulture), "--protocol", protocol, "--timeout-ms", "400", "-o", "json")).Stdout)!;
         return (m["pods"]!.AsArray().Select(p => p!.ToString()).ToList(), m["allowed"]!.AsArray().Select(r => r!.AsArray().Select(c => c!.GetValue<bool>()).ToArray()).ToArray());
     }
 
@@ -128,7 +122,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         }
         finally
         {
-            Ok(Lab.Ctl("--lab", Lab.Name, "delete", "knp", "default/isolate-pod-1"));
+            TestEnv.Ok(Lab.Ctl("--lab", Lab.Name, "delete", "knp", "default/isolate-pod-1"));
         }
     }
 
@@ -153,7 +147,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         }
         finally
         {
-            Ok(Lab.Ctl("--lab", Lab.Name, "delete", "networkpolicy", "default/no-81-from-pod-4"));
+            TestEnv.Ok(Lab.Ctl("--lab", Lab.Name, "delete", "networkpolicy", "default/no-81-from-pod-4"));
         }
     }
 
@@ -164,12 +158,12 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         Assert.True(fixture.Ready, "the lab did not come up");
         // A Deployment's pod name, as in the chapter's `hubble observe --pod deathstar`.
         const string deathstar = "default/deathstar-6fb5694d48-5hmds";
-        Ok(Lab.Ctl("lab", "add-pod", "--name", Lab.Name, deathstar, "--node", "node-2", "--label", "app=deathstar", "--port", "80/TCP"));
+        TestEnv.Ok(Lab.Ctl("lab", "add-pod", "--name", Lab.Name, deathstar, "--node", "node-2", "--label", "app=deathstar", "--port", "80/TCP"));
         try
         {
             var since = Since();
             var ip = PodIp(deathstar);
-            Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-1", "--", "curl", "-s", "-m", "2", $"http://{ip}/"));
+            TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-1", "--", "curl", "-s", "-m", "2", $"http://{ip}/"));
             bool ToDeathstar(JsonObject f) => Pod(f, "destination") == deathstar || Pod(f, "source") == deathstar;
             foreach (var flag in new[] { "deathstar", "default/deathstar", "deathstar-6fb5694d48", deathstar })
             {
@@ -229,9 +223,9 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         Assert.Equal(all.TakeLast(3).Select(f => f.ToJsonString()), last.Select(f => f.ToJsonString()));
 
         // Compact and table outputs name the pods too; bad flags are an error, not a crash.
-        var compact = Ok(Lab.Ctl("--lab", Lab.Name, "observe", "--since", since, "--from-pod", "default/pod-1", "--last", "1")).Stdout;
+        var compact = TestEnv.Ok(Lab.Ctl("--lab", Lab.Name, "observe", "--since", since, "--from-pod", "default/pod-1", "--last", "1")).Stdout;
         Assert.Matches(@"\[node-\d\]: default/pod-1:\d+ -> default/pod-\d:80 policy-verdict:", compact);
-        Assert.Contains("SOURCE", Ok(Lab.Ctl("--lab", Lab.Name, "observe", "--since", since, "-o", "table")).Stdout);
+        Assert.Contains("SOURCE", TestEnv.Ok(Lab.Ctl("--lab", Lab.Name, "observe", "--since", since, "-o", "table")).Stdout);
         var bad = Lab.Ctl("--lab", Lab.Name, "observe", "--verdict", "MAYBE");
         Assert.Equal(1, bad.ExitCode);
         Assert.Contains("--verdict", bad.Stderr);
@@ -250,7 +244,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
             var lines = new System.Collections.Concurrent.BlockingCollection<string>();
             _ = Task.Run(() => { while (p.StandardOutput.ReadLine() is { } l) lines.Add(l); lines.CompleteAdding(); });
             Thread.Sleep(1500); // connected to both agents
-            Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-3", "--", "sh", "-c", $"echo | nc -w1 {PodIp("default/pod-2")} 80 >/dev/null || true"));
+            TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-3", "--", "sh", "-c", $"echo | nc -w1 {PodIp("default/pod-2")} 80 >/dev/null || true"));
             Assert.True(lines.TryTake(out var line, TimeSpan.FromSeconds(10)), "no flow within 10 s; stderr: " + (p.HasExited ? p.StandardError.ReadToEnd() : ""));
             var f = Flow(JsonNode.Parse(line!)!.AsObject());
             Assert.Equal(("default/pod-3", "default/pod-2"), (Pod(f, "source"), Pod(f, "destination")));
@@ -270,7 +264,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         Assert.True(fixture.Ready, "the lab did not come up");
         var since = Since();
         var ip = PodIp("default/pod-2");
-        Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-1", "--", "sh", "-c", $"echo hello | nc -u -w1 -p 40123 {ip} 80 >/dev/null || true"));
+        TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-1", "--", "sh", "-c", $"echo hello | nc -u -w1 -p 40123 {ip} 80 >/dev/null || true"));
         // UDP entries live 30 s or more; end them now, as a timeout would.
         TestEnv.Run("ip", ["netns", "exec", Lab.Netns("node-1"), "conntrack", "-D", "-p", "udp", "--sport", "40123"]);
         List<JsonObject> ends = [];
@@ -295,7 +289,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         Matrix();
         // From node-2's namespace, as a relay or an operator's laptop would: node-1's underlay address, Hubble's port.
         var node1Ip = Lab.Status()["nodes"]!.AsArray().Single(n => n!["name"]!.ToString() == "node-1")!["underlayIP"]!.ToString();
-        var r = Ok(TestEnv.Run("ip", ["netns", "exec", Lab.Netns("node-2"), TestEnv.Weftctl, "observe", "--server", node1Ip, "--since", since, "-o", "json"]));
+        var r = TestEnv.Ok(TestEnv.Run("ip", ["netns", "exec", Lab.Netns("node-2"), TestEnv.Weftctl, "observe", "--server", node1Ip, "--since", since, "-o", "json"]));
         var flows = r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => Flow(JsonNode.Parse(l)!.AsObject())).ToList();
         Assert.NotEmpty(flows);
         Assert.All(flows, f => Assert.Equal("node-1", f["node_name"]!.ToString()));
@@ -308,10 +302,10 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         Assert.True(fixture.Ready, "the lab did not come up");
         var since = Since();
         Matrix();
-        Ok(Lab.Ctl("lab", "restart-agent", "--name", Lab.Name, "--node", "node-2", "--stop"));
+        TestEnv.Ok(Lab.Ctl("lab", "restart-agent", "--name", Lab.Name, "--node", "node-2", "--stop"));
         try
         {
-            var r = Ok(Lab.Ctl("--lab", Lab.Name, "observe", "--since", since, "-o", "json"));
+            var r = TestEnv.Ok(Lab.Ctl("--lab", Lab.Name, "observe", "--since", since, "-o", "json"));
             Assert.Contains("node node-2", r.Stderr);
             var flows = r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => Flow(JsonNode.Parse(l)!.AsObject())).ToList();
             Assert.NotEmpty(flows);
@@ -322,7 +316,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         }
         finally
         {
-            Ok(Lab.Ctl("lab", "restart-agent", "--name", Lab.Name, "--node", "node-2"));
+            TestEnv.Ok(Lab.Ctl("lab", "restart-agent", "--name", Lab.Name, "--node", "node-2"));
         }
     }
 
@@ -357,11 +351,11 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         // pod-1's node owns pod-1's block; 30 addresses further up nobody lives (the lab has two pods per node).
         var ghost = new System.Net.IPAddress(BitConverter.GetBytes(System.Net.IPAddress.HostToNetworkOrder(
             System.Net.IPAddress.NetworkToHostOrder(BitConverter.ToInt32(System.Net.IPAddress.Parse(PodIp("default/pod-1")).GetAddressBytes())) + 30))).ToString();
-        var blackholes = Ok(TestEnv.Run("ip", ["-n", Lab.Netns("node-1"), "route", "show", "type", "blackhole"])).Stdout;
+        var blackholes = TestEnv.Ok(TestEnv.Run("ip", ["-n", Lab.Netns("node-1"), "route", "show", "type", "blackhole"])).Stdout;
         Assert.Contains("proto 88", blackholes);
         var since = Since();
-        Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-2", "--", "sh", "-c", $"echo | nc -w1 {ghost} 80 >/dev/null; true"));
-        Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-3", "--", "sh", "-c", $"echo | nc -w1 {ghost} 80 >/dev/null; true"));
+        TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-2", "--", "sh", "-c", $"echo | nc -w1 {ghost} 80 >/dev/null; true"));
+        TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-3", "--", "sh", "-c", $"echo | nc -w1 {ghost} 80 >/dev/null; true"));
         var drops = Observe("--since", since, "--verdict", "DROPPED", "--to-ip", ghost).Select(Flow).ToList();
         // From pod-2 (node-2) it arrives over the tunnel: ingress at node-1; from pod-3 (node-1) it never leaves: egress.
         Assert.Contains(drops, f => Pod(f, "source") == "default/pod-2" && f["traffic_direction"]!.ToString() == "INGRESS" && f["node_name"]!.ToString() == "node-1");
@@ -371,8 +365,8 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         // The node's own addresses have no outgoing interface either, but they are routed (locally): no drop.
         var node1 = Lab.Status()["nodes"]!.AsArray().Single(n => n!["name"]!.ToString() == "node-1")!["underlayIP"]!.ToString();
         since = Since();
-        Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-3", "--", "sh", "-c", $"echo | nc -w1 {node1} 9962 >/dev/null; true"));
-        Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-2", "--", "sh", "-c", $"echo | nc -w1 {node1} 9962 >/dev/null; true"));
+        TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-3", "--", "sh", "-c", $"echo | nc -w1 {node1} 9962 >/dev/null; true"));
+        TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-2", "--", "sh", "-c", $"echo | nc -w1 {node1} 9962 >/dev/null; true"));
         Assert.Empty(Observe("--since", since, "--verdict", "DROPPED", "--to-ip", node1));
     }
 
@@ -381,7 +375,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
         Assert.True(fixture.Ready, "the lab did not come up");
-        Ok(Lab.Ctl("lab", "restart-agent", "--name", Lab.Name, "--node", "node-1", "--kill"));
+        TestEnv.Ok(Lab.Ctl("lab", "restart-agent", "--name", Lab.Name, "--node", "node-1", "--kill"));
         var since = Since();
         Matrix();
         var flows = Observe("--since", since, "--node", "node-1", "--all").Select(Flow).ToList();
@@ -413,7 +407,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         }
         finally
         {
-            Ok(Lab.Ctl("--lab", Lab.Name, "delete", "knp", "default/isolate-pod-1"));
+            TestEnv.Ok(Lab.Ctl("--lab", Lab.Name, "delete", "knp", "default/isolate-pod-1"));
         }
     }
 
@@ -423,7 +417,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         long.Parse(File.ReadAllLines($"/proc/{pid}/status").Single(l => l.StartsWith("VmRSS:", StringComparison.Ordinal)).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
 
     private void Flood(string fromPod, string toIp, int packets) =>
-        Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, fromPod, "--", "python3", "-c",
+        TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, fromPod, "--", "python3", "-c",
             $"import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range({packets}):\n  try: s.sendto(b'x'*16,('{toIp}',9))\n  except OSError: pass"));
 
     private static double Metric(string text, string name, string labels) =>
@@ -439,7 +433,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         {
             var node1 = Lab.Status()["nodes"]!.AsArray().Single(n => n!["name"]!.ToString() == "node-1")!;
             var pid = node1["agentPid"]!.GetValue<int>();
-            string Metrics() => Ok(TestEnv.Run("ip", ["netns", "exec", node1["netns"]!.ToString(), "curl", "-s", "http://127.0.0.1:9962/metrics"])).Stdout;
+            string Metrics() => TestEnv.Ok(TestEnv.Run("ip", ["netns", "exec", node1["netns"]!.ToString(), "curl", "-s", "http://127.0.0.1:9962/metrics"])).Stdout;
             const string udpDrops = "{verdict=\"DROPPED\",traffic_direction=\"INGRESS\",protocol=\"UDP\"}";
             var before = Metric(Metrics(), "weft_flows_processed_total", udpDrops);
             var rssBefore = RssKiB(pid);
@@ -462,7 +456,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
             Assert.True(Metric(metrics, "weft_ipam_addresses", "") >= 64);
             Assert.True(Metric(metrics, "weft_policy_apply_duration_seconds_count", "") >= 1);
 
-            var status = JsonNode.Parse(Ok(Lab.Ctl("--lab", Lab.Name, "status", "-o", "json")).Stdout)!;
+            var status = JsonNode.Parse(TestEnv.Ok(Lab.Ctl("--lab", Lab.Name, "status", "-o", "json")).Stdout)!;
             var n1 = status["nodes"]!.AsArray().Single(n => n!["name"]!.ToString() == "node-1")!;
             Assert.Equal(4095, n1["flows"]!.GetValue<int>());
             Assert.Equal(4095, n1["maxFlows"]!.GetValue<int>());
@@ -471,13 +465,13 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
             Assert.True(rssAfterFirst - rssBefore < 24 * 1024, $"RSS {rssBefore} → {rssAfterFirst} KiB after 30k drops");
             Assert.True(rssAfterSecond - rssAfterFirst < 8 * 1024, $"RSS {rssAfterFirst} → {rssAfterSecond} KiB after 30k more: growing");
 
-            var text = Ok(Lab.Ctl("--lab", Lab.Name, "status")).Stdout;
+            var text = TestEnv.Ok(Lab.Ctl("--lab", Lab.Name, "status")).Stdout;
             Assert.Contains("2/2 agents reachable", text);
             Assert.Contains("Endpoints:      4", text);
         }
         finally
         {
-            Ok(Lab.Ctl("--lab", Lab.Name, "delete", "knp", "default/isolate-pod-1"));
+            TestEnv.Ok(Lab.Ctl("--lab", Lab.Name, "delete", "knp", "default/isolate-pod-1"));
         }
     }
 }

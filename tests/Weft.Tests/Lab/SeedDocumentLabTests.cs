@@ -10,37 +10,29 @@ namespace Weft.Tests.Lab;
 /// </summary>
 public sealed class SeedDocumentLabTests
 {
-    private static string Seed(string file) => Path.Combine(TestEnv.RepoRoot, "..", "shared", "seed-documents", file);
-
-    private static TestEnv.ProcessResult Ok(TestEnv.ProcessResult r)
-    {
-        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
-        return r;
-    }
-
     [Fact]
     public void Flannel_net_conf_calico_ippool_and_globalnetworkpolicy_as_written()
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
-        Assert.SkipUnless(File.Exists(Seed("calico-ippool.yaml")), "../shared/seed-documents is not beside the checkout");
+        Assert.SkipUnless(File.Exists(TestEnv.SeedDocument("calico-ippool.yaml")), "../shared/seed-documents is not beside the checkout");
         using var lab = new LabRun();
-        lab.Up("--nodes", "2", "--pods-per-node", "0", "--net-conf", Seed("flannel-net-conf.json"), "--pool", Seed("calico-ippool.yaml"));
-        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/web-1", "--node", "node-1", "--label", "app=web", "--port", "80/TCP", "--port", "80/UDP"));
-        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/web-2", "--node", "node-2", "--label", "app=web", "--port", "80/TCP", "--port", "80/UDP"));
-        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/database", "--node", "node-2", "--label", "app=database", "--port", "80/TCP", "--port", "80/UDP"));
+        lab.Up("--nodes", "2", "--pods-per-node", "0", "--net-conf", TestEnv.SeedDocument("flannel-net-conf.json"), "--pool", TestEnv.SeedDocument("calico-ippool.yaml"));
+        TestEnv.Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/web-1", "--node", "node-1", "--label", "app=web", "--port", "80/TCP", "--port", "80/UDP"));
+        TestEnv.Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/web-2", "--node", "node-2", "--label", "app=web", "--port", "80/TCP", "--port", "80/UDP"));
+        TestEnv.Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/database", "--node", "node-2", "--label", "app=database", "--port", "80/TCP", "--port", "80/UDP"));
 
         // The pool as written, read back: the operator's encapsulation became vxlanMode Always.
-        var pool = Ok(lab.Ctl("--lab", lab.Name, "get", "ippool", "default-pool", "-o", "yaml")).Stdout;
+        var pool = TestEnv.Ok(lab.Ctl("--lab", lab.Name, "get", "ippool", "default-pool", "-o", "yaml")).Stdout;
         Assert.Contains("vxlanMode: Always", pool);
         Assert.Contains("natOutgoing: true", pool);
-        Assert.Matches(@"default-pool\s+10\.244\.0\.0/16\s+all\(\)\s+26\s+true\s+VXLAN", Ok(lab.Ctl("--lab", lab.Name, "get", "ippool", "-o", "wide")).Stdout);
-        Assert.DoesNotContain("net-conf", Ok(lab.Ctl("--lab", lab.Name, "get", "ippool")).Stdout); // the agents reused the pool covering Network
+        Assert.Matches(@"default-pool\s+10\.244\.0\.0/16\s+all\(\)\s+26\s+true\s+VXLAN", TestEnv.Ok(lab.Ctl("--lab", lab.Name, "get", "ippool", "-o", "wide")).Stdout);
+        Assert.DoesNotContain("net-conf", TestEnv.Ok(lab.Ctl("--lab", lab.Name, "get", "ippool")).Stdout); // the agents reused the pool covering Network
 
         // Every pod's address is from default-pool, and node-1 reaches node-2's block through the VXLAN device.
         var pods = lab.Status()["pods"]!.AsArray();
         Assert.Equal(3, pods.Count);
         foreach (var p in pods)
-            Assert.Contains("Pool: default-pool", Ok(lab.Ctl("--lab", lab.Name, "ipam", "show", "--ip", p!["ip"]!.ToString())).Stdout);
+            Assert.Contains("Pool: default-pool", TestEnv.Ok(lab.Ctl("--lab", lab.Name, "ipam", "show", "--ip", p!["ip"]!.ToString())).Stdout);
         var web2 = pods.Single(p => p!["name"]!.ToString() == "web-2")!["ip"]!.ToString();
         Assert.Contains("dev weft-vxlan", TestEnv.Sh($"ip -n {lab.Netns("node-1")} route get {web2}"));
         Assert.Contains("vxlan id 1", TestEnv.Sh($"ip -n {lab.Netns("node-1")} -d link show weft-vxlan"));
@@ -48,7 +40,7 @@ public sealed class SeedDocumentLabTests
         Assert.True(LabRun.AllTrue(before), before.ToJsonString());
 
         // calico-globalnetworkpolicy.yaml: pods labelled app=database send nothing (TCP, UDP, ICMP, to pods and outside).
-        Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", Seed("calico-globalnetworkpolicy.yaml")));
+        TestEnv.Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", TestEnv.SeedDocument("calico-globalnetworkpolicy.yaml")));
         foreach (var (protocol, port) in new[] { ("TCP", 80), ("UDP", 80) })
         {
             var m = lab.Matrix(protocol, port);
@@ -73,16 +65,16 @@ public sealed class SeedDocumentLabTests
     public void Flannel_net_conf_host_gw_runs_the_host_gw_backend()
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
-        Assert.SkipUnless(File.Exists(Seed("flannel-net-conf.json")), "../shared/seed-documents is not beside the checkout");
+        Assert.SkipUnless(File.Exists(TestEnv.SeedDocument("flannel-net-conf.json")), "../shared/seed-documents is not beside the checkout");
         var dir = TestEnv.TempDir("netconf");
         try
         {
             // The chapter's `# or "host-gw"`: the same file with the other backend.
             var conf = Path.Combine(dir, "net-conf.json");
-            File.WriteAllText(conf, File.ReadAllText(Seed("flannel-net-conf.json")).Replace("\"vxlan\"", "\"host-gw\"", StringComparison.Ordinal));
+            File.WriteAllText(conf, File.ReadAllText(TestEnv.SeedDocument("flannel-net-conf.json")).Replace("\"vxlan\"", "\"host-gw\"", StringComparison.Ordinal));
             using var lab = new LabRun();
             lab.Up("--nodes", "2", "--pods-per-node", "1", "--net-conf", conf);
-            var pools = Ok(lab.Ctl("--lab", lab.Name, "get", "ippool", "-o", "wide")).Stdout;
+            var pools = TestEnv.Ok(lab.Ctl("--lab", lab.Name, "get", "ippool", "-o", "wide")).Stdout;
             Assert.Matches(@"net-conf\s+10\.244\.0\.0/16\s+all\(\)\s+24\s+false\s+None", pools); // Flannel's SubnetLen default 24
             var pods = lab.Status()["pods"]!.AsArray();
             var far = pods.Single(p => p!["node"]!.ToString() == "node-2")!["ip"]!.ToString();

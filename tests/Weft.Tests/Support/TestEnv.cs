@@ -10,6 +10,15 @@ public static class TestEnv
     public static string Dist => Path.Combine(RepoRoot, "dist");
     public static string WeftPlugin => Path.Combine(Dist, "weft");
     public static string Weftctl => Path.Combine(Dist, "weftctl");
+    /// <summary>A document of the chapter, as written: CI lays shared/ beside the checkout.</summary>
+    public static string SeedDocument(string file) => Path.Combine(RepoRoot, "..", "shared", "seed-documents", file);
+
+    /// <summary>The command succeeded (else the assertion shows its output); returns it for reading.</summary>
+    public static ProcessResult Ok(ProcessResult r)
+    {
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
+        return r;
+    }
     public const string ReferencePluginDir = "/usr/lib/cni";
     public static bool IsRoot => Environment.UserName == "root" || geteuid() == 0;
 
