@@ -10,7 +10,15 @@ public sealed record Connection(IPAddress Source, IPAddress Destination, int Pro
 
 /// <summary>What decided one direction, for `policy trace` and flow logs.</summary>
 public sealed record DirectionVerdict(Direction Direction, bool Allowed, string Reason, PolicyIr? Policy, int? RuleIndex, PolicyRule? Rule,
-    IReadOnlyList<string> Steps);
+    IReadOnlyList<string> Steps)
+{
+    /// <summary>The tier that decided (null when the profile allowed).</summary>
+    public string? Tier { get; init; }
+    /// <summary>The tier's applicable policies when it ended in a drop (nothing allowed).</summary>
+    public IReadOnlyList<PolicyIr>? TierPolicies { get; init; }
+    /// <summary>The first Log rule the connection matched on the way, if any.</summary>
+    public (PolicyIr Policy, PolicyRule Rule)? Logged { get; init; }
+}
 
 public sealed record ConnectionVerdict(bool Allowed, DirectionVerdict? Egress, DirectionVerdict? Ingress)
 {
@@ -40,14 +48,23 @@ public sealed class PolicyEvaluator(PolicySet policies, PolicyWorld world)
         return new ConnectionVerdict((egress?.Allowed ?? true) && (ingress?.Allowed ?? true), egress, ingress);
     }
 
-    public DirectionVerdict EvaluateDirection(Direction direction, EndpointInfo subject, Connection c, EndpointInfo? src, EndpointInfo? dst)
+    public DirectionVerdict EvaluateDirection(Direction direction, EndpointInfo subject, Connection c, EndpointInfo? src, EndpointInfo? dst) =>
+        EvaluateDirection(PolicyCalculator.Applicable(policies, world, subject, direction), subject, c, src, dst, trace: true);
+
+    /// <summary>
+    /// One direction against policies already worked out for the subject (dataplane compilers evaluate many
+    /// connections per endpoint); <paramref name="trace"/> false skips the step texts.
+    /// </summary>
+    public DirectionVerdict EvaluateDirection(TieredPolicies tiered, EndpointInfo subject, Connection c, EndpointInfo? src, EndpointInfo? dst, bool trace)
     {
+        var direction = tiered.Direction;
         var steps = new List<string>();
         var anyApplied = false;
-        foreach (var (tier, applicable) in PolicyCalculator.Applicable(policies, world, subject, direction).Tiers)
+        (PolicyIr, PolicyRule)? logged = null;
+        foreach (var (tier, applicable) in tiered.Tiers)
         {
             anyApplied = true;
-            steps.Add($"tier {tier}: {applicable.Count} {direction.ToString().ToLowerInvariant()} polic{(applicable.Count == 1 ? "y selects" : "ies select")} {subject.Key}: {string.Join(", ", applicable.Select(p => p.Display))}");
+            if (trace) steps.Add($"tier {tier}: {applicable.Count} {direction.ToString().ToLowerInvariant()} polic{(applicable.Count == 1 ? "y selects" : "ies select")} {subject.Key}: {string.Join(", ", applicable.Select(p => p.Display))}");
             var passed = false;
             foreach (var policy in applicable)
             {
@@ -56,37 +73,38 @@ public sealed class PolicyEvaluator(PolicySet policies, PolicyWorld world)
                 {
                     var rule = rules[i];
                     if (!Matches(rule, c, src, dst)) continue;
-                    var where = $"{policy.Display} rule {rule.Origin}";
+                    var where = trace ? $"{policy.Display} rule {rule.Origin}" : rule.Origin;
                     switch (rule.Action)
                     {
                         case RuleAction.Allow:
-                            steps.Add($"{where}: Allow");
-                            return new(direction, true, $"allowed by {where}", policy, i, rule, steps);
+                            if (trace) steps.Add($"{where}: Allow");
+                            return new(direction, true, $"allowed by {where}", policy, i, rule, steps) { Tier = tier, Logged = logged };
                         case RuleAction.Deny:
-                            steps.Add($"{where}: Deny");
-                            return new(direction, false, $"denied by {where}", policy, i, rule, steps);
+                            if (trace) steps.Add($"{where}: Deny");
+                            return new(direction, false, $"denied by {where}", policy, i, rule, steps) { Tier = tier, Logged = logged };
                         case RuleAction.Log:
-                            steps.Add($"{where}: Log (continues)");
+                            if (trace) steps.Add($"{where}: Log (continues)");
+                            logged ??= (policy, rule);
                             break;
                         case RuleAction.Pass:
-                            steps.Add($"{where}: Pass (skips to the next tier)");
+                            if (trace) steps.Add($"{where}: Pass (skips to the next tier)");
                             passed = true;
                             break;
                     }
                 }
                 if (passed) break;
-                steps.Add($"{policy.Display}: no {direction.ToString().ToLowerInvariant()} rule matched");
+                if (trace) steps.Add($"{policy.Display}: no {direction.ToString().ToLowerInvariant()} rule matched");
             }
             if (!passed)
             {
                 var last = applicable[^1];
                 return new(direction, false,
-                    $"denied: {subject.Key} is selected by {string.Join(", ", applicable.Select(p => p.Display))} in tier {tier} and no rule allows this {direction.ToString().ToLowerInvariant()} traffic",
-                    last, null, null, steps);
+                    trace ? $"denied: {subject.Key} is selected by {string.Join(", ", applicable.Select(p => p.Display))} in tier {tier} and no rule allows this {direction.ToString().ToLowerInvariant()} traffic" : "denied: end of tier",
+                    last, null, null, steps) { Tier = tier, TierPolicies = applicable, Logged = logged };
             }
         }
         return anyApplied
-            ? new(direction, true, "allowed: every applicable tier passed; the namespace profile allows", null, null, null, steps)
+            ? new(direction, true, "allowed: every applicable tier passed; the namespace profile allows", null, null, null, steps) { Logged = logged }
             : new(direction, true, $"allowed: no {direction.ToString().ToLowerInvariant()} policy selects {subject.Key}", null, null, null, steps);
     }
 
