@@ -91,16 +91,42 @@ var natDrivers = new List<Weft.Agent.Drivers.INatDriver>();
 if (bpfMasquerade is not null) natDrivers.Add(bpfMasquerade);
 natDrivers.Add(new NatProgrammer(options.Policy, backend.TunnelPort, masquerade: bpfMasquerade is null));
 builder.Services.AddHostedService(sp => new NatReconciler(sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), natDrivers, state, options.Resync, sp.GetRequiredService<ILogger<NatReconciler>>()));
+Weft.Agent.Drivers.IPolicyDataplane OpenDataplane(string name)
+{
+    var nftOptions = new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(FlowLogGroup: flowsOn ? FlowLogGroup : 0);
+    if (name != "bpf") return new Weft.Agent.Drivers.NftPolicyDataplane(nftOptions);
+    var bpf = Weft.Agent.Bpf.BpfPolicyDataplane.Load(options.BpfPinDir, nftOptions, log, options.BpfPolicyObject);
+    if (flowsOn)
+        bpf.StartEvents(e =>
+        {
+            if (e.Kind == Weft.Agent.Bpf.FlowEvent.KindLog)
+            {
+                log.LogInformation("policy log: {Rule}: {Source} -> {Destination} protocol {Protocol}", flowIds.Meaning(Weft.Agent.Bpf.BpfPolicyDataplane.TokenKey(e.Token)) ?? "?", e.Source, e.Destination, e.Protocol);
+                return;
+            }
+            var flow = FlowCollector.FromBpfEvent(e, flowIds, me.Name);
+            flowCounters.Count(flow);
+            ring.Add(flow);
+            ring.Publish();
+        });
+    return bpf;
+}
 if (!options.Policy)
 {
-    // Enforcement switched off: a table left by an earlier run would keep dropping new pods (fail closed). Remove it.
+    // Enforcement switched off: a table or programs left by an earlier run would keep dropping new pods (fail closed). Remove them.
     using var dataplane = new Weft.Agent.Drivers.NftPolicyDataplane(new Weft.Dataplane.Nftables.NftPolicyCompiler.Options());
     dataplane.Remove();
-    log.LogInformation("policy enforcement off: the weft-policy nftables table is removed");
+    try
+    {
+        using var bpf = Weft.Agent.Bpf.BpfPolicyDataplane.Load(options.BpfPinDir, new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(), log);
+        bpf.Handover();
+    }
+    catch (Exception e) when (e is Weft.Bpf.BpfException or DllNotFoundException or IOException) { }
+    log.LogInformation("policy enforcement off: the weft-policy nftables table and any BPF policy programs are removed");
 }
 else
     builder.Services.AddHostedService(sp => new PolicyReconciler(sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), me.Name,
-        new Weft.Agent.Drivers.NftPolicyDataplane(new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(FlowLogGroup: flowsOn ? FlowLogGroup : 0)), state, sp.GetRequiredService<ILogger<PolicyReconciler>>(), flowsOn ? flowIds : null));
+        options.Dataplane, OpenDataplane, state, sp.GetRequiredService<ILogger<PolicyReconciler>>(), flowsOn ? flowIds : null));
 
 var socketDir = Path.GetDirectoryName(options.SocketPath);
 if (!string.IsNullOrEmpty(socketDir)) Directory.CreateDirectory(socketDir);

@@ -93,9 +93,10 @@ var labPolicy = new Option<string>("--policy") { Description = "on (agents enfor
 var labFlows = new Option<string>("--flows") { Description = "on (agents capture flows, default) or off", DefaultValueFactory = _ => "on" };
 var labMasquerade = new Option<string>("--masquerade") { Description = "how agents masquerade natOutgoing traffic: auto (bpf when the kernel allows, default), bpf or nftables", DefaultValueFactory = _ => "auto" };
 var labPool = new Option<string?>("--pool") { Description = "IPPool documents (Calico v3, as written) to use instead of the lab's default pool" };
+var labDataplane = new Option<string?>("--dataplane") { Description = "the agents' policy dataplane: nftables or bpf (default: what an applied Installation says, else nftables)" };
 var labNetConf = new Option<string?>("--net-conf") { Description = "Flannel's net-conf.json: agents run from it (its Backend.Type picks the backend; its Network becomes the pool unless --pool)" };
-var up = new Command("up", "build the lab") { labName, nodes, podsPerNode, backend, mode, topology, labPolicy, labFlows, labMasquerade, labPool, labNetConf };
-up.SetAction((r, ct) => Guard(() => Weft.Lab.LabCommands.UpAsync(Ctx(r), new(r.GetValue(labName)!, r.GetValue(nodes), r.GetValue(podsPerNode), r.GetValue(backend)!, r.GetValue(mode)!, r.GetValue(datastore) ?? "sqlite", r.GetValue(topology), r.GetValue(labPolicy)!, r.GetValue(labFlows)!, r.GetValue(labMasquerade)!, r.GetValue(labPool), r.GetValue(labNetConf)), ct)));
+var up = new Command("up", "build the lab") { labName, nodes, podsPerNode, backend, mode, topology, labPolicy, labFlows, labMasquerade, labPool, labNetConf, labDataplane };
+up.SetAction((r, ct) => Guard(() => Weft.Lab.LabCommands.UpAsync(Ctx(r), new(r.GetValue(labName)!, r.GetValue(nodes), r.GetValue(podsPerNode), r.GetValue(backend)!, r.GetValue(mode)!, r.GetValue(datastore) ?? "sqlite", r.GetValue(topology), r.GetValue(labPolicy)!, r.GetValue(labFlows)!, r.GetValue(labMasquerade)!, r.GetValue(labPool), r.GetValue(labNetConf), r.GetValue(labDataplane)), ct)));
 var down = new Command("down", "remove every namespace, process and file of the lab") { labName };
 down.SetAction((r, ct) => Guard(() => Weft.Lab.LabCommands.DownAsync(Ctx(r), r.GetValue(labName)!)));
 var labOut = new Option<string>("--output", "-o") { DefaultValueFactory = _ => "table" };

@@ -10,7 +10,7 @@ using Weft.Resources;
 namespace Weft.Lab;
 
 public sealed record LabUpOptions(string Name, int Nodes, int PodsPerNode, string Backend, string Mode, string Datastore, string? TopologyFile, string Policy = "on", string Flows = "on", string Masquerade = "auto",
-    string? PoolFile = null, string? NetConfFile = null);
+    string? PoolFile = null, string? NetConfFile = null, string? Dataplane = null);
 
 /// <summary>
 /// `weftctl lab`: a real multi-node cluster on one machine. An underlay namespace with a bridge joins one
@@ -30,6 +30,7 @@ public static class LabCommands
         if (o.Mode is not ("routed" or "bridge")) throw new ArgumentException($"--mode {o.Mode}: use routed or bridge");
         if (o.Policy is not ("on" or "off")) throw new ArgumentException($"--policy {o.Policy}: use on or off");
         if (o.Flows is not ("on" or "off")) throw new ArgumentException($"--flows {o.Flows}: use on or off");
+        if (o.Dataplane is not (null or "nftables" or "bpf")) throw new ArgumentException($"--dataplane {o.Dataplane}: use nftables or bpf");
         if (o.Masquerade is not ("auto" or "bpf" or "nftables")) throw new ArgumentException($"--masquerade {o.Masquerade}: use auto, bpf or nftables");
         if (o.Datastore is not ("sqlite" or "etcd")) throw new ArgumentException($"--datastore {o.Datastore}: the lab runs sqlite or etcd (a 3-member cluster)");
         if (LabState.Load(o.Name) is not null || Shell.Run("ip", "netns", "list").Split('\n').Any(l => l.StartsWith(o.Name + "-", StringComparison.Ordinal)))
@@ -43,7 +44,7 @@ public static class LabCommands
             throw new ArgumentException($"--pool {o.PoolFile}: give only projectcalico.org/v3 IPPool documents");
         var state = new LabState
         {
-            Name = o.Name, Dir = dir, Backend = backendType, Mode = o.Mode, Policy = o.Policy, Flows = o.Flows, Masquerade = o.Masquerade,
+            Name = o.Name, Dir = dir, Backend = backendType, Mode = o.Mode, Policy = o.Policy, Flows = o.Flows, Masquerade = o.Masquerade, Dataplane = o.Dataplane,
             Datastore = o.Datastore == "etcd" ? "etcd://" + string.Join(",", EtcdIps.Select(ip => ip + ":2379")) : "sqlite://" + Path.Combine(dir, "weft.db"),
             ControlPlane = o.Datastore == "etcd" ? o.Name + "-cp" : null,
             PodMtu = backendType == "vxlan" ? 1450 : 1500, Underlay = o.Name + "-ul", Gateway = o.Name + "-gw",
@@ -407,6 +408,7 @@ public static class LabCommands
             .. state.NetConf is null ? ["--backend", state.Backend] : new[] { "--net-conf", state.NetConf },
             "--underlay-interface", "eth0", "--socket", node.Socket,
             "--policy", state.Policy, "--flows", state.Flows, "--masquerade", state.Masquerade, "--bpf-pin-dir", Path.Combine(state.BpfDir, node.Name),
+            .. state.Dataplane is null ? Array.Empty<string>() : ["--dataplane", state.Dataplane],
         ]);
 
     /// <summary>Backend.Type of a Flannel net-conf.json (vxlan when absent, as flanneld defaults); the agent validates the rest.</summary>

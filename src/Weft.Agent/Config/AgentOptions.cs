@@ -19,6 +19,10 @@ public sealed class AgentOptions
     public TimeSpan Resync { get; set; } = TimeSpan.FromSeconds(10);
     /// <summary>Enforce network policy with the nftables dataplane (fail closed for endpoints not yet programmed).</summary>
     public bool Policy { get; set; } = true;
+    /// <summary>The policy dataplane, "nftables" or "bpf"; null follows the datastore's Installation (else nftables).</summary>
+    public string? Dataplane { get; set; }
+    /// <summary>Tests only: a BPF policy object to load instead of the built-in one (to see a verifier refusal).</summary>
+    public string? BpfPolicyObject { get; set; } = Environment.GetEnvironmentVariable("WEFT_BPF_POLICY_OBJECT");
     /// <summary>Flow capture (NFLOG verdicts, conntrack ends) into a ring of this many flows; 0 turns it off.</summary>
     public int FlowBuffer { get; set; } = Weft.Flows.FlowRing.DefaultCapacity;
     /// <summary>The flow API for remote readers (gRPC over TCP, Hubble's port); empty turns it off.</summary>
@@ -63,6 +67,9 @@ public sealed class AgentOptions
                 case "--flow-buffer": o.FlowBuffer = Int(a, Value()); break;
                 case "--flow-address": o.FlowAddress = Value(); break;
                 case "--masquerade": o.Masquerade = Value(); break;
+                case "--dataplane":
+                    o.Dataplane = Value() switch { var v and ("nftables" or "bpf") => v, var v => throw new ArgumentException($"--dataplane {v}: use nftables or bpf") };
+                    break;
                 case "--bpf-pin-dir": o.BpfPinDir = Value(); break;
                 case "--resync-seconds": o.Resync = TimeSpan.FromSeconds(Int(a, Value())); break;
                 case "--label":
@@ -111,6 +118,7 @@ public sealed class AgentOptions
                     case "flowBuffer": FlowBuffer = N(); break;
                     case "flowAddress": FlowAddress = S(); break;
                     case "masquerade": Masquerade = S(); break;
+                    case "dataplane": Dataplane = S() switch { var v and ("nftables" or "bpf") => v, _ => throw new ArgumentException($"{path}: dataplane must be nftables or bpf") }; break;
                     case "bpfPinDir": BpfPinDir = S(); break;
                     default: throw new ArgumentException($"{path}: unknown key '{p.Name}'");
                 }
@@ -150,6 +158,9 @@ public sealed class AgentOptions
           --flows on|off              capture flows (policy verdicts, connection ends) for `weftctl observe` (default on)
           --flow-buffer N             flows kept per node (default 4095, as Hubble)
           --flow-address IP:PORT      flow API for remote readers, gRPC (default 0.0.0.0:4244; "" for none)
+          --dataplane nftables|bpf    the policy dataplane: nftables tables, or tc eBPF programs on pod interfaces
+                                      (default: the datastore's Installation linuxDataplane, else nftables;
+                                      a changed Installation switches a running agent)
           --masquerade auto|bpf|nftables
                                       how natOutgoing pools masquerade: tc BPF programs on the uplink (no
                                       conntrack), or nftables; auto picks bpf when the kernel allows (default auto)

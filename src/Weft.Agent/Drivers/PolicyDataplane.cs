@@ -24,6 +24,9 @@ public interface IPolicyDataplane : IDisposable
 
     /// <summary>Takes enforcement out entirely (policy switched off).</summary>
     void Remove();
+
+    /// <summary>Another dataplane has taken over enforcement: remove what only this one uses, leaving the other's state alone.</summary>
+    void Handover();
 }
 
 /// <summary>The `inet weft-policy` table through libnftables: the compiler keeps unchanged policies' chains between runs, the driver diffs.</summary>
@@ -54,6 +57,9 @@ public sealed class NftPolicyDataplane(NftPolicyCompiler.Options options) : IPol
     public void Reset() => _driver = null;
 
     public void Remove() => new NftPolicyDriver(_transport).Remove();
+
+    /// <summary>The table is shared: the BPF dataplane's guard has replaced it already.</summary>
+    public void Handover() { }
 
     public void Dispose() => _transport.Dispose();
 }

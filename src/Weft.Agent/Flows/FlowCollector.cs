@@ -1,4 +1,5 @@
 using System.Net;
+using Weft.Dataplane.Bpf;
 using Weft.Dataplane.Nftables;
 using Weft.Datastore;
 using Weft.Flows;
@@ -142,6 +143,31 @@ public sealed class FlowCollector(FlowRing ring, FlowIdentities ids, FlowCounter
         };
         return f;
     }
+
+    /// <summary>A flow for one verdict of the BPF programs: the same fields the nftables path gives.</summary>
+    internal static Flow FromBpfEvent(in Bpf.FlowEvent e, FlowIdentities ids, string nodeName)
+    {
+        var f = NewFlow(e.Family, e.Source, e.Destination, e.Protocol, e.Sport, e.Dport, e.IcmpType, e.IcmpCode, ids, nodeName);
+        f.TimeUnixNano = MonotonicToUnixNano(e.Time);
+        f.TcpFlags = e.TcpFlags;
+        f.Event = "policy-verdict";
+        f.TrafficDirection = e.Direction == 1 ? "INGRESS" : "EGRESS";
+        var allowed = e.Action is BpfAction.Allow or BpfAction.Profile;
+        f.Verdict = allowed ? "FORWARDED" : "DROPPED";
+        if (!allowed) f.DropReasonDesc = e.Action == BpfAction.Deny ? "POLICY_DENY" : "POLICY_DENIED";
+        f.Policy = e.Action switch
+        {
+            BpfAction.Unprogrammed => "(endpoint not programmed yet)",
+            BpfAction.Profile => "",
+            _ => ids.Meaning(Bpf.BpfPolicyDataplane.TokenKey(e.Token)) ?? "",
+        };
+        return f;
+    }
+
+    // bpf_ktime_get_ns is CLOCK_MONOTONIC, as Stopwatch's timestamps on Linux.
+    private static readonly long MonotonicToUnix = FlowText.UnixNano(DateTime.UtcNow) - (long)(System.Diagnostics.Stopwatch.GetTimestamp() * (1e9 / System.Diagnostics.Stopwatch.Frequency));
+
+    private static long MonotonicToUnixNano(ulong monotonic) => MonotonicToUnix + (long)monotonic;
 
     public static Flow FromConnectionEnd(in ConntrackEnd end, FlowIdentities ids, string nodeName, bool egress)
     {

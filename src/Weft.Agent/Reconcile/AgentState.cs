@@ -26,6 +26,8 @@ public sealed record PolicyStatus
     /// <summary>The agent runs with policy on (Enforcing turns true after its first successful programming).</summary>
     public bool Enabled { get; init; }
     public bool Enforcing { get; init; }
+    /// <summary>"nftables" or "bpf": the dataplane enforcing now.</summary>
+    public string? Dataplane { get; init; }
     /// <summary>Every policy, pod, namespace and endpoint change up to this datastore revision is in the kernel.</summary>
     public long Revision { get; init; }
     public int Endpoints { get; init; }

@@ -39,8 +39,8 @@ public sealed class BpfMasquerade : INatDriver, IDisposable
     /// <summary>Loads the programs (reusing pinned state) and registers the uplink; attaches nothing yet.</summary>
     public static BpfMasquerade Load(int uplinkIndex, IPAddress uplinkAddress, string pinDir, ILogger log)
     {
-        EnsureBpfFs(pinDir);
-        var image = Image();
+        Weft.Agent.Bpf.BpfPins.Ensure(pinDir);
+        var image = Weft.Agent.Bpf.BpfPins.Embedded("masquerade.bpf.o");
         var pins = PinnedMaps.ToDictionary(m => m, m => Path.Combine(pinDir, m));
         // const volatile struct { u32 addr; u32 ifindex; } uplink, at the start of .rodata
         var uplink = new byte[8];
@@ -129,22 +129,6 @@ public sealed class BpfMasquerade : INatDriver, IDisposable
         if (current.Split(',').Contains(NatPorts)) return;
         try { Weft.Netlink.Sysctl.Write(Sysctl, current.Length == 0 ? NatPorts : current + "," + NatPorts); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { log.LogWarning("could not reserve ports {Ports} for the masquerade: {Error}", NatPorts, e.Message); }
-    }
-
-    private static void EnsureBpfFs(string pinDir)
-    {
-        if (!BpfFs.IsMounted(Path.GetDirectoryName(pinDir) ?? pinDir) && !BpfFs.IsMounted(pinDir))
-            BpfFs.Mount(pinDir.StartsWith("/sys/fs/bpf/", StringComparison.Ordinal) ? "/sys/fs/bpf" : pinDir);
-        Directory.CreateDirectory(pinDir);
-    }
-
-    private static byte[] Image()
-    {
-        using var s = typeof(BpfMasquerade).Assembly.GetManifestResourceStream("masquerade.bpf.o")
-            ?? throw new BpfException("the masquerade BPF object is not built into this agent");
-        var image = new byte[s.Length];
-        s.ReadExactly(image);
-        return image;
     }
 
     public void Dispose() => _obj.Dispose();

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text.Json.Nodes;
 using Weft.Agent.Drivers;
 using Weft.Datastore;
 using Weft.Model;
@@ -7,52 +8,102 @@ using Weft.Policy;
 namespace Weft.Agent.Reconcile;
 
 /// <summary>
-/// Keeps this node's nftables policy table in step with the datastore: any change to policies, tiers, namespaces,
-/// pods or endpoints (anywhere: peers' addresses feed the selector sets) coalesces into one recompute; the
-/// compiler builds the whole desired table for the local endpoints and the driver applies the difference in one
-/// transaction. Nothing is delayed on purpose: a new pod is dropped (fail closed) until this has run, so latency
-/// here is pod start-up latency. A failed apply is retried; the next attempt replaces the table whole.
+/// Keeps this node's policy dataplane in step with the datastore: any change to policies, tiers, namespaces, pods or
+/// endpoints (anywhere: peers' addresses feed the selector sets and identities) coalesces into one recompute; the
+/// dataplane compiles the whole desired state for the local endpoints and applies the difference atomically.
+/// Nothing is delayed on purpose: a new pod is dropped (fail closed) until this has run, so latency here is pod
+/// start-up latency. A failed apply is retried; the next attempt replaces everything.
+/// The dataplane (nftables or bpf) is <c>--dataplane</c> when given, else the Installation's linuxDataplane, else
+/// nftables; a change switches at runtime: the new one takes over completely before the old one lets go.
 /// </summary>
-public sealed class PolicyReconciler(IDatastore store, DatastoreTrigger trigger, string nodeName, IPolicyDataplane dataplane, AgentState state, ILogger<PolicyReconciler> log, Flows.FlowIdentities? flowIdentities = null)
+public sealed class PolicyReconciler(IDatastore store, DatastoreTrigger trigger, string nodeName, string? forcedDataplane,
+    Func<string, IPolicyDataplane> open, AgentState state, ILogger<PolicyReconciler> log, Flows.FlowIdentities? flowIdentities = null)
     : Reconciler(trigger, TimeSpan.FromSeconds(30), log)
 {
+    private IPolicyDataplane? _dataplane;
+    private string? _refused; // the dataplane that failed to load, so a refusal is logged once per cause
+
     protected override string Concern => "policy";
 
-    protected override bool IsInput(string key) => PolicyStore.IsPolicyInput(key);
+    protected override bool IsInput(string key) => PolicyStore.IsPolicyInput(key) || key.StartsWith(Keys.Installations, StringComparison.Ordinal);
 
     protected override void OnFailed(Exception e, TimeSpan retryIn)
     {
-        dataplane.Reset(); // the next attempt replaces everything
+        _dataplane?.Reset(); // the next attempt replaces everything
         state.Update(s => s with { Policy = s.Policy with { Errors = s.Policy.Errors + 1, LastError = e.Message } });
     }
 
     public override void Dispose()
     {
         base.Dispose();
-        dataplane.Dispose();
+        _dataplane?.Dispose();
+    }
+
+    /// <summary>The dataplane the Installation asks for ("nftables" or "bpf"), or null without one.</summary>
+    public static async Task<string?> InstallationDataplaneAsync(IDatastore store, CancellationToken ct)
+    {
+        var items = (await store.ListAsync(Keys.Installations, ct).ConfigureAwait(false)).Items;
+        var doc = items.FirstOrDefault(kv => kv.Key.EndsWith("/default", StringComparison.Ordinal)) ?? (items.Count > 0 ? items[0] : null);
+        if (doc is null) return null;
+        try
+        {
+            var value = JsonNode.Parse(doc.Value)?["spec"]?["calicoNetwork"]?["linuxDataplane"]?.ToString() ?? "Iptables";
+            return value == "BPF" ? "bpf" : "nftables";
+        }
+        catch (System.Text.Json.JsonException) { return null; }
     }
 
     protected override async Task ReconcileAsync(bool drift, CancellationToken ct)
     {
         var sw = Stopwatch.StartNew();
         // A periodic run rebuilds everything: it repairs drift (someone flushing the table by hand).
-        if (drift) dataplane.Reset();
+        if (drift) _dataplane?.Reset();
         // Read the revision first: everything up to it is in what we load next.
         var revision = await store.RevisionAsync(ct).ConfigureAwait(false);
+        var wanted = forcedDataplane ?? await InstallationDataplaneAsync(store, ct).ConfigureAwait(false) ?? "nftables";
         var snapshot = await PolicyStore.LoadAsync(store, ct).ConfigureAwait(false);
         var local = snapshot.World.Endpoints.Where(e => e.Node == nodeName && e.HostInterface is not null).ToList();
+
+        var dataplane = _dataplane;
+        IPolicyDataplane? previous = null;
+        if (dataplane is null || dataplane.Name != wanted)
+        {
+            try
+            {
+                var next = open(wanted);
+                (previous, dataplane) = (dataplane, next);
+                _refused = null;
+            }
+            catch (Exception e) when (dataplane is not null || wanted != "nftables")
+            {
+                // A dataplane the kernel refuses (the verifier, a missing feature) leaves the running one in place.
+                if (_refused != wanted + e.Message) log.LogError("the {Wanted} policy dataplane could not be loaded; keeping {Current}: {Error}", wanted, dataplane?.Name ?? "nftables", e.Message);
+                _refused = wanted + e.Message;
+                state.Update(s => s with { Policy = s.Policy with { LastError = $"{wanted} dataplane refused: {e.Message}" } });
+                dataplane ??= _dataplane = open("nftables");
+            }
+        }
         var result = dataplane.Apply(snapshot.Policies, snapshot.World, local);
+        if (previous is not null)
+        {
+            // The new dataplane enforces everything now; only then does the old one take its programs away.
+            previous.Handover();
+            previous.Dispose();
+            log.LogInformation("policy dataplane switched from {Old} to {New}", previous.Name, dataplane.Name);
+        }
+        _dataplane = dataplane;
         flowIdentities?.Update(snapshot.World, result.LogMeanings);
         state.PolicyApply.Observe(sw.Elapsed);
         foreach (var err in snapshot.Errors) log.LogWarning("policy input skipped: {Error}", err);
+        var refused = _refused is not null;
         state.Update(s => s with
         {
             Policy = s.Policy with
             {
-                Enforcing = true, Revision = revision, Endpoints = local.Count, Policies = snapshot.Policies.Policies.Count,
+                Enforcing = true, Dataplane = dataplane.Name, Revision = revision, Endpoints = local.Count, Policies = snapshot.Policies.Policies.Count,
                 Chains = result.Chains, Rules = result.Rules, Sets = result.Sets,
                 LastApplyMs = sw.Elapsed.TotalMilliseconds, LastApplyFull = result.Full, Applies = s.Policy.Applies + 1,
-                LastError = null, DocumentErrors = snapshot.Errors,
+                LastError = refused ? s.Policy.LastError : null, DocumentErrors = snapshot.Errors,
             },
         });
         if (result.Full || result.Changes > 0)

@@ -105,30 +105,40 @@ public sealed unsafe class BpfObject : IDisposable
 public readonly unsafe struct BpfMap(string name, int fd)
 {
     public string Name { get; } = name;
+    public int Fd { get; } = fd;
 
     public void Update<TKey, TValue>(in TKey key, in TValue value) where TKey : unmanaged where TValue : unmanaged
     {
         var k = key;
         var v = value;
-        BpfObject.Check(BpfNative.bpf_map_update_elem(fd, &k, &v, BpfNative.BPF_ANY), $"update of map {Name}");
+        BpfObject.Check(BpfNative.bpf_map_update_elem(Fd, &k, &v, BpfNative.BPF_ANY), $"update of map {Name}");
+    }
+
+    public bool TryLookup<TKey, TValue>(in TKey key, out TValue value) where TKey : unmanaged where TValue : unmanaged
+    {
+        var k = key;
+        TValue v;
+        var found = BpfNative.bpf_map_lookup_elem(Fd, &k, &v) == 0;
+        value = found ? v : default;
+        return found;
     }
 
     public bool Delete<TKey>(in TKey key) where TKey : unmanaged
     {
         var k = key;
-        return BpfNative.bpf_map_delete_elem(fd, &k) == 0;
+        return BpfNative.bpf_map_delete_elem(Fd, &k) == 0;
     }
 
     public List<TKey> Keys<TKey>() where TKey : unmanaged
     {
         var keys = new List<TKey>();
         TKey next;
-        if (BpfNative.bpf_map_get_next_key(fd, null, &next) != 0) return keys;
+        if (BpfNative.bpf_map_get_next_key(Fd, null, &next) != 0) return keys;
         do
         {
             keys.Add(next);
             var current = next;
-            if (BpfNative.bpf_map_get_next_key(fd, &current, &next) != 0) break;
+            if (BpfNative.bpf_map_get_next_key(Fd, &current, &next) != 0) break;
         } while (keys.Count < 1 << 20);
         return keys;
     }
@@ -218,4 +228,82 @@ public static class BpfFs
 
     /// <summary>Lazily unmounts a bpffs mount (its pins go with the last user); false when nothing was mounted there.</summary>
     public static bool Unmount(string path) => IsMounted(path) && Libc.umount2(path, Libc.MNT_DETACH) == 0;
+}
+
+/// <summary>
+/// A BPF ring buffer read through libbpf: <see cref="Poll"/> hands each record to the callback on the polling
+/// thread. One reader per buffer.
+/// </summary>
+public sealed unsafe class BpfRingBuffer : IDisposable
+{
+    public delegate void Record(ReadOnlySpan<byte> data);
+
+    private readonly IntPtr _rb;
+    private readonly GCHandle _self;
+    private readonly Record _onRecord;
+
+    public BpfRingBuffer(BpfMap map, Record onRecord)
+    {
+        _onRecord = onRecord;
+        _self = GCHandle.Alloc(this);
+        _rb = BpfNative.ring_buffer__new(map.Fd, &Sample, GCHandle.ToIntPtr(_self), IntPtr.Zero);
+        if (_rb == IntPtr.Zero)
+        {
+            _self.Free();
+            throw new BpfException($"ring buffer {map.Name}: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
+        }
+    }
+
+    /// <summary>Waits up to <paramref name="timeoutMs"/> for records and delivers them; returns how many.</summary>
+    public int Poll(int timeoutMs)
+    {
+        var n = BpfNative.ring_buffer__poll(_rb, timeoutMs);
+        return n == -4 ? 0 : n >= 0 ? n : throw new BpfException($"ring buffer poll: {Marshal.GetPInvokeErrorMessage(-n)}", -n); // EINTR: nothing
+    }
+
+    [UnmanagedCallersOnly]
+    private static int Sample(IntPtr ctx, void* data, nuint size)
+    {
+        var self = (BpfRingBuffer)GCHandle.FromIntPtr(ctx).Target!;
+        try { self._onRecord(new ReadOnlySpan<byte>(data, (int)size)); }
+        catch (Exception) { return 0; } // a bad record must not stop the reader
+        return 0;
+    }
+
+    public void Dispose()
+    {
+        BpfNative.ring_buffer__free(_rb);
+        if (_self.IsAllocated) _self.Free();
+    }
+}
+
+/// <summary>The BTF of a compiled object: struct layouts as the C compiler laid them out.</summary>
+public static unsafe class BpfBtf
+{
+    public sealed record Member(string Name, int Offset, int BitOffset);
+
+    /// <summary>Size and members (byte offsets) of a struct in an ELF object's BTF, or null when it has none by that name.</summary>
+    public static (int Size, IReadOnlyList<Member> Members)? Struct(string elfPath, string name)
+    {
+        var btf = BpfNative.btf__parse(elfPath, IntPtr.Zero);
+        if (btf == IntPtr.Zero || (long)btf < 0 && (long)btf > -4096)
+            throw new BpfException($"no BTF in {elfPath}: {Marshal.GetPInvokeErrorMessage(Marshal.GetLastPInvokeError())}");
+        try
+        {
+            var id = BpfNative.btf__find_by_name_kind(btf, name, 4); // BTF_KIND_STRUCT
+            if (id <= 0) return null;
+            var type = BpfNative.btf__type_by_id(btf, (uint)id); // name_off, info, size, then vlen × {name_off, type, offset}
+            var vlen = (int)(type[1] & 0xffff);
+            var members = new List<Member>();
+            for (var i = 0; i < vlen; i++)
+            {
+                var m = type + 3 + i * 3;
+                var memberName = Marshal.PtrToStringUTF8(BpfNative.btf__name_by_offset(btf, m[0])) ?? "";
+                var bits = (type[1] & 0x80000000) != 0 ? (int)(m[2] & 0xffffff) : (int)m[2]; // kind_flag: bitfield size in the top byte
+                members.Add(new Member(memberName, bits / 8, bits));
+            }
+            return ((int)type[2], members);
+        }
+        finally { BpfNative.btf__free(btf); }
+    }
 }

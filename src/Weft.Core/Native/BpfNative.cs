@@ -24,6 +24,7 @@ internal static unsafe partial class BpfNative
 
     [LibraryImport(Lib)] public static partial int bpf_map_update_elem(int fd, void* key, void* value, ulong flags);
     [LibraryImport(Lib)] public static partial int bpf_map_delete_elem(int fd, void* key);
+    [LibraryImport(Lib)] public static partial int bpf_map_lookup_elem(int fd, void* key, void* value);
     [LibraryImport(Lib)] public static partial int bpf_map_get_next_key(int fd, void* key, void* nextKey);
 
     [LibraryImport(Lib)] public static partial IntPtr libbpf_set_print(delegate* unmanaged<int, IntPtr, IntPtr, int> print);
@@ -33,6 +34,16 @@ internal static unsafe partial class BpfNative
     [LibraryImport(Lib)] public static partial int bpf_tc_attach(TcHook* hook, TcOpts* opts);
     [LibraryImport(Lib)] public static partial int bpf_tc_detach(TcHook* hook, TcOpts* opts);
     [LibraryImport(Lib)] public static partial int bpf_tc_query(TcHook* hook, TcOpts* opts);
+
+    [LibraryImport(Lib, SetLastError = true)] public static partial IntPtr ring_buffer__new(int mapFd, delegate* unmanaged<IntPtr, void*, nuint, int> sample, IntPtr ctx, IntPtr opts);
+    [LibraryImport(Lib)] public static partial int ring_buffer__poll(IntPtr rb, int timeoutMs);
+    [LibraryImport(Lib)] public static partial void ring_buffer__free(IntPtr rb);
+
+    [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8, SetLastError = true)] public static partial IntPtr btf__parse(string path, IntPtr btfExt);
+    [LibraryImport(Lib)] public static partial void btf__free(IntPtr btf);
+    [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] public static partial int btf__find_by_name_kind(IntPtr btf, string name, uint kind);
+    [LibraryImport(Lib)] public static partial uint* btf__type_by_id(IntPtr btf, uint id);
+    [LibraryImport(Lib)] public static partial IntPtr btf__name_by_offset(IntPtr btf, uint offset);
 
     public const ulong BPF_ANY = 0;
     public const uint BPF_TC_INGRESS = 1, BPF_TC_EGRESS = 2;

@@ -201,7 +201,7 @@ public static class ResourceReader
         var weft = dataplane switch
         {
             "Iptables" or "Nftables" => "nftables",
-            "BPF" => throw new ResourceException($"{where}: spec.calicoNetwork.linuxDataplane BPF: Weft's eBPF policy dataplane is not built yet; use Iptables (Weft's nftables dataplane enforces the same policies)"),
+            "BPF" => "bpf",
             "VPP" => throw new ResourceException($"{where}: spec.calicoNetwork.linuxDataplane VPP: Weft has no VPP dataplane (it would need the VPP vSwitch with hugepages and a DPDK or af_packet uplink, which Weft neither ships nor drives); use Iptables"),
             _ => throw new ResourceException($"{where}: spec.calicoNetwork.linuxDataplane '{dataplane}' is not one of Iptables, Nftables, BPF, VPP"),
         };

@@ -67,7 +67,8 @@ public sealed class ResourceService(IDatastore store)
                 case InstallationResource ir:
                     await Document(Keys.Installations + ir.InstallationName, "Installation", ir.Name, ir.Document).ConfigureAwait(false);
                     messages.Add($"Installation {ir.Name}: linuxDataplane {ir.LinuxDataplane} runs Weft's {ir.WeftDataplane} dataplane" +
-                                 (ir.LinuxDataplane == "Iptables" ? " (Calico's iptables rules, written as one nftables table)" : ""));
+                                 (ir.LinuxDataplane == "Iptables" ? " (Calico's iptables rules, written as one nftables table)" :
+                                  ir.LinuxDataplane == "BPF" ? " (tc eBPF programs on every pod interface; running agents switch over, unless started with --dataplane)" : ""));
                     break;
                 case TierResource tr:
                     await Document(Keys.Tier(tr.TierName), "Tier", tr.TierName, tr.Document).ConfigureAwait(false);

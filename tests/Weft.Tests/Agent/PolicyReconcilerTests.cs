@@ -1,3 +1,4 @@
+using Weft.Tests.Support;
 using Microsoft.Extensions.Logging.Abstractions;
 using Weft.Agent.Drivers;
 using Weft.Agent.Reconcile;
@@ -19,12 +20,13 @@ public sealed class PolicyReconcilerTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, true);
 
-    private sealed class FakeDataplane : IPolicyDataplane
+    private sealed class FakeDataplane(string name = "nftables") : IPolicyDataplane
     {
         public List<string[]> Applied { get; } = [];
         public int Resets;
         public int FailNext;
-        public string Name => "fake";
+        public int Handovers;
+        public string Name => name;
 
         public PolicyApplyResult Apply(PolicySet policies, PolicyWorld world, IReadOnlyList<EndpointInfo> local)
         {
@@ -35,6 +37,7 @@ public sealed class PolicyReconcilerTests : IDisposable
 
         public void Reset() => Interlocked.Increment(ref Resets);
         public void Remove() { }
+        public void Handover() => Interlocked.Increment(ref Handovers);
         public void Dispose() { }
     }
 
@@ -48,7 +51,7 @@ public sealed class PolicyReconcilerTests : IDisposable
         var state = new AgentState("n1", "vxlan");
         var fake = new FakeDataplane();
         using var trigger = new DatastoreTrigger(store, NullLogger<DatastoreTrigger>.Instance);
-        using var reconciler = new PolicyReconciler(trigger.Cache, trigger, "n1", fake, state, NullLogger<PolicyReconciler>.Instance);
+        using var reconciler = new PolicyReconciler(trigger.Cache, trigger, "n1", null, _ => fake, state, NullLogger<PolicyReconciler>.Instance);
         await trigger.StartAsync(CancellationToken.None);
         await reconciler.StartAsync(CancellationToken.None);
         try
@@ -75,6 +78,51 @@ public sealed class PolicyReconcilerTests : IDisposable
             var after = await Until(s => s.Policy.Revision >= revision && s.Policy.LastError is null); // the retry, about 1 s later
             lock (fake.Applied) Assert.Contains("knp/default/b", fake.Applied[^1]);
             Assert.Equal(1, after.Policy.Errors);
+        }
+        finally
+        {
+            await reconciler.StopAsync(CancellationToken.None);
+            await trigger.StopAsync(CancellationToken.None);
+        }
+    }
+
+    [Fact]
+    public async Task The_Installation_switches_the_dataplane_and_a_refused_one_keeps_the_running_one()
+    {
+        using var store = DatastoreFactory.Open("sqlite://" + Path.Combine(_dir, "weft.db"));
+        var state = new AgentState("n1", "vxlan");
+        var nft = new FakeDataplane("nftables");
+        var bpf = new FakeDataplane("bpf");
+        var refuse = true;
+        IPolicyDataplane Open(string name) => name == "nftables" ? nft : refuse ? throw new Weft.Bpf.BpfException("the verifier said no") : bpf;
+        using var trigger = new DatastoreTrigger(store, NullLogger<DatastoreTrigger>.Instance);
+        using var reconciler = new PolicyReconciler(trigger.Cache, trigger, "n1", null, Open, state, NullLogger<PolicyReconciler>.Instance);
+        await trigger.StartAsync(CancellationToken.None);
+        await reconciler.StartAsync(CancellationToken.None);
+        try
+        {
+            async Task<AgentSnapshot> Until(Func<AgentSnapshot, bool> done)
+            {
+                var (ok, s) = await state.WaitAsync(done, TimeSpan.FromSeconds(10), CancellationToken.None);
+                Assert.True(ok, "timed out; policy status: " + s.Policy);
+                return s;
+            }
+            Assert.Equal("nftables", (await Until(s => s.Policy.Enforcing)).Policy.Dataplane); // no Installation: nftables
+            var seed = File.ReadAllText(TestEnv.SeedDocument("calico-installation-bpf.yaml"));
+            await ApplyAsync(store, seed);
+            var revision = await store.RevisionAsync();
+            var refused = await Until(s => s.Policy.Revision >= revision);
+            Assert.Equal("nftables", refused.Policy.Dataplane);
+            Assert.Contains("the verifier said no", refused.Policy.LastError);
+            Assert.Equal(0, nft.Handovers);
+
+            refuse = false;
+            await ApplyAsync(store, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: default}\nspec: {podSelector: {}}\n");
+            revision = await store.RevisionAsync();
+            var switched = await Until(s => s.Policy.Revision >= revision && s.Policy.Dataplane == "bpf");
+            Assert.Null(switched.Policy.LastError);
+            Assert.Equal(1, nft.Handovers); // after bpf applied, never before
+            lock (bpf.Applied) Assert.Contains("knp/default/a", bpf.Applied[^1]);
         }
         finally
         {

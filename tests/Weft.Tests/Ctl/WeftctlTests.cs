@@ -56,7 +56,7 @@ public sealed class WeftctlTests : IDisposable
     [Theory]
     [InlineData("Iptables", true, "runs Weft's nftables dataplane")]
     [InlineData("Nftables", true, "runs Weft's nftables dataplane")]
-    [InlineData("BPF", false, "linuxDataplane BPF: Weft's eBPF policy dataplane is not built yet")]
+    [InlineData("BPF", true, "runs Weft's bpf dataplane (tc eBPF programs on every pod interface")]
     [InlineData("VPP", false, "linuxDataplane VPP: Weft has no VPP dataplane")]
     [InlineData("Windows", false, "'Windows' is not one of Iptables, Nftables, BPF, VPP")]
     public void Installation_documents_select_the_dataplane_or_are_refused_saying_what_is_missing(string dataplane, bool accepted, string expected)

@@ -105,26 +105,61 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
             Rule([.. fromPod.Select(n => n!.DeepClone()), Jump("from-pod")])), "input", 0);
         if (options.FlowLogGroup > 0)
         {
-            // A new connection to an address the node routes nowhere (an address of this node's blocks with no pod:
-            // the agent's blackhole) is dropped by the kernel's routing, which nftables never sees; say so here.
-            // "oif missing": the route lookup fails (blackhole, unreachable, prohibit, or no route at all); `fib daddr
-            // type` would only consult the local table. The node's own addresses also report no oif, and broadcast and
-            // multicast have no unicast route by nature: those are excluded by address type.
-            JsonNode[] NoRoute() =>
-            [
-                Match("==", new JsonObject { ["fib"] = new JsonObject { ["result"] = "oif", ["flags"] = new JsonArray("daddr") } }, false),
-                Match("!=", new JsonObject { ["fib"] = new JsonObject { ["result"] = "type", ["flags"] = new JsonArray("daddr") } }, AnonSet([(JsonNode)"local", "broadcast", "anycast", "multicast"])),
-            ];
-            var isNew = Match("in", new JsonObject { ["ct"] = new JsonObject { ["key"] = "state" } }, new JsonArray("new"));
-            _out.Chains["prerouting"] = new NftChain("prerouting", Texts(
-                // accept only ends this chain; routing still drops the packet.
-                Rule([isNew.DeepClone(), .. fromPod.Select(n => n!.DeepClone()), .. NoRoute(), .. FlowLogStatement('D', Direction.Egress, FlowLog.NoRoute), Verdict("accept")]),
-                Rule([isNew.DeepClone(), .. NoRoute(), .. FlowLogStatement('D', Direction.Ingress, FlowLog.NoRoute)])),
-                "prerouting", -150);
+            _out.Chains["prerouting"] = NoRouteChain();
             _out.LogMeanings[FlowLog.NoRoute] = "";
         }
         _cache = _nextCache; // policies gone since the last compile drop out of the cache
         return _out;
+    }
+
+    /// <summary>
+    /// The table the BPF dataplane keeps beside its programs: a pod interface the programs are not attached to yet
+    /// passes nothing (fail closed), and new connections to nowhere are reported as with the full table. One set
+    /// lookup per forwarded packet and no verdict maps or chains, so the BPF path stays close to the bare one.
+    /// </summary>
+    public PolicyRuleset CompileGuard(IEnumerable<string> programmedInterfaces)
+    {
+        _out = new PolicyRuleset();
+        _out.LogMeanings[FlowLog.Unprogrammed] = "";
+        _out.Sets[BpfProgrammedSet] = new NftSet(BpfProgrammedSet, JsonValue.Create("ifname"),
+            new SortedSet<string>(programmedInterfaces.Select(n => JsonValue.Create(n).ToJsonString()), StringComparer.Ordinal));
+        var excluded = AnonSet(options.Excluded.Select(n => (JsonNode)n));
+        JsonNode[] Unprogrammed(string field, Direction d) =>
+        [
+            Match("==", Meta(field), options.PodInterfacePrefix + "*"), Match("!=", Meta(field), excluded.DeepClone()),
+            Match("!=", Meta(field), "@" + BpfProgrammedSet), .. FlowLogStatement('D', d, FlowLog.Unprogrammed), Verdict("drop"),
+        ];
+        _out.Chains["forward"] = new NftChain("forward", Texts(Rule(Unprogrammed("iifname", Direction.Egress)), Rule(Unprogrammed("oifname", Direction.Ingress))), "forward", 0);
+        _out.Chains["input"] = new NftChain("input", Texts(Rule(Unprogrammed("iifname", Direction.Egress))), "input", 0);
+        if (options.FlowLogGroup > 0)
+        {
+            _out.Chains["prerouting"] = NoRouteChain();
+            _out.LogMeanings[FlowLog.NoRoute] = "";
+        }
+        return _out;
+    }
+
+    public const string BpfProgrammedSet = "bpf-programmed";
+
+    private NftChain NoRouteChain()
+    {
+        var fromPod = new JsonArray(Match("==", Meta("iifname"), options.PodInterfacePrefix + "*"), Match("!=", Meta("iifname"), AnonSet(options.Excluded.Select(n => (JsonNode)n))));
+        // A new connection to an address the node routes nowhere (an address of this node's blocks with no pod:
+        // the agent's blackhole) is dropped by the kernel's routing, which nftables never sees; say so here.
+        // "oif missing": the route lookup fails (blackhole, unreachable, prohibit, or no route at all); `fib daddr
+        // type` would only consult the local table. The node's own addresses also report no oif, and broadcast and
+        // multicast have no unicast route by nature: those are excluded by address type.
+        JsonNode[] NoRoute() =>
+        [
+            Match("==", new JsonObject { ["fib"] = new JsonObject { ["result"] = "oif", ["flags"] = new JsonArray("daddr") } }, false),
+            Match("!=", new JsonObject { ["fib"] = new JsonObject { ["result"] = "type", ["flags"] = new JsonArray("daddr") } }, AnonSet([(JsonNode)"local", "broadcast", "anycast", "multicast"])),
+        ];
+        var isNew = Match("in", new JsonObject { ["ct"] = new JsonObject { ["key"] = "state" } }, new JsonArray("new"));
+        return new NftChain("prerouting", Texts(
+            // accept only ends this chain; routing still drops the packet.
+            Rule([isNew.DeepClone(), .. fromPod.Select(n => n!.DeepClone()), .. NoRoute(), .. FlowLogStatement('D', Direction.Egress, FlowLog.NoRoute), Verdict("accept")]),
+            Rule([isNew.DeepClone(), .. NoRoute(), .. FlowLogStatement('D', Direction.Ingress, FlowLog.NoRoute)])),
+            "prerouting", -150);
     }
 
     /// <summary>The chain deciding one direction for one endpoint, shared by every endpoint with the same applicable policies.</summary>

@@ -1,0 +1,345 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Weft.Agent.Drivers;
+using Weft.Bpf;
+using Weft.Dataplane.Bpf;
+using Weft.Dataplane.Nftables;
+using Weft.Model;
+using Weft.Netlink;
+using Weft.Policy;
+using Weft.Policy.Ir;
+
+namespace Weft.Agent.Bpf;
+
+/// <summary>
+/// The eBPF policy dataplane (policy.bpf.c beside this file): the compiler's state written into pinned maps, the two
+/// programs attached to every local pod interface, and a guard table that drops pod interfaces the programs are not
+/// on yet. Writes are ordered so a packet always meets a complete old or new policy: programs' entries first (a
+/// changed policy is a new program number), then the ipcache, then endpoints switch programs in one update each,
+/// and only then what nobody refers to any more goes. Maps and handed-out numbers survive a restart; the first apply
+/// of a new agent adopts what it finds (same numbers, same entries: nothing changes for a packet).
+/// </summary>
+public sealed class BpfPolicyDataplane : IPolicyDataplane
+{
+    public const string FromPod = "weft_from_pod", ToPod = "weft_to_pod";
+    private static readonly string[] PinnedMaps = ["ipcache", "endpoints", "policy", "sports", "ct"];
+    public const string IdsFile = "policy-ids.json";
+
+    private readonly BpfObject _obj;
+    private readonly string _pinDir;
+    private readonly BpfPolicyCompiler _compiler;
+    private readonly NftPolicyCompiler _guardCompiler;
+    private readonly LibNftTransport _nft = new();
+    private NftPolicyDriver? _guard;
+    private Applied? _applied;
+    private readonly ILogger _log;
+    private BpfRingBuffer? _events;
+    private Thread? _reader;
+    private volatile bool _disposed;
+
+    /// <summary>What the maps hold, as far as this agent wrote or adopted it.</summary>
+    private sealed class Applied
+    {
+        public Dictionary<Cidr, uint> Ipcache { get; } = [];
+        public Dictionary<int, EndpointValue> Endpoints { get; } = [];
+        public Dictionary<(uint Program, uint Identity), IdentityEntries> Entries { get; } = [];
+        public HashSet<int> Attached { get; } = [];
+        /// <summary>Keys found in the kernel at adoption that nothing desired has claimed yet.</summary>
+        public HashSet<PolicyKey> StrayPolicy { get; } = [];
+        public HashSet<SportKey> StraySports { get; } = [];
+    }
+
+    private BpfPolicyDataplane(BpfObject obj, string pinDir, BpfPolicyIds? ids, NftPolicyCompiler.Options guard, ILogger log)
+    {
+        _obj = obj;
+        _pinDir = pinDir;
+        _compiler = new BpfPolicyCompiler(ids);
+        _guardCompiler = new NftPolicyCompiler(guard);
+        _log = log;
+    }
+
+    public string Name => "bpf";
+
+    /// <summary>
+    /// Loads the programs (reusing pinned maps). Throws <see cref="BpfException"/> with the verifier's reason when the
+    /// kernel refuses them; nothing is attached or changed then. <paramref name="objectPath"/> replaces the built-in
+    /// object (tests load a broken one to see the refusal).
+    /// </summary>
+    public static BpfPolicyDataplane Load(string pinDir, NftPolicyCompiler.Options guard, ILogger log, string? objectPath = null)
+    {
+        BpfPins.Ensure(pinDir);
+        var image = objectPath is null ? BpfPins.Embedded("policy.bpf.o") : File.ReadAllBytes(objectPath);
+        var pins = PinnedMaps.ToDictionary(m => m, m => Path.Combine(pinDir, "policy_" + m));
+        BpfObject obj;
+        try { obj = BpfObject.Load(image, pins); }
+        catch (BpfException e) when (pins.Values.Any(File.Exists))
+        {
+            BpfObject.Load(image).Dispose(); // the object itself loads: the pins (an older layout) are what is refused
+            log.LogWarning("pinned policy maps in {Dir} have another layout ({Error}); starting them afresh", pinDir, e.Message);
+            foreach (var p in pins.Values.Append(Path.Combine(pinDir, IdsFile))) File.Delete(p);
+            obj = BpfObject.Load(image, pins);
+        }
+        BpfPolicyIds? ids = null;
+        var idsPath = Path.Combine(pinDir, IdsFile);
+        if (File.Exists(idsPath))
+        {
+            try { ids = JsonSerializer.Deserialize(File.ReadAllText(idsPath), BpfIdsJson.Default.BpfPolicyIds); }
+            catch (JsonException e) { log.LogWarning("{File} unreadable ({Error}); policy numbers start afresh", idsPath, e.Message); }
+        }
+        return new BpfPolicyDataplane(obj, pinDir, ids, guard, log);
+    }
+
+    /// <summary>Starts reading verdicts from the programs' ring buffer on a thread of its own.</summary>
+    public void StartEvents(Action<FlowEvent> onEvent)
+    {
+        _events = new BpfRingBuffer(_obj.Map("events"), data =>
+        {
+            if (data.Length >= System.Runtime.InteropServices.Marshal.SizeOf<FlowEvent>())
+                onEvent(System.Runtime.InteropServices.MemoryMarshal.Read<FlowEvent>(data));
+        });
+        _reader = new Thread(() =>
+        {
+            while (!_disposed)
+            {
+                try { _events.Poll(200); }
+                catch (BpfException e) when (!_disposed) { _log.LogWarning("BPF flow events: {Error}", e.Message); Thread.Sleep(1000); }
+            }
+        }) { IsBackground = true, Name = "bpf-flow-events" };
+        _reader.Start();
+    }
+
+    public PolicyApplyResult Apply(PolicySet policies, PolicyWorld world, IReadOnlyList<EndpointInfo> local)
+    {
+        var state = _compiler.Compile(policies, world, local);
+        using var nl = RtNetlink.Open();
+        var ifindex = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var name in state.Endpoints.Keys)
+            if (nl.GetLink(name) is { } link) ifindex[name] = link.Index; // a pod being deleted: nothing to attach to
+        var full = _applied is null;
+        var applied = _applied ?? Adopt();
+        _applied = null; // until this apply completes, the kernel state is not known exactly
+        var changes = 0;
+
+        var ipcache = _obj.Map("ipcache");
+        var policy = _obj.Map("policy");
+        var sports = _obj.Map("sports");
+        var endpoints = _obj.Map("endpoints");
+
+        // 1. Every program's entries for every identity (new programs whole, kept ones for new identities).
+        var desired = new Dictionary<(uint, uint), IdentityEntries>();
+        foreach (var p in state.Programs.Values)
+            foreach (var (identity, entries) in p.Identities) desired[(p.Id, identity)] = entries;
+        foreach (var (key, entries) in desired)
+        {
+            if (applied.Entries.TryGetValue(key, out var old) && ReferenceEquals(old, entries)) continue;
+            foreach (var t in entries.SportTables)
+                foreach (var e in t.Entries)
+                {
+                    var k = SportKey.Of(t.Id, e);
+                    sports.Update(k, Verdict.Of(e.Verdict));
+                    applied.StraySports.Remove(k);
+                }
+            foreach (var e in entries.Entries)
+            {
+                var k = PolicyKey.Of(key.Item1, key.Item2, e);
+                policy.Update(k, Verdict.Of(e.Verdict));
+                applied.StrayPolicy.Remove(k);
+                changes++;
+            }
+            if (old is not null) RemoveEntries(policy, sports, key, old, except: entries);
+            applied.Entries[key] = entries;
+        }
+        // 2. The ipcache: addresses to (possibly new) identities.
+        foreach (var (prefix, identity) in state.Ipcache)
+            if (!applied.Ipcache.TryGetValue(prefix, out var had) || had != identity)
+            {
+                ipcache.Update(IpcacheKey.Of(prefix), identity);
+                applied.Ipcache[prefix] = identity;
+                changes++;
+            }
+        // 3. Endpoints switch to their programs, one map update each; new interfaces get the programs after that.
+        var fromPod = _obj.ProgramFd(FromPod);
+        var toPod = _obj.ProgramFd(ToPod);
+        var liveIndexes = new HashSet<int>();
+        foreach (var (name, (egress, ingress)) in state.Endpoints)
+        {
+            if (!ifindex.TryGetValue(name, out var index)) continue;
+            liveIndexes.Add(index);
+            var value = new EndpointValue { EgressProgram = egress, IngressProgram = ingress };
+            if (!applied.Endpoints.TryGetValue(index, out var had) || had.EgressProgram != egress || had.IngressProgram != ingress)
+            {
+                endpoints.Update(index, value);
+                applied.Endpoints[index] = value;
+                changes++;
+            }
+            if (applied.Attached.Add(index))
+            {
+                Tc.Attach(index, ingress: true, fromPod, Ownership.TcHandle, Ownership.TcPriority);
+                Tc.Attach(index, ingress: false, toPod, Ownership.TcHandle, Ownership.TcPriority);
+            }
+        }
+        // 4. The guard lets the programmed interfaces through (the others stay dropped).
+        _guard ??= new NftPolicyDriver(_nft);
+        var guard = _guardCompiler.CompileGuard(state.Endpoints.Keys.Where(ifindex.ContainsKey));
+        try { _guard.Apply(guard); }
+        catch
+        {
+            _guard = null;
+            throw;
+        }
+        // 5. What nothing refers to any more.
+        foreach (var gone in applied.Endpoints.Keys.Where(i => !liveIndexes.Contains(i)).ToList())
+        {
+            endpoints.Delete(gone);
+            applied.Endpoints.Remove(gone);
+            applied.Attached.Remove(gone);
+            changes++;
+        }
+        foreach (var gone in applied.Ipcache.Keys.Where(p => !state.Ipcache.ContainsKey(p)).ToList())
+        {
+            ipcache.Delete(IpcacheKey.Of(gone));
+            applied.Ipcache.Remove(gone);
+            changes++;
+        }
+        var referenced = state.Endpoints.Values.SelectMany(e => new[] { e.Egress, e.Ingress }).ToHashSet();
+        foreach (var (key, entries) in applied.Entries.Where(kv => !desired.ContainsKey(kv.Key) || !referenced.Contains(kv.Key.Item1)).ToList())
+        {
+            RemoveEntries(policy, sports, key, entries, except: null);
+            applied.Entries.Remove(key);
+            changes++;
+        }
+        foreach (var k in applied.StrayPolicy) policy.Delete(k);
+        foreach (var k in applied.StraySports) sports.Delete(k);
+        applied.StrayPolicy.Clear();
+        applied.StraySports.Clear();
+        _applied = applied;
+        SaveIds();
+        var meanings = guard.LogMeanings.Concat(state.Tokens.Select(t => KeyValuePair.Create(TokenKey(t.Key), t.Value)))
+            .Append(KeyValuePair.Create(FlowLog.Profile, "")).ToDictionary(StringComparer.Ordinal);
+        return new PolicyApplyResult(state.Programs.Count, state.Entries, state.Ipcache.Count, full, changes, meanings);
+    }
+
+    /// <summary>How verdict tokens appear among the flow log meanings.</summary>
+    public static string TokenKey(uint token) => "bpf:" + token.ToString(System.Globalization.CultureInfo.InvariantCulture);
+
+    private static void RemoveEntries(BpfMap policy, BpfMap sports, (uint Program, uint Identity) key, IdentityEntries entries, IdentityEntries? except)
+    {
+        var keep = except?.Entries.Select(e => PolicyKey.Of(key.Program, key.Identity, e)).ToHashSet() ?? [];
+        foreach (var e in entries.Entries)
+        {
+            var k = PolicyKey.Of(key.Program, key.Identity, e);
+            if (!keep.Contains(k)) policy.Delete(k);
+        }
+        var keepTables = except?.SportTables.Select(t => t.Id).ToHashSet() ?? [];
+        foreach (var t in entries.SportTables.Where(t => !keepTables.Contains(t.Id)))
+            foreach (var e in t.Entries) sports.Delete(SportKey.Of(t.Id, e));
+    }
+
+    /// <summary>
+    /// A first apply: what the maps hold (left by an earlier agent) becomes "applied" as far as it can be named,
+    /// so the new state is written over it (same keys, same values when the numbers were kept) and the rest removed
+    /// at the end, never before the replacement is in place.
+    /// </summary>
+    private Applied Adopt()
+    {
+        var a = new Applied();
+        foreach (var k in _obj.Map("policy").Keys<PolicyKey>()) a.StrayPolicy.Add(k);
+        foreach (var k in _obj.Map("sports").Keys<SportKey>()) a.StraySports.Add(k);
+        var endpoints = _obj.Map("endpoints");
+        foreach (var index in endpoints.Keys<int>())
+            if (endpoints.TryLookup(index, out EndpointValue v)) a.Endpoints[index] = v; // switched or removed in steps 3 and 5
+        // Ipcache entries are rewritten where they differ and removed when not desired; unknown ones can only be
+        // overwritten by the same prefix, so start from a clean copy of what is there.
+        var ipcache = _obj.Map("ipcache");
+        foreach (var k in ipcache.Keys<IpcacheKey>())
+            if (ipcache.TryLookup(k, out uint id)) a.Ipcache[Prefix(k)] = id;
+        return a;
+    }
+
+    private static unsafe Cidr Prefix(IpcacheKey k)
+    {
+        var bytes = new byte[k.Family == 4 ? 4 : 16];
+        for (var i = 0; i < bytes.Length; i++) bytes[i] = k.Addr[i];
+        return new Cidr(new System.Net.IPAddress(bytes), (int)k.Prefixlen - 32);
+    }
+
+    private void SaveIds()
+    {
+        var path = Path.Combine(_pinDir, IdsFile);
+        try
+        {
+            File.WriteAllText(path + ".tmp", JsonSerializer.Serialize(_compiler.Ids, BpfIdsJson.Default.BpfPolicyIds));
+            File.Move(path + ".tmp", path, overwrite: true);
+        }
+        catch (IOException e) { _log.LogWarning("could not save policy numbers to {File}: {Error}", path, e.Message); }
+    }
+
+    /// <summary>The next apply reads the maps back and rewrites everything (drift repair, after a failure).</summary>
+    public void Reset()
+    {
+        _applied = null;
+        _guard = null;
+    }
+
+    /// <summary>Enforcement off: programs off every interface, maps emptied, the guard table gone.</summary>
+    public void Remove()
+    {
+        Handover();
+        new NftPolicyDriver(_nft).Remove();
+    }
+
+    /// <summary>Another dataplane enforces now (its table has replaced the guard): take the programs off and empty the maps.</summary>
+    public void Handover()
+    {
+        using (var nl = RtNetlink.Open())
+            foreach (var link in nl.ListLinks().Where(l => l.Name.StartsWith(Ownership.PodInterfacePrefix, StringComparison.Ordinal)))
+            {
+                Tc.Detach(link.Index, ingress: true, Ownership.TcHandle, Ownership.TcPriority);
+                Tc.Detach(link.Index, ingress: false, Ownership.TcHandle, Ownership.TcPriority);
+            }
+        Clear<int>("endpoints");
+        Clear<IpcacheKey>("ipcache");
+        Clear<PolicyKey>("policy");
+        Clear<SportKey>("sports");
+        Clear<CtKey>("ct");
+        File.Delete(Path.Combine(_pinDir, IdsFile));
+        _applied = null;
+    }
+
+    private void Clear<TKey>(string map) where TKey : unmanaged
+    {
+        var m = _obj.Map(map);
+        foreach (var k in m.Keys<TKey>()) m.Delete(k);
+    }
+
+    public void Dispose()
+    {
+        _disposed = true;
+        _reader?.Join(1000);
+        _events?.Dispose();
+        _obj.Dispose();
+        _nft.Dispose();
+    }
+}
+
+/// <summary>bpffs and the BPF objects built into the agent.</summary>
+internal static class BpfPins
+{
+    public static void Ensure(string pinDir)
+    {
+        if (!BpfFs.IsMounted(Path.GetDirectoryName(pinDir) ?? pinDir) && !BpfFs.IsMounted(pinDir))
+            BpfFs.Mount(pinDir.StartsWith("/sys/fs/bpf/", StringComparison.Ordinal) ? "/sys/fs/bpf" : pinDir);
+        Directory.CreateDirectory(pinDir);
+    }
+
+    public static byte[] Embedded(string name)
+    {
+        using var s = typeof(BpfPins).Assembly.GetManifestResourceStream(name) ?? throw new BpfException($"the BPF object {name} is not built into this agent");
+        var image = new byte[s.Length];
+        s.ReadExactly(image);
+        return image;
+    }
+}
+
+[JsonSerializable(typeof(BpfPolicyIds))]
+internal sealed partial class BpfIdsJson : JsonSerializerContext;

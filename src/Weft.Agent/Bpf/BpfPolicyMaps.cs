@@ -1,0 +1,150 @@
+using System.Buffers.Binary;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Weft.Dataplane.Bpf;
+using Weft.Model;
+
+namespace Weft.Agent.Bpf;
+
+// Layouts shared with policy.bpf.c (same names, snake_case there); BpfLayoutTests checks each against the object's BTF.
+// Fields the LPM tries compare are in network byte order.
+
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct IpcacheKey
+{
+    public uint Prefixlen;
+    public uint Family;
+    public fixed byte Addr[16];
+
+    public static IpcacheKey Of(Cidr c)
+    {
+        var k = new IpcacheKey { Prefixlen = (uint)(32 + c.PrefixLength), Family = c.IsIPv4 ? 4u : 6u };
+        Span<byte> bytes = stackalloc byte[16];
+        c.NetworkAddress.TryWriteBytes(bytes, out _);
+        for (var i = 0; i < 16; i++) k.Addr[i] = bytes[i];
+        return k;
+    }
+}
+
+[StructLayout(LayoutKind.Sequential)]
+internal struct EndpointValue
+{
+    public uint EgressProgram;
+    public uint IngressProgram;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+internal struct PolicyKey : IEquatable<PolicyKey>
+{
+    public uint Prefixlen;
+    public uint Program;
+    public uint Identity;
+    public byte Protocol;
+    public byte Pad;
+    public ushort Port;
+
+    public static PolicyKey Of(uint program, uint identity, PolicyEntry e) => new()
+    {
+        Prefixlen = (uint)(e.PortBits < 0 ? 64 : 72 + e.PortBits),
+        Program = BinaryPrimitives.ReverseEndianness(program), Identity = BinaryPrimitives.ReverseEndianness(identity),
+        Protocol = e.PortBits < 0 ? (byte)0 : e.Protocol, Port = e.PortBits <= 0 ? (ushort)0 : BinaryPrimitives.ReverseEndianness(e.Port),
+    };
+
+    public readonly uint ProgramId => BinaryPrimitives.ReverseEndianness(Program);
+    public readonly uint IdentityId => BinaryPrimitives.ReverseEndianness(Identity);
+
+    public readonly bool Equals(PolicyKey o) => Prefixlen == o.Prefixlen && Program == o.Program && Identity == o.Identity && Protocol == o.Protocol && Port == o.Port;
+    public override readonly bool Equals(object? obj) => obj is PolicyKey k && Equals(k);
+    public override readonly int GetHashCode() => HashCode.Combine(Prefixlen, Program, Identity, Protocol, Port);
+}
+
+[StructLayout(LayoutKind.Sequential)]
+internal struct Verdict
+{
+    public byte Action;
+    public byte Log;
+    public ushort Pad;
+    public uint Token;
+    public uint SportTable;
+    public uint LogToken;
+
+    public static Verdict Of(BpfVerdict v) => new() { Action = v.Action, Log = v.Log ? (byte)1 : (byte)0, Token = v.Token, SportTable = v.SportTable, LogToken = v.LogToken };
+}
+
+[StructLayout(LayoutKind.Sequential)]
+internal struct SportKey : IEquatable<SportKey>
+{
+    public uint Prefixlen;
+    public uint Table;
+    public ushort Port;
+    public ushort Pad;
+
+    public static SportKey Of(uint table, SportEntry e) => new()
+    {
+        Prefixlen = (uint)(32 + e.PortBits), Table = BinaryPrimitives.ReverseEndianness(table),
+        Port = e.PortBits == 0 ? (ushort)0 : BinaryPrimitives.ReverseEndianness(e.Port),
+    };
+
+    public readonly bool Equals(SportKey o) => Prefixlen == o.Prefixlen && Table == o.Table && Port == o.Port;
+    public override readonly bool Equals(object? obj) => obj is SportKey k && Equals(k);
+    public override readonly int GetHashCode() => HashCode.Combine(Prefixlen, Table, Port);
+}
+
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct CtKey
+{
+    public uint Ifindex;
+    public byte Family;
+    public byte Protocol;
+    public ushort Sport;
+    public ushort Dport;
+    public ushort Pad;
+    public fixed byte Saddr[16];
+    public fixed byte Daddr[16];
+}
+
+[StructLayout(LayoutKind.Sequential)]
+internal struct CtEntry
+{
+    public ulong LastSeen;
+    public uint Flags;
+    public uint Pad;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public unsafe struct FlowEvent
+{
+    public ulong Time;
+    public uint Ifindex;
+    public byte Family;
+    public byte Protocol;
+    public byte Direction;
+    public byte Action;
+    public ushort Sport;
+    public ushort Dport;
+    public uint Token;
+    public byte TcpFlags;
+    public byte IcmpType;
+    public byte IcmpCode;
+    public byte Kind;
+    public fixed byte Saddr[16];
+    public fixed byte Daddr[16];
+
+    public readonly IPAddress Source => Address(true);
+    public readonly IPAddress Destination => Address(false);
+
+    private readonly IPAddress Address(bool source)
+    {
+        Span<byte> b = stackalloc byte[16];
+        for (var i = 0; i < 16; i++) b[i] = source ? Saddr[i] : Daddr[i];
+        return Family == 4 ? new IPAddress(b[..4]) : new IPAddress(b);
+    }
+
+    public const byte KindVerdict = 0, KindLog = 1;
+}
+
+internal static class Families
+{
+    public static byte Of(AddressFamily f) => f == AddressFamily.InterNetwork ? (byte)4 : (byte)6;
+}
