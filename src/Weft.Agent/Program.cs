@@ -91,11 +91,13 @@ var natDrivers = new List<Weft.Agent.Drivers.INatDriver>();
 if (bpfMasquerade is not null) natDrivers.Add(bpfMasquerade);
 natDrivers.Add(new NatProgrammer(options.Policy, backend.TunnelPort, masquerade: bpfMasquerade is null));
 builder.Services.AddHostedService(sp => new NatReconciler(sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), natDrivers, state, options.Resync, sp.GetRequiredService<ILogger<NatReconciler>>()));
+// The BPF dataplane's numbering, beside the agent's socket (a run-time directory; one per node in the lab).
+string BpfStateDir() => Path.ChangeExtension(Path.GetFullPath(options.SocketPath), ".bpf-policy-ids.json");
 Weft.Agent.Drivers.IPolicyDataplane OpenDataplane(string name)
 {
     var nftOptions = new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(FlowLogGroup: flowsOn ? FlowLogGroup : 0);
     if (name != "bpf") return new Weft.Agent.Drivers.NftPolicyDataplane(nftOptions);
-    var bpf = Weft.Agent.Bpf.BpfPolicyDataplane.Load(options.BpfPinDir, nftOptions, log, options.BpfPolicyObject);
+    var bpf = Weft.Agent.Bpf.BpfPolicyDataplane.Load(options.BpfPinDir, BpfStateDir(), nftOptions, log, options.BpfPolicyObject);
     if (flowsOn)
         bpf.StartEvents(e =>
         {
@@ -118,7 +120,7 @@ if (!options.Policy)
     dataplane.Remove();
     try
     {
-        using var bpf = Weft.Agent.Bpf.BpfPolicyDataplane.Load(options.BpfPinDir, new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(), log);
+        using var bpf = Weft.Agent.Bpf.BpfPolicyDataplane.Load(options.BpfPinDir, BpfStateDir(), new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(), log);
         bpf.Handover();
     }
     catch (Exception e) when (e is Weft.Bpf.BpfException or DllNotFoundException or IOException) { }

@@ -23,10 +23,9 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
 {
     public const string FromPod = "weft_from_pod", ToPod = "weft_to_pod";
     private static readonly string[] PinnedMaps = ["ipcache", "endpoints", "policy", "sports", "ct"];
-    public const string IdsFile = "policy-ids.json";
 
     private readonly BpfObject _obj;
-    private readonly string _pinDir;
+    private readonly string _idsPath;
     private readonly BpfPolicyCompiler _compiler;
     private readonly NftPolicyCompiler _guardCompiler;
     private readonly LibNftTransport _nft = new();
@@ -49,10 +48,10 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         public HashSet<SportKey> StraySports { get; } = [];
     }
 
-    private BpfPolicyDataplane(BpfObject obj, string pinDir, BpfPolicyIds? ids, NftPolicyCompiler.Options guard, ILogger log)
+    private BpfPolicyDataplane(BpfObject obj, string idsPath, BpfPolicyIds? ids, NftPolicyCompiler.Options guard, ILogger log)
     {
         _obj = obj;
-        _pinDir = pinDir;
+        _idsPath = idsPath;
         _compiler = new BpfPolicyCompiler(ids);
         _guardCompiler = new NftPolicyCompiler(guard);
         _log = log;
@@ -63,10 +62,12 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
     /// <summary>
     /// Loads the programs (reusing pinned maps). Throws <see cref="BpfException"/> with the verifier's reason when the
     /// kernel refuses them; nothing is attached or changed then. <paramref name="objectPath"/> replaces the built-in
-    /// object (tests load a broken one to see the refusal).
+    /// object (tests load a broken one to see the refusal). The numbers handed out are kept in <paramref name="idsPath"/>
+    /// (bpffs holds only pins; a run-time directory is right: the pins do not outlive a reboot either).
     /// </summary>
-    public static BpfPolicyDataplane Load(string pinDir, NftPolicyCompiler.Options guard, ILogger log, string? objectPath = null)
+    public static BpfPolicyDataplane Load(string pinDir, string idsPath, NftPolicyCompiler.Options guard, ILogger log, string? objectPath = null)
     {
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(idsPath))!);
         BpfPins.Ensure(pinDir);
         var image = objectPath is null ? BpfPins.Embedded("policy.bpf.o") : File.ReadAllBytes(objectPath);
         var pins = PinnedMaps.ToDictionary(m => m, m => Path.Combine(pinDir, "policy_" + m));
@@ -76,17 +77,16 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         {
             BpfObject.Load(image).Dispose(); // the object itself loads: the pins (an older layout) are what is refused
             log.LogWarning("pinned policy maps in {Dir} have another layout ({Error}); starting them afresh", pinDir, e.Message);
-            foreach (var p in pins.Values.Append(Path.Combine(pinDir, IdsFile))) File.Delete(p);
+            foreach (var p in pins.Values.Append(idsPath)) File.Delete(p);
             obj = BpfObject.Load(image, pins);
         }
         BpfPolicyIds? ids = null;
-        var idsPath = Path.Combine(pinDir, IdsFile);
-        if (File.Exists(idsPath))
+        if (File.Exists(idsPath) && pins.Values.All(File.Exists))
         {
             try { ids = JsonSerializer.Deserialize(File.ReadAllText(idsPath), BpfIdsJson.Default.BpfPolicyIds); }
             catch (JsonException e) { log.LogWarning("{File} unreadable ({Error}); policy numbers start afresh", idsPath, e.Message); }
         }
-        return new BpfPolicyDataplane(obj, pinDir, ids, guard, log);
+        return new BpfPolicyDataplane(obj, idsPath, ids, guard, log);
     }
 
     /// <summary>Starts reading verdicts from the programs' ring buffer on a thread of its own.</summary>
@@ -265,7 +265,7 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
 
     private void SaveIds()
     {
-        var path = Path.Combine(_pinDir, IdsFile);
+        var path = _idsPath;
         try
         {
             File.WriteAllText(path + ".tmp", JsonSerializer.Serialize(_compiler.Ids, BpfIdsJson.Default.BpfPolicyIds));
@@ -302,7 +302,7 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         Clear<PolicyKey>("policy");
         Clear<SportKey>("sports");
         Clear<CtKey>("ct");
-        File.Delete(Path.Combine(_pinDir, IdsFile));
+        File.Delete(_idsPath);
         _applied = null;
     }
 

@@ -46,7 +46,7 @@ internal struct PolicyKey : IEquatable<PolicyKey>
 
     public static PolicyKey Of(uint program, uint identity, PolicyEntry e) => new()
     {
-        Prefixlen = (uint)(e.PortBits < 0 ? 64 : 72 + e.PortBits),
+        Prefixlen = (uint)(e.PortBits < 0 ? 64 : e.PortBits == 0 ? 72 : 80 + e.PortBits), // the pad byte (always 0) sits before the port
         Program = BinaryPrimitives.ReverseEndianness(program), Identity = BinaryPrimitives.ReverseEndianness(identity),
         Protocol = e.PortBits < 0 ? (byte)0 : e.Protocol, Port = e.PortBits <= 0 ? (ushort)0 : BinaryPrimitives.ReverseEndianness(e.Port),
     };

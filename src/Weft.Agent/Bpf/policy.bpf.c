@@ -63,7 +63,7 @@ struct endpoint {
 };
 
 struct policy_key {
-	__u32 prefixlen; // 72 (program, identity, protocol) + port bits; 64 = every protocol
+	__u32 prefixlen; // 64: every protocol; 72: every port of the protocol; 80 (with pad) + port bits
 	__u32 program;   // network byte order, as every field the trie compares
 	__u32 identity;
 	__u8 protocol;
@@ -340,7 +340,7 @@ static __always_inline int decide(struct __sk_buff *skb, int direction)
 		__builtin_memcpy(ik.addr, direction == DIR_EGRESS ? p.daddr : p.saddr, 16);
 		__u32 *identity = bpf_map_lookup_elem(&ipcache, &ik);
 		struct policy_key pk = {
-			.prefixlen = 72 + (p.has_ports || p.protocol == IPPROTO_ICMP || p.protocol == IPPROTO_ICMPV6 ? 16 : 0),
+			.prefixlen = 80 + (p.has_ports || p.protocol == IPPROTO_ICMP || p.protocol == IPPROTO_ICMPV6 ? 16 : 0),
 			.program = bpf_htonl(program),
 			.identity = bpf_htonl(identity ? *identity : 0),
 			.protocol = p.protocol,

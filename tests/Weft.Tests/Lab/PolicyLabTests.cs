@@ -8,13 +8,16 @@ namespace Weft.Tests.Lab;
 /// One 3-node lab holding the conformance cluster (x, y, z × a, b, c with the cases' pinned addresses; namespace x on
 /// node-1, y on node-2, z on node-3, so cross-node and same-node paths are both probed), shared by the cases.
 /// </summary>
-public sealed class PolicyLabFixture : IDisposable
+public class PolicyLabFixture : IDisposable
 {
     public LabRun Lab { get; } = new();
     public HashSet<string> AppliedPolicies { get; } = new(StringComparer.Ordinal);
     public bool Ready { get; }
 
-    public PolicyLabFixture()
+    public PolicyLabFixture() : this(null) { }
+
+    /// <param name="dataplane">--dataplane for every agent (null: the default, nftables)</param>
+    protected PolicyLabFixture(string? dataplane)
     {
         if (!TestEnv.IsRoot) return;
         var c = NetpolCase.Load(Path.Combine(NetpolCase.Dir, "tcp-01-default-deny-ingress.yaml"));
@@ -32,19 +35,31 @@ public sealed class PolicyLabFixture : IDisposable
         }
         var file = Path.Combine(Path.GetTempPath(), $"weft-netpol-topology-{Lab.Name}.yaml");
         File.WriteAllText(file, string.Join("\n---\n", docs.Select(d => d.ToJsonString())));
-        try { Lab.Up("--nodes", "3", "--topology", file); }
+        try { Lab.Up(["--nodes", "3", "--topology", file, .. dataplane is null ? Array.Empty<string>() : ["--dataplane", dataplane]]); }
         finally { File.Delete(file); }
         Ready = true;
     }
 
-    public void Dispose() => Lab.Dispose();
+    public void Dispose()
+    {
+        Lab.Dispose();
+        GC.SuppressFinalize(this);
+    }
 }
+
+/// <summary>The same cluster with every agent on the eBPF policy dataplane.</summary>
+public sealed class BpfPolicyLabFixture() : PolicyLabFixture("bpf");
 
 /// <summary>
 /// The upstream e2e NetworkPolicy cases with real packets: policies and relabels through `weftctl apply`, probes with
 /// `lab matrix` started the moment apply returns (no sync), so a stale cell is enforcement lagging behind apply.
 /// </summary>
-public sealed class PolicyLabConformanceTests(PolicyLabFixture fixture) : IClassFixture<PolicyLabFixture>
+public sealed class PolicyLabConformanceTests(PolicyLabFixture fixture) : PolicyLabConformance(fixture), IClassFixture<PolicyLabFixture>;
+
+/// <summary>The upstream cases again, enforced by the BPF programs (`--dataplane bpf`).</summary>
+public sealed class BpfPolicyLabConformanceTests(BpfPolicyLabFixture fixture) : PolicyLabConformance(fixture), IClassFixture<BpfPolicyLabFixture>;
+
+public abstract class PolicyLabConformance(PolicyLabFixture fixture)
 {
     // SCTP cases run by simulation only: this kernel has no SCTP sockets.
     public static TheoryData<string> Cases() => new(NetpolCase.Files().Select(Path.GetFileNameWithoutExtension).Where(id => !id!.StartsWith("sctp-", StringComparison.Ordinal))!);

@@ -36,7 +36,8 @@ public readonly record struct BpfVerdict(byte Action, uint Token, uint SportTabl
 
 /// <summary>
 /// One entry of an identity's part of the policy trie. <see cref="PortBits"/> -1: every protocol (prefix 64);
-/// 0: every port of <see cref="Protocol"/> (prefix 72); n: the first n bits of <see cref="Port"/> (prefix 72+n).
+/// 0: every port of <see cref="Protocol"/> (prefix 72); n: the first n bits of <see cref="Port"/> (prefix 80+n: a pad
+/// byte, always 0, sits between protocol and port).
 /// </summary>
 public readonly record struct PolicyEntry(byte Protocol, int PortBits, ushort Port, BpfVerdict Verdict);
 
