@@ -84,4 +84,49 @@ public sealed class SeedDocumentLabTests
         }
         finally { Directory.Delete(dir, true); }
     }
+
+    /// <summary>
+    /// calico-installation-bpf.yaml as written switches running agents to the eBPF dataplane (programs on every pod
+    /// interface, same verdicts), and calico-installation-iptables.yaml switches them back.
+    /// </summary>
+    [Fact]
+    public void Installation_documents_switch_running_agents_between_dataplanes()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.SkipUnless(File.Exists(TestEnv.SeedDocument("calico-installation-bpf.yaml")), "../shared/seed-documents is not beside the checkout");
+        using var lab = new LabRun();
+        lab.Up("--nodes", "2", "--pods-per-node", "0");
+        TestEnv.Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/web-1", "--node", "node-1", "--label", "app=web", "--port", "80/TCP"));
+        TestEnv.Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/database", "--node", "node-2", "--label", "app=database", "--port", "80/TCP"));
+        TestEnv.Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", TestEnv.SeedDocument("calico-globalnetworkpolicy.yaml")));
+        var pods = lab.Status()["pods"]!.AsArray();
+        var web = pods.Single(p => p!["name"]!.ToString() == "web-1")!;
+        var db = pods.Single(p => p!["name"]!.ToString() == "database")!;
+        string HostInterface(JsonNode pod) => TestEnv.Sh($"ip -n {lab.Netns(pod["node"]!.ToString())} -o route get {pod["ip"]}").Split(" dev ")[1].Split(' ')[0];
+
+        void Enforced(string dataplane)
+        {
+            var m = lab.Matrix();
+            var names = m["pods"]!.AsArray().Select(p => p!.ToString()).ToList();
+            var allowed = m["allowed"]!.AsArray();
+            Assert.True(allowed[names.IndexOf("default/web-1")]![names.IndexOf("default/database")]!.GetValue<bool>(), $"{dataplane}: web-1 reaches database");
+            Assert.False(allowed[names.IndexOf("default/database")]![names.IndexOf("default/web-1")]!.GetValue<bool>(), $"{dataplane}: database sends nothing");
+            Assert.NotEqual(0, TestEnv.TrySh($"ip netns exec {db["netns"]} ping -c 1 -W 1 {web["ip"]}").ExitCode);
+            Assert.Equal(0, TestEnv.TrySh($"ip netns exec {web["netns"]} ping -c 1 -W 2 {db["ip"]}").ExitCode);
+        }
+        string Filters(JsonNode pod) => TestEnv.Sh($"tc -n {lab.Netns(pod["node"]!.ToString())} filter show dev {HostInterface(pod)} ingress");
+        Enforced("nftables");
+        Assert.DoesNotContain("weft_from_pod", Filters(db));
+
+        var applied = TestEnv.Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", TestEnv.SeedDocument("calico-installation-bpf.yaml"))).Stdout;
+        Assert.Contains("runs Weft's bpf dataplane", applied);
+        Assert.Contains("weft_from_pod", Filters(db));
+        Assert.Contains("weft_from_pod", Filters(web));
+        Assert.DoesNotContain("ep-", TestEnv.Sh($"ip netns exec {lab.Netns("node-2")} nft list table inet weft-policy")); // only the guard is left
+        Enforced("bpf");
+
+        TestEnv.Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", TestEnv.SeedDocument("calico-installation-iptables.yaml")));
+        Assert.DoesNotContain("weft_from_pod", Filters(db));
+        Enforced("nftables again");
+    }
 }
