@@ -41,6 +41,13 @@ public sealed class PolicyReconcilerTests : IDisposable
         public void Dispose() { }
     }
 
+    private static async Task<AgentSnapshot> UntilAsync(AgentState state, Func<AgentSnapshot, bool> done)
+    {
+        var (ok, s) = await state.WaitAsync(done, TimeSpan.FromSeconds(10), CancellationToken.None);
+        Assert.True(ok, "timed out; policy status: " + s.Policy);
+        return s;
+    }
+
     private static async Task ApplyAsync(IDatastore store, string yaml) =>
         await new ResourceService(store).ApplyAsync(YamlDocuments.Resources(yaml, "test"));
 
@@ -56,12 +63,7 @@ public sealed class PolicyReconcilerTests : IDisposable
         await reconciler.StartAsync(CancellationToken.None);
         try
         {
-            async Task<AgentSnapshot> Until(Func<AgentSnapshot, bool> done)
-            {
-                var (ok, s) = await state.WaitAsync(done, TimeSpan.FromSeconds(10), CancellationToken.None);
-                Assert.True(ok, "timed out; policy status: " + s.Policy);
-                return s;
-            }
+            Task<AgentSnapshot> Until(Func<AgentSnapshot, bool> done) => UntilAsync(state, done);
             await Until(s => s.Policy.Enforcing);
 
             await ApplyAsync(store, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: default}\nspec: {podSelector: {}}\n");
@@ -101,12 +103,7 @@ public sealed class PolicyReconcilerTests : IDisposable
         await reconciler.StartAsync(CancellationToken.None);
         try
         {
-            async Task<AgentSnapshot> Until(Func<AgentSnapshot, bool> done)
-            {
-                var (ok, s) = await state.WaitAsync(done, TimeSpan.FromSeconds(10), CancellationToken.None);
-                Assert.True(ok, "timed out; policy status: " + s.Policy);
-                return s;
-            }
+            Task<AgentSnapshot> Until(Func<AgentSnapshot, bool> done) => UntilAsync(state, done);
             Assert.Equal("nftables", (await Until(s => s.Policy.Enforcing)).Policy.Dataplane); // no Installation: nftables
             var seed = File.ReadAllText(TestEnv.SeedDocument("calico-installation-bpf.yaml"));
             await ApplyAsync(store, seed);
