@@ -25,6 +25,9 @@ if (args.Length > 0 && args[0] == "enforce")
 if (args.Length > 0 && args[0] == "lab")
     return await Weft.PolicyBench.LabLatency.RunAsync(Path.Combine(FindRoot(), "dist", "weftctl"),
         args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 5, args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 50);
+// `programming`: only part 1 (quick, no traffic).
+var programmingOnly = args.Length > 0 && args[0] == "programming";
+if (programmingOnly) args = args[1..];
 var iperfSeconds = args.Length > 0 ? int.Parse(args[0], CultureInfo.InvariantCulture) : 5;
 var connects = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 2000;
 var prefix = $"wpb{Environment.ProcessId % 100000}";
@@ -38,6 +41,7 @@ try
     Console.WriteLine();
     Console.WriteLine("| rules | endpoints | weft full apply ms (median of 5) | weft one change ms (median, p90 of 20) | iptables-restore full ms | iptables one change ms (-R) | weft rules in kernel | weft chains |");
     Console.WriteLine("|---|---|---|---|---|---|---|---|");
+    var bpfRows = new List<string>();
     foreach (var rules in new[] { 10, 1000, 10000 })
     {
         var node = Ns($"prog{rules}");
@@ -82,7 +86,47 @@ try
             iptChange.Add(sw.Elapsed.TotalMilliseconds);
         }
         Console.WriteLine($"| {rules} | 1000 | {Median(full):0.0} | {Median(change):0.0}, {P90(change):0.0} (compile {Median(compileOnly):0.0}) | {Median(iptFull):0.0} | {Median(iptChange):0.0} | {ruleset!.RuleCount} | {ruleset.Chains.Count} |");
+
+        // The eBPF dataplane on the same scenario: it attaches to real interfaces, so the node gets all 1001 of them (veths).
+        Run("ip", ["-n", node, "-batch", "-"], string.Concat(Enumerable.Range(0, 1000).Select(i => EndpointInterface(i, false)).Append("weft00000000001")
+            .Select(n => $"link add {n} type veth peer name p{n[4..]}\nlink set {n} up\n")));
+        using var bpf = new Weft.PolicyBench.BpfDataplaneBench(node);
+        var bpfFull = new List<double>();
+        var bpfLoad = new List<double>();
+        Weft.Agent.Drivers.PolicyApplyResult? bpfResult = null;
+        for (var i = 0; i < 5; i++)
+        {
+            bpf.Start();
+            bpfLoad.Add(bpf.LoadMs);
+            var (ms, _, r) = bpf.Apply(policies, world, local);
+            bpfFull.Add(ms);
+            bpfResult = r;
+        }
+        var bpfChange = new List<double>();
+        var bpfCompile = new List<double>();
+        var bpfCompiler = new Weft.Dataplane.Bpf.BpfPolicyCompiler(); // the compile alone, on the same sequence
+        bpfCompiler.Compile(policies, world, local);
+        var changes = Enumerable.Range(1, 20).Select(i => Scenario(rules, 1000, IPAddress.Parse("10.250.1.2"), i)).ToList();
+        var bpfCleanup = new List<double>();
+        foreach (var (p2, w2, l2) in changes)
+        {
+            var (ms, cleanup, _) = bpf.Apply(p2, w2, l2);
+            bpfChange.Add(ms);
+            bpfCleanup.Add(cleanup);
+        }
+        foreach (var (p2, w2, l2) in changes)
+        {
+            var sw = Stopwatch.StartNew();
+            bpfCompiler.Compile(p2, w2, l2);
+            bpfCompile.Add(sw.Elapsed.TotalMilliseconds);
+        }
+        bpfRows.Add($"| {rules} | 1000 | {Median(bpfLoad):0.0} | {Median(bpfFull):0.0} | {Median(bpfChange):0.0}, {P90(bpfChange):0.0} (compile {Median(bpfCompile):0.0}) | {Median(bpfCleanup):0.0} | {bpfResult!.Chains} | {bpfResult.Rules} | {bpfResult.Sets} |");
     }
+    Console.WriteLine();
+    Console.WriteLine("| rules | endpoints (interfaces) | bpf program load + verify ms | bpf full apply ms (median of 5: compile, maps, 2 tc attach per interface, guard table) | bpf one change ms (median, p90 of 20), until enforced | clean-up after, ms (median; off the change's path) | programs | policy map entries | ipcache entries |");
+    Console.WriteLine("|---|---|---|---|---|---|---|---|---|");
+    foreach (var row in bpfRows) Console.WriteLine(row);
+    if (programmingOnly) return 0;
 
     // Enforcement: client -- node -- server, router interfaces named like weft host veths.
     var client = Ns("client");
@@ -115,17 +159,26 @@ try
             t = NetNs.Run("/var/run/netns/" + router, () => new LibNftTransport());
             new NftPolicyDriver(t).Apply(new NftPolicyCompiler(new NftPolicyCompiler.Options()).Compile(policies, world, local));
         }, () => { new NftPolicyDriver(t!).Remove(); t!.Dispose(); }));
+        Weft.PolicyBench.BpfDataplaneBench? b = null;
+        variants.Add(($"weft bpf, {n} rules{(n == 0 ? " (enforcement on, no policy)" : "")}", () =>
+        {
+            var (policies, world, local) = Scenario(n, 1000, IPAddress.Parse("10.250.1.2"), 0, serverIp: IPAddress.Parse("10.250.2.2"));
+            b = new Weft.PolicyBench.BpfDataplaneBench(router);
+            b.Start();
+            b.Apply(policies, world, local);
+        }, () => b!.Dispose()));
         if (n == 0) continue;
         variants.Add(($"iptables linear chain ({iptables}), {n} rules", () => Run("ip", ["netns", "exec", router, iptablesRestore], IptablesRestoreInput(n, IPAddress.Parse("10.250.1.2"), "10.250.2.2")),
             () => Run("ip", ["netns", "exec", router, iptablesRestore], "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n")));
     }
-    var results = variants.ToDictionary(v => v.Label, _ => (Gbit: new List<double>(), Median: new List<double>(), P99: new List<double>()));
+    var results = variants.ToDictionary(v => v.Label, _ => (Gbit: new List<double>(), Median: new List<double>(), P99: new List<double>(), PerSecond: new List<double>()));
     for (var round = 0; round < 3; round++)
         foreach (var (label, install, remove) in variants)
         {
             install();
             results[label].Gbit.Add(Iperf(client, "10.250.2.2", iperfSeconds));
-            var (median, p99) = ConnectLatency(client, "10.250.2.2", connects);
+            var (median, p99, perSecond) = ConnectLatency(client, "10.250.2.2", connects);
+            results[label].PerSecond.Add(perSecond);
             results[label].Median.Add(median);
             results[label].P99.Add(p99);
             remove();
@@ -133,12 +186,13 @@ try
     var weft0 = Median(results[variants[1].Label].Gbit);
     var bare = Median(results[variants[0].Label].Gbit);
     Console.WriteLine();
-    Console.WriteLine($"| path (client -> node -> server, allowing rule last of N), 3 interleaved rounds | iperf3 Gbit/s (-t {iperfSeconds}, median) | ratio to weft with 0 rules | ratio to bare forwarding | TCP connect median us ({connects} connects) | connect p99 us |");
-    Console.WriteLine("|---|---|---|---|---|---|");
+    Console.WriteLine($"| path (client -> node -> server, allowing rule last of N), 3 interleaved rounds | iperf3 Gbit/s (-t {iperfSeconds}, median) | ratio to weft with 0 rules | ratio to bare forwarding | TCP connect median us ({connects} connects) | connect p99 us | connects/s (one client, sequential) | connects/s ratio to bare |");
+    Console.WriteLine("|---|---|---|---|---|---|---|---|");
+    var bareConnects = Median(results[variants[0].Label].PerSecond);
     foreach (var (label, _, _) in variants)
     {
         var r = results[label];
-        Console.WriteLine($"| {label} | {Median(r.Gbit):0.00} | {Median(r.Gbit) / weft0:0.00}x | {Median(r.Gbit) / bare:0.00}x | {Median(r.Median):0} | {Median(r.P99):0} |");
+        Console.WriteLine($"| {label} | {Median(r.Gbit):0.00} | {Median(r.Gbit) / weft0:0.00}x | {Median(r.Gbit) / bare:0.00}x | {Median(r.Median):0} | {Median(r.P99):0} | {Median(r.PerSecond):0} | {Median(r.PerSecond) / bareConnects:0.00}x |");
     }
     Kill(iperfPid);
     Kill(listenerPid);
@@ -157,7 +211,7 @@ static (PolicySet, PolicyWorld, List<EndpointInfo>) Scenario(int rules, int endp
     var eps = Enumerable.Range(0, endpoints).Select(i => new EndpointInfo("bench", $"p{i}",
         new Dictionary<string, string> { ["app"] = $"app{i % 10}" },
         [i == 0 && serverIp is not null ? serverIp : IPAddress.Parse($"10.{244 + i / 60000}.{i / 250 % 240}.{i % 250 + 1}")], [], "here",
-        i == 0 ? "weft00000000002" : $"weft{i:x11}")).ToList();
+        EndpointInterface(i, serverIp is not null))).ToList();
     eps.Add(new EndpointInfo("bench", "client", new Dictionary<string, string> { ["app"] = "client" }, [client], [], "here", "weft00000000001"));
     var perPolicy = Math.Max(1, rules / 10);
     var policies = Enumerable.Range(0, Math.Min(10, rules)).Select(p => new PolicyIr
@@ -174,6 +228,9 @@ static (PolicySet, PolicyWorld, List<EndpointInfo>) Scenario(int rules, int endp
     }).ToList();
     return (new PolicySet(policies), new PolicyWorld([], eps), eps);
 }
+
+// Endpoint 0 is the server on the enforcement path's weft00000000002; the client is weft00000000001; the others never collide with either.
+static string EndpointInterface(int i, bool server) => i == 0 && server ? "weft00000000002" : $"weft{i + 0x100:x11}";
 
 static string IptablesRestoreInput(int rules, IPAddress client, string server)
 {
@@ -193,11 +250,13 @@ static double Iperf(string clientNs, string server, int seconds)
     return doc.RootElement.GetProperty("end").GetProperty("sum_received").GetProperty("bits_per_second").GetDouble() / 1e9;
 }
 
-static (double Median, double P99) ConnectLatency(string clientNs, string server, int n)
+// Sequential connects from one client (each a new source port: a new flow for every dataplane); per-connect latency
+// median and p99, and connects per second over the whole loop.
+static (double Median, double P99, double PerSecond) ConnectLatency(string clientNs, string server, int n)
 {
-    var script = "import socket,time,sys\nr=[]\nfor i in range(" + n.ToString(CultureInfo.InvariantCulture) + "):\n s=socket.socket()\n t=time.perf_counter()\n s.connect(('" + server + "',7000))\n r.append((time.perf_counter()-t)*1e6)\n s.close()\nr.sort()\nprint(r[len(r)//2], r[int(len(r)*0.99)-1])";
+    var script = "import socket,time,sys\nr=[]\nt0=time.perf_counter()\nfor i in range(" + n.ToString(CultureInfo.InvariantCulture) + "):\n s=socket.socket()\n t=time.perf_counter()\n s.connect(('" + server + "',7000))\n r.append((time.perf_counter()-t)*1e6)\n s.close()\nel=time.perf_counter()-t0\nr.sort()\nprint(r[len(r)//2], r[int(len(r)*0.99)-1], len(r)/el)";
     var parts = Capture("ip", ["netns", "exec", clientNs, "python3", "-c", script]).Trim().Split(' ');
-    return (double.Parse(parts[0], CultureInfo.InvariantCulture), double.Parse(parts[1], CultureInfo.InvariantCulture));
+    return (double.Parse(parts[0], CultureInfo.InvariantCulture), double.Parse(parts[1], CultureInfo.InvariantCulture), double.Parse(parts[2], CultureInfo.InvariantCulture));
 }
 
 static string FindRoot()

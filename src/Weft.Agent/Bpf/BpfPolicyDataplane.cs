@@ -30,6 +30,10 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
     private readonly NftPolicyCompiler _guardCompiler;
     private readonly LibNftTransport _nft = new();
     private NftPolicyDriver? _guard;
+    private HashSet<string> _guarded = [];
+    private Dictionary<string, int> _links = new(StringComparer.Ordinal);
+    private readonly List<((uint Program, uint Identity) Key, IdentityEntries Entries)> _garbage = [];
+    private IReadOnlyDictionary<string, string> _guardMeanings = new Dictionary<string, string>();
     private Applied? _applied;
     private readonly ILogger _log;
     private BpfRingBuffer? _events;
@@ -110,12 +114,10 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
 
     public PolicyApplyResult Apply(PolicySet policies, PolicyWorld world, IReadOnlyList<EndpointInfo> local)
     {
+        CollectGarbage();
         var state = _compiler.Compile(policies, world, local);
-        using var nl = RtNetlink.Open();
-        var ifindex = new Dictionary<string, int>(StringComparer.Ordinal);
-        foreach (var name in state.Endpoints.Keys)
-            if (nl.GetLink(name) is { } link) ifindex[name] = link.Index; // a pod being deleted: nothing to attach to
         var full = _applied is null;
+        var ifindex = Links(state.Endpoints.Keys, full);
         var applied = _applied ?? Adopt();
         _applied = null; // until this apply completes, the kernel state is not known exactly
         var changes = 0;
@@ -179,13 +181,19 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
             }
         }
         // 4. The guard lets the programmed interfaces through (the others stay dropped).
-        _guard ??= new NftPolicyDriver(_nft);
-        var guard = _guardCompiler.CompileGuard(state.Endpoints.Keys.Where(ifindex.ContainsKey));
-        try { _guard.Apply(guard); }
-        catch
+        var programmed = state.Endpoints.Keys.Where(ifindex.ContainsKey).ToHashSet(StringComparer.Ordinal);
+        if (_guard is null || !programmed.SetEquals(_guarded))
         {
-            _guard = null;
-            throw;
+            _guard ??= new NftPolicyDriver(_nft);
+            var guard = _guardCompiler.CompileGuard(programmed);
+            try { _guard.Apply(guard); }
+            catch
+            {
+                _guard = null;
+                throw;
+            }
+            _guarded = programmed;
+            _guardMeanings = guard.LogMeanings;
         }
         // 5. What nothing refers to any more.
         foreach (var gone in applied.Endpoints.Keys.Where(i => !liveIndexes.Contains(i)).ToList())
@@ -201,10 +209,11 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
             applied.Ipcache.Remove(gone);
             changes++;
         }
+        // Entries of programs no endpoint points at any more are unreachable: deleting them waits for CollectGarbage.
         var referenced = state.Endpoints.Values.SelectMany(e => new[] { e.Egress, e.Ingress }).ToHashSet();
         foreach (var (key, entries) in applied.Entries.Where(kv => !desired.ContainsKey(kv.Key) || !referenced.Contains(kv.Key.Item1)).ToList())
         {
-            RemoveEntries(policy, sports, key, entries, except: null);
+            _garbage.Add((key, entries));
             applied.Entries.Remove(key);
             changes++;
         }
@@ -214,9 +223,35 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         applied.StraySports.Clear();
         _applied = applied;
         SaveIds();
-        var meanings = guard.LogMeanings.Concat(state.Tokens.Select(t => KeyValuePair.Create(TokenKey(t.Key), t.Value)))
+        var meanings = _guardMeanings.Concat(state.Tokens.Select(t => KeyValuePair.Create(TokenKey(t.Key), t.Value)))
             .Append(KeyValuePair.Create(FlowLog.Profile, "")).ToDictionary(StringComparer.Ordinal);
         return new PolicyApplyResult(state.Programs.Count, state.Entries, state.Ipcache.Count, full, changes, meanings);
+    }
+
+    public void CollectGarbage()
+    {
+        if (_garbage.Count == 0) return;
+        var policy = _obj.Map("policy");
+        var sports = _obj.Map("sports");
+        foreach (var (key, entries) in _garbage) RemoveEntries(policy, sports, key, entries, except: null);
+        _garbage.Clear();
+    }
+
+    /// <summary>
+    /// Interface indexes of the endpoints' host interfaces. A dump of every link costs milliseconds with thousands of
+    /// pods, so known names are kept; a new name (or a full apply) dumps again. A pod being deleted has no link: nothing
+    /// to attach to. Interface names are per sandbox (a new pod is a new name), so a kept index does not go stale.
+    /// </summary>
+    private Dictionary<string, int> Links(IEnumerable<string> names, bool full)
+    {
+        var wanted = names.ToHashSet(StringComparer.Ordinal);
+        if (full || !wanted.All(_links.ContainsKey))
+        {
+            using var nl = RtNetlink.Open();
+            _links = nl.ListLinks().Where(l => wanted.Contains(l.Name)).ToDictionary(l => l.Name, l => l.Index, StringComparer.Ordinal);
+        }
+        else _links = _links.Where(kv => wanted.Contains(kv.Key)).ToDictionary(StringComparer.Ordinal);
+        return _links;
     }
 
     /// <summary>How verdict tokens appear among the flow log meanings.</summary>
@@ -304,6 +339,8 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         Clear<CtKey>("ct");
         File.Delete(_idsPath);
         _applied = null;
+        _garbage.Clear();
+        _links.Clear();
     }
 
     private void Clear<TKey>(string map) where TKey : unmanaged

@@ -27,6 +27,12 @@ public interface IPolicyDataplane : IDisposable
 
     /// <summary>Another dataplane has taken over enforcement: remove what only this one uses, leaving the other's state alone.</summary>
     void Handover();
+
+    /// <summary>
+    /// Removes what the last apply left unreferenced (no packet can reach it any more). Called once the apply's
+    /// revision is reported enforced, so clean-up is not on the path of a change; the next apply does it otherwise.
+    /// </summary>
+    void CollectGarbage() { }
 }
 
 /// <summary>The `inet weft-policy` table through libnftables: the compiler keeps unchanged policies' chains between runs, the driver diffs.</summary>

@@ -106,6 +106,7 @@ public sealed class PolicyReconciler(IDatastore store, DatastoreTrigger trigger,
                 LastError = refused ? s.Policy.LastError : null, DocumentErrors = snapshot.Errors,
             },
         });
+        dataplane.CollectGarbage(); // after the revision is reported: clean-up is not on the path of a change
         if (result.Full || result.Changes > 0)
             log.LogInformation("policy programmed ({Dataplane}): revision {Revision}, {Endpoints} local endpoint(s), {Policies} policies, {Rules} rules, {Changes} changes{Full} in {Ms:0.0} ms",
                 dataplane.Name, revision, local.Count, snapshot.Policies.Policies.Count, result.Rules, result.Changes, result.Full ? " (full)" : "", sw.Elapsed.TotalMilliseconds);

@@ -146,37 +146,16 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
     /// <summary>Identities of every address policy can tell apart, and the ipcache pointing addresses at them.</summary>
     private (Dictionary<uint, PeerIdentity>, Dictionary<Cidr, uint>, Dictionary<IPAddress, uint>) Identities(PolicySet policies, PolicyWorld world)
     {
-        var prefixes = new SortedSet<Cidr> { AllV4, AllV6 };
-        foreach (var p in policies.Policies)
-            foreach (var r in p.Ingress.Concat(p.Egress))
-                foreach (var side in new[] { r.Source, r.Destination })
-                {
-                    prefixes.UnionWith(side.Nets);
-                    prefixes.UnionWith(side.NotNets);
-                }
         var identities = new Dictionary<uint, PeerIdentity>();
         var ipcache = new Dictionary<Cidr, uint>();
         var byAddress = new Dictionary<IPAddress, uint>();
-        uint IdFor(string key)
+        var regions = Regions(policies);
+        foreach (var identity in regions.Identities)
         {
-            if (!Ids.Identities.TryGetValue(key, out var id)) Ids.Identities[key] = id = Ids.NextIdentity++;
-            return id;
+            identities[identity.Id] = identity;
+            ipcache[identity.Region!.Value] = identity.Id;
         }
-        Ids.Identities.TryAdd("world|" + AllV4, WorldV4);
-        Ids.Identities.TryAdd("world|" + AllV6, WorldV6);
-        var sorted = prefixes.ToList();
-        for (var i = 0; i < sorted.Count; i++)
-        {
-            var region = sorted[i];
-            var sample = FreeAddress(region, sorted, i);
-            if (sample is null && region.PrefixLength > 0) continue; // entirely covered by longer prefixes
-            var key = "world|" + region;
-            var id = IdFor(key);
-            identities[id] = new PeerIdentity(id, key, region.Family, sample ?? region.NetworkAddress, null, region);
-            ipcache[region] = id;
-        }
-        // Lengths present per family: the CIDRs holding an address are found by masking, not by scanning them all.
-        var byLength = prefixes.GroupBy(c => (c.Family, c.PrefixLength)).ToDictionary(g => g.Key, g => g.ToHashSet());
+        var byLength = regions.ByLength;
         foreach (var ep in world.Endpoints)
         {
             var labels = string.Join(",", world.LabelsOf(ep).OrderBy(l => l.Key, StringComparer.Ordinal).Select(l => l.Key + "=" + l.Value));
@@ -195,6 +174,49 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
             }
         }
         return (identities, ipcache, byAddress);
+    }
+
+    private uint IdFor(string key)
+    {
+        if (!Ids.Identities.TryGetValue(key, out var id)) Ids.Identities[key] = id = Ids.NextIdentity++;
+        return id;
+    }
+
+    private sealed record RegionSet(HashSet<Cidr> Prefixes, List<PeerIdentity> Identities, Dictionary<(AddressFamily Family, int PrefixLength), HashSet<Cidr>> ByLength);
+    private RegionSet? _regions;
+
+    /// <summary>
+    /// The world's regions: one identity per policy CIDR that some address holds as its longest match (0/0 included).
+    /// They depend on the set of policy CIDRs alone, which most changes leave as it was: then the last result stands
+    /// (at 10k CIDRs the sort and the free-address search are most of a compile).
+    /// </summary>
+    private RegionSet Regions(PolicySet policies)
+    {
+        var prefixes = new HashSet<Cidr> { AllV4, AllV6 };
+        foreach (var p in policies.Policies)
+            foreach (var r in p.Ingress.Concat(p.Egress))
+            {
+                prefixes.UnionWith(r.Source.Nets);
+                prefixes.UnionWith(r.Source.NotNets);
+                prefixes.UnionWith(r.Destination.Nets);
+                prefixes.UnionWith(r.Destination.NotNets);
+            }
+        if (_regions is { } last && last.Prefixes.SetEquals(prefixes)) return last;
+        Ids.Identities.TryAdd("world|" + AllV4, WorldV4);
+        Ids.Identities.TryAdd("world|" + AllV6, WorldV6);
+        var list = new List<PeerIdentity>();
+        var sorted = prefixes.Order().ToList();
+        for (var i = 0; i < sorted.Count; i++)
+        {
+            var region = sorted[i];
+            var sample = FreeAddress(region, sorted, i);
+            if (sample is null && region.PrefixLength > 0) continue; // entirely covered by longer prefixes
+            var id = IdFor("world|" + region);
+            list.Add(new PeerIdentity(id, "world|" + region, region.Family, sample ?? region.NetworkAddress, null, region));
+        }
+        // Lengths present per family: the CIDRs holding an address are found by masking, not by scanning them all.
+        var byLength = prefixes.GroupBy(c => (c.Family, c.PrefixLength)).ToDictionary(g => g.Key, g => g.ToHashSet());
+        return _regions = new RegionSet(prefixes, list, byLength);
     }
 
     /// <summary>An address of <paramref name="region"/> in no longer prefix of the set (sorted), or null.</summary>
@@ -277,10 +299,16 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
         var localAddress = program.Local.Addresses.FirstOrDefault(a => a.AddressFamily == identity.Family);
         if (localAddress is null) // the endpoint has no address of this family: nothing legitimate to decide
             return new IdentityEntries([new PolicyEntry(0, -1, 0, new BpfVerdict(BpfAction.Drop, 0))], []);
-        // Only the candidates matter; filter each policy's rules down to them (the policies still apply as before).
-        var keep = candidates.Select(c => c.Rule).ToHashSet(ReferenceEqualityComparer.Instance);
+        // Only the candidates matter; each policy keeps just its candidate rules (in order: candidates are sorted by
+        // rule position) and still applies as before. Built from the candidates, not by scanning every policy's rules.
+        var kept = new Dictionary<PolicyIr, List<PolicyRule>>(ReferenceEqualityComparer.Instance);
+        foreach (var c in candidates)
+        {
+            if (!kept.TryGetValue(c.Policy, out var list)) kept[c.Policy] = list = [];
+            list.Add(c.Rule);
+        }
         var tiers = new TieredPolicies(program.Direction, program.Tiers.Tiers.Select(t => (t.Tier,
-            (IReadOnlyList<PolicyIr>)t.Policies.Select(p => Filtered(p, program.Direction, keep)).ToList())).ToList());
+            (IReadOnlyList<PolicyIr>)t.Policies.Select(p => Filtered(p, program.Direction, kept.GetValueOrDefault(p) ?? [])).ToList())).ToList());
         var (src, dst) = ingress ? (identity.Endpoint, program.Local) : (program.Local, identity.Endpoint);
         var (srcAddr, dstAddr) = ingress ? (identity.Sample, localAddress) : (localAddress, identity.Sample);
 
@@ -356,9 +384,8 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
         return new IdentityEntries(entries, sportTables);
     }
 
-    private static PolicyIr Filtered(PolicyIr p, Direction d, HashSet<object?> keep)
+    private static PolicyIr Filtered(PolicyIr p, Direction d, List<PolicyRule> rules)
     {
-        var rules = p.Rules(d).Where(keep.Contains).ToList();
         if (rules.Count == p.Rules(d).Count) return p;
         return d == Direction.Ingress ? p with { Ingress = rules } : p with { Egress = rules };
     }
