@@ -61,7 +61,8 @@ public static class AgentWait
     public static string? ScopeFor(IEnumerable<string> kinds)
     {
         var list = kinds.Select(ResourceService.NormaliseKind).ToList();
-        var policy = list.Any(k => k is "NetworkPolicy" or "KubernetesNetworkPolicy" or "GlobalNetworkPolicy" or "Tier" or "Namespace" or "Pod");
+        // The Installation picks the policy dataplane: agents report its revision once the switch is complete.
+        var policy = list.Any(k => k is "NetworkPolicy" or "KubernetesNetworkPolicy" or "GlobalNetworkPolicy" or "Tier" or "Namespace" or "Pod" or "Installation");
         var routes = list.Any(k => k is "IPPool" or "Node");
         return policy && routes ? "all" : policy ? "policy" : routes ? "routes" : null;
     }

@@ -228,6 +228,30 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         return new PolicyApplyResult(state.Programs.Count, state.Entries, state.Ipcache.Count, full, changes, meanings);
     }
 
+    /// <summary>
+    /// The connections in the programs' conntrack go to the kernel's (nftables reads that one), as established. An
+    /// entry idle past its limit or closing is left out; one per direction and interface becomes one connection.
+    /// </summary>
+    public void ExportConnections()
+    {
+        var ct = _obj.Map("ct");
+        var now = (ulong)System.Diagnostics.Stopwatch.GetTimestamp() * (1_000_000_000UL / (ulong)System.Diagnostics.Stopwatch.Frequency);
+        var connections = new HashSet<ConnectionTuple>();
+        foreach (var k in ct.Keys<CtKey>())
+        {
+            if (!ct.TryLookup(k, out CtEntry e) || (e.Flags & 1) != 0) continue;
+            var idle = k.Protocol == 6 ? TimeSpan.FromHours(6) : TimeSpan.FromSeconds(60);
+            if (now - e.LastSeen > (ulong)idle.Ticks * 100) continue;
+            if (k.Protocol is 6 or 17) connections.Add(k.Connection);
+        }
+        try
+        {
+            var n = ConntrackTable.InsertEstablished(connections, tcpTimeout: TimeSpan.FromHours(6), udpTimeout: TimeSpan.FromSeconds(60));
+            if (n > 0) _log.LogInformation("{Count} established connection(s) handed to the kernel's conntrack", n);
+        }
+        catch (NetlinkException e) { _log.LogWarning("handing connections to the kernel's conntrack: {Error}", e.Message); }
+    }
+
     public void CollectGarbage()
     {
         if (_garbage.Count == 0) return;

@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using Weft.Dataplane.Bpf;
 using Weft.Model;
+using Weft.Netlink;
 
 namespace Weft.Agent.Bpf;
 
@@ -102,6 +103,19 @@ internal unsafe struct CtKey
     public ushort Pad;
     public fixed byte Saddr[16];
     public fixed byte Daddr[16];
+
+    /// <summary>The connection as its first packet here went (the original direction).</summary>
+    public readonly ConnectionTuple Connection
+    {
+        get
+        {
+            var n = Family == 4 ? 4 : 16;
+            var s = new byte[n];
+            var d = new byte[n];
+            for (var i = 0; i < n; i++) { s[i] = Saddr[i]; d[i] = Daddr[i]; }
+            return new ConnectionTuple(new System.Net.IPAddress(s), new System.Net.IPAddress(d), Protocol, Sport, Dport);
+        }
+    }
 }
 
 [StructLayout(LayoutKind.Sequential)]

@@ -8,6 +8,8 @@
 //   sports    the few verdicts that also depend on the source port (rules with source ports)
 //   ct        connections already allowed, per interface; their later packets (and replies) take this one lookup
 //   events    verdicts on new connections and Log rule hits, for the agent's flow observer (BPF ring buffer)
+// A packet in no connection of ours that the kernel's conntrack knows as established (nftables enforced it before a
+// switch) keeps going: switching dataplanes drops no established connection.
 // A policy change writes a new program number's entries and switches the endpoint to it in one map update, so a
 // packet sees the old policy or the new one, never neither. Maps are pinned: an agent restart keeps them all.
 // An interface with the programs but no endpoint entry drops everything (fail closed).
@@ -121,6 +123,25 @@ struct flow_event {
 	__u8 saddr[16];
 	__u8 daddr[16];
 };
+
+// The kernel's connection tracking, asked when a packet is in no connection of ours (kfuncs, resolved against the
+// running kernel's BTF): connections that nftables enforcement accepted before a switch to this dataplane.
+struct bpf_ct_opts {
+	__s32 netns_id;
+	__s32 error;
+	__u8 l4proto;
+	__u8 dir;
+	__u16 ct_zone_id;
+	__u8 ct_zone_dir;
+	__u8 reserved[3];
+};
+struct nf_conn {
+	unsigned long status;
+} __attribute__((preserve_access_index));
+extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *skb, struct bpf_sock_tuple *tuple, __u32 tuple__sz,
+					 struct bpf_ct_opts *opts, __u32 opts__sz) __ksym;
+extern void bpf_ct_release(struct nf_conn *ct) __ksym;
+#define IPS_SEEN_REPLY (1 << 1)
 
 // Only ever reached through a ring buffer pointer, which BTF does not describe: this keeps the struct in the BTF the
 // layout test reads.
@@ -294,6 +315,37 @@ static __always_inline int established(__u32 ifindex, const struct packet *p, __
 	return 0;
 }
 
+// A connection the kernel's conntrack has seen both ways (so both ends' policy let it through: a denied packet never
+// gets a reply) is established here too. Only TCP and UDP can be asked; a bare SYN always starts a new connection.
+static __always_inline int kernel_established(struct __sk_buff *skb, const struct packet *p)
+{
+	if (!p->has_ports || (p->protocol != IPPROTO_TCP && p->protocol != IPPROTO_UDP))
+		return 0;
+	if (p->protocol == IPPROTO_TCP && (p->tcp_flags & 0x12) == 0x02)
+		return 0;
+	struct bpf_sock_tuple t = {};
+	struct bpf_ct_opts opts = { .netns_id = BPF_F_CURRENT_NETNS, .l4proto = p->protocol };
+	struct nf_conn *ct;
+	if (p->family == FAMILY_V4) {
+		__builtin_memcpy(&t.ipv4.saddr, p->saddr, 4);
+		__builtin_memcpy(&t.ipv4.daddr, p->daddr, 4);
+		t.ipv4.sport = bpf_htons(p->sport);
+		t.ipv4.dport = bpf_htons(p->dport);
+		ct = bpf_skb_ct_lookup(skb, &t, sizeof(t.ipv4), &opts, sizeof(opts));
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, p->saddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, p->daddr, 16);
+		t.ipv6.sport = bpf_htons(p->sport);
+		t.ipv6.dport = bpf_htons(p->dport);
+		ct = bpf_skb_ct_lookup(skb, &t, sizeof(t.ipv6), &opts, sizeof(opts));
+	}
+	if (!ct)
+		return 0;
+	int seen = (ct->status & IPS_SEEN_REPLY) != 0;
+	bpf_ct_release(ct);
+	return seen;
+}
+
 static __always_inline void report(__u32 ifindex, const struct packet *p, int direction, __u8 action, __u32 token, __u8 kind, __u64 now)
 {
 	struct flow_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
@@ -335,6 +387,13 @@ static __always_inline int decide(struct __sk_buff *skb, int direction)
 	}
 	if (established(ifindex, &p, now))
 		return TC_ACT_OK;
+	if (kernel_established(skb, &p)) {
+		struct ct_key k = {};
+		ct_key_of(&k, ifindex, &p, 0);
+		struct ct_entry e = { .last_seen = now };
+		bpf_map_update_elem(&ct, &k, &e, BPF_ANY);
+		return TC_ACT_OK;
+	}
 
 	__u32 program = direction == DIR_EGRESS ? ep->egress_program : ep->ingress_program;
 	struct verdict profile = { .action = ACTION_PROFILE };

@@ -29,6 +29,13 @@ public interface IPolicyDataplane : IDisposable
     void Handover();
 
     /// <summary>
+    /// Another dataplane is about to take over: hand it the connections this one allowed (where they live in a state
+    /// of its own), so established connections keep working whichever side sends next. Called before the new
+    /// dataplane's first apply and again after it, before <see cref="Handover"/>.
+    /// </summary>
+    void ExportConnections() { }
+
+    /// <summary>
     /// Removes what the last apply left unreferenced (no packet can reach it any more). Called once the apply's
     /// revision is reported enforced, so clean-up is not on the path of a change; the next apply does it otherwise.
     /// </summary>

@@ -83,9 +83,13 @@ public sealed class PolicyReconciler(IDatastore store, DatastoreTrigger trigger,
                 dataplane ??= _dataplane = open("nftables");
             }
         }
+        // Connections the old dataplane allowed go to the new one's state first (and again for those begun while it
+        // applied), so no established connection is judged as new by the other dataplane.
+        previous?.ExportConnections();
         var result = dataplane.Apply(snapshot.Policies, snapshot.World, local);
         if (previous is not null)
         {
+            previous.ExportConnections();
             // The new dataplane enforces everything now; only then does the old one take its programs away.
             previous.Handover();
             previous.Dispose();

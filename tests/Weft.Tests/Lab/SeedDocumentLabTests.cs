@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Weft.Tests.Support;
 
@@ -128,5 +129,97 @@ public sealed class SeedDocumentLabTests
         TestEnv.Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", TestEnv.SeedDocument("calico-installation-iptables.yaml")));
         Assert.DoesNotContain("weft_from_pod", Filters(db));
         Enforced("nftables again");
+    }
+
+    /// <summary>
+    /// Connections keep working through both switches, in the direction policy would refuse as a new connection: the
+    /// database (egress denied) pushes to web-1 on connections web-1 opened. One is opened under nftables and crosses
+    /// both switches (after nftables → bpf the programs find it in the kernel's conntrack); one is opened under bpf,
+    /// where the kernel tracks nothing, and crosses to nftables (the programs hand it to the kernel's conntrack).
+    /// </summary>
+    [Fact]
+    public void Established_connections_survive_switches_both_ways_in_the_direction_policy_denies()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.SkipUnless(File.Exists(TestEnv.SeedDocument("calico-installation-bpf.yaml")), "../shared/seed-documents is not beside the checkout");
+        using var lab = new LabRun();
+        lab.Up("--nodes", "2", "--pods-per-node", "0");
+        TestEnv.Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/web-1", "--node", "node-1", "--label", "app=web"));
+        TestEnv.Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/database", "--node", "node-2", "--label", "app=database"));
+        TestEnv.Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", TestEnv.SeedDocument("calico-globalnetworkpolicy.yaml")));
+        var pods = lab.Status()["pods"]!.AsArray();
+        var web = pods.Single(p => p!["name"]!.ToString() == "web-1")!;
+        var db = pods.Single(p => p!["name"]!.ToString() == "database")!;
+        void Refused() => Assert.NotEqual(0, TestEnv.TrySh($"ip netns exec {db["netns"]} ping -c 1 -W 1 {web["ip"]}").ExitCode);
+
+        using var before = new PushStream(db["netns"]!.ToString(), web["netns"]!.ToString(), db["ip"]!.ToString(), 9091);
+        before.Flowing("opened under nftables");
+        Refused(); // the reverse direction is refused as a new connection: the established state is what carries it
+
+        TestEnv.Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", TestEnv.SeedDocument("calico-installation-bpf.yaml")));
+        Assert.DoesNotContain("ct state", TestEnv.Sh($"ip netns exec {lab.Netns("node-2")} nft list ruleset")); // no kernel conntrack needed now
+        before.Flowing("after nftables -> bpf");
+        using var during = new PushStream(db["netns"]!.ToString(), web["netns"]!.ToString(), db["ip"]!.ToString(), 9092);
+        during.Flowing("opened under bpf");
+        Refused();
+
+        TestEnv.Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", TestEnv.SeedDocument("calico-installation-iptables.yaml")));
+        before.Flowing("after bpf -> nftables");
+        during.Flowing("opened under bpf, after bpf -> nftables");
+        Refused();
+        Assert.True(before.LongestPause < 0.5, $"the longest pause between lines was {before.LongestPause * 1000:0} ms");
+        Assert.True(during.LongestPause < 0.5, $"the longest pause between lines was {during.LongestPause * 1000:0} ms");
+    }
+
+    /// <summary>A server writing a line every 20 ms to the one client that connects, and that client stamping each line.</summary>
+    private sealed class PushStream : IDisposable
+    {
+        private readonly Process _server;
+        private readonly Process _client;
+        private readonly List<double> _stamps = [];
+
+        public PushStream(string serverNetns, string clientNetns, string serverIp, int port)
+        {
+            _server = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", serverNetns, "python3", "-c",
+                $"import socket,time\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',{port}));s.listen(1)\nc,_=s.accept()\nwhile True:\n c.sendall(b'tick\\n');time.sleep(0.02)"]) { RedirectStandardError = true })!;
+            // The client retries until the server listens (a fresh python3 takes a moment to bind).
+            _client = Process.Start(new ProcessStartInfo("ip", ["netns", "exec", clientNetns, "python3", "-u", "-c",
+                $"import socket,time\nfor i in range(100):\n try: s=socket.create_connection(('{serverIp}',{port}),timeout=30); break\n except OSError: time.sleep(0.05)\nf=s.makefile()\nfor line in f: print(time.monotonic(),flush=True)"]) { RedirectStandardOutput = true, RedirectStandardError = true })!;
+            new Thread(() =>
+            {
+                while (_client.StandardOutput.ReadLine() is { } line)
+                    lock (_stamps) _stamps.Add(double.Parse(line, System.Globalization.CultureInfo.InvariantCulture));
+            }) { IsBackground = true }.Start();
+            var started = System.Diagnostics.Stopwatch.StartNew();
+            while (Count() == 0 && started.Elapsed < TimeSpan.FromSeconds(10)) Thread.Sleep(20);
+            Assert.True(Count() > 0, $"no line reached the client on port {port} in 10 s");
+        }
+
+        private int Count() { lock (_stamps) return _stamps.Count; }
+
+        public void Flowing(string when)
+        {
+            var before = Count();
+            Thread.Sleep(1000);
+            Assert.True(Count() - before >= 20, $"{when}: the connection carried {Count() - before} lines in 1 s (expected ~50)");
+        }
+
+        public double LongestPause
+        {
+            get
+            {
+                lock (_stamps) return _stamps.Zip(_stamps.Skip(1), (a, b) => b - a).DefaultIfEmpty(double.MaxValue).Max();
+            }
+        }
+
+        public void Dispose()
+        {
+            foreach (var p in new[] { _client, _server })
+            {
+                try { p.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
+                p.WaitForExit();
+                p.Dispose();
+            }
+        }
     }
 }

@@ -105,7 +105,7 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
             Rule([.. fromPod.Select(n => n!.DeepClone()), Jump("from-pod")])), "input", 0);
         if (options.FlowLogGroup > 0)
         {
-            _out.Chains["prerouting"] = NoRouteChain();
+            _out.Chains["prerouting"] = NoRouteChain(tracked: true);
             _out.LogMeanings[FlowLog.NoRoute] = "";
         }
         _cache = _nextCache; // policies gone since the last compile drop out of the cache
@@ -133,7 +133,7 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
         _out.Chains["input"] = new NftChain("input", Texts(Rule(Unprogrammed("iifname", Direction.Egress))), "input", 0);
         if (options.FlowLogGroup > 0)
         {
-            _out.Chains["prerouting"] = NoRouteChain();
+            _out.Chains["prerouting"] = NoRouteChain(tracked: false);
             _out.LogMeanings[FlowLog.NoRoute] = "";
         }
         return _out;
@@ -141,7 +141,7 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
 
     public const string BpfProgrammedSet = "bpf-programmed";
 
-    private NftChain NoRouteChain()
+    private NftChain NoRouteChain(bool tracked)
     {
         var fromPod = new JsonArray(Match("==", Meta("iifname"), options.PodInterfacePrefix + "*"), Match("!=", Meta("iifname"), AnonSet(options.Excluded.Select(n => (JsonNode)n))));
         // A new connection to an address the node routes nowhere (an address of this node's blocks with no pod:
@@ -154,11 +154,14 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
             Match("==", new JsonObject { ["fib"] = new JsonObject { ["result"] = "oif", ["flags"] = new JsonArray("daddr") } }, false),
             Match("!=", new JsonObject { ["fib"] = new JsonObject { ["result"] = "type", ["flags"] = new JsonArray("daddr") } }, AnonSet([(JsonNode)"local", "broadcast", "anycast", "multicast"])),
         ];
-        var isNew = Match("in", new JsonObject { ["ct"] = new JsonObject { ["key"] = "state" } }, new JsonArray("new"));
+        // Only new connections are reported where conntrack runs anyway (nftables enforcement); beside the BPF
+        // dataplane, which needs no conntrack, a `ct` match would turn it on for every packet: each dropped packet is
+        // reported instead (Cilium reports drops per packet too).
+        JsonNode[] IsNew() => tracked ? [Match("in", new JsonObject { ["ct"] = new JsonObject { ["key"] = "state" } }, new JsonArray("new"))] : [];
         return new NftChain("prerouting", Texts(
             // accept only ends this chain; routing still drops the packet.
-            Rule([isNew.DeepClone(), .. fromPod.Select(n => n!.DeepClone()), .. NoRoute(), .. FlowLogStatement('D', Direction.Egress, FlowLog.NoRoute), Verdict("accept")]),
-            Rule([isNew.DeepClone(), .. NoRoute(), .. FlowLogStatement('D', Direction.Ingress, FlowLog.NoRoute)])),
+            Rule([.. IsNew(), .. fromPod.Select(n => n!.DeepClone()), .. NoRoute(), .. FlowLogStatement('D', Direction.Egress, FlowLog.NoRoute), Verdict("accept")]),
+            Rule([.. IsNew(), .. NoRoute(), .. FlowLogStatement('D', Direction.Ingress, FlowLog.NoRoute)])),
             "prerouting", -150);
     }
 
