@@ -95,7 +95,7 @@ builder.Services.AddHostedService(sp => new NatReconciler(sp.GetRequiredService<
 string BpfStateDir() => Path.ChangeExtension(Path.GetFullPath(options.SocketPath), ".bpf-policy-ids.json");
 Weft.Agent.Drivers.IPolicyDataplane OpenDataplane(string name)
 {
-    var nftOptions = new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(FlowLogGroup: flowsOn ? FlowLogGroup : 0);
+    var nftOptions = new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(FlowLogGroup: flowsOn ? FlowLogGroup : 0, TunnelPort: backend.TunnelPort);
     if (name != "bpf") return new Weft.Agent.Drivers.NftPolicyDataplane(nftOptions);
     var bpf = Weft.Agent.Bpf.BpfPolicyDataplane.Load(options.BpfPinDir, BpfStateDir(), nftOptions, log, options.BpfPolicyObject);
     if (flowsOn)

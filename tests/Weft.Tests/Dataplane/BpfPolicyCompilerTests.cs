@@ -148,14 +148,22 @@ internal static class BpfLookup
         var identity = s.Ipcache.Where(kv => kv.Key.Contains(peer)).OrderByDescending(kv => kv.Key.PrefixLength).Select(kv => kv.Value).FirstOrDefault();
         var p = s.Programs[program];
         var world = peer.AddressFamily == AddressFamily.InterNetwork ? BpfPolicyCompiler.WorldV4 : BpfPolicyCompiler.WorldV6;
-        if (!p.Identities.TryGetValue(identity, out var entries) && !p.Identities.TryGetValue(world, out entries)) return null;
         var ported = Protocols.HasPorts(c.Protocol);
         var icmp = c.Protocol is Protocols.Icmp or Protocols.Icmpv6;
         var port = ported ? c.DestinationPort ?? 0 : icmp ? (c.IcmpType ?? 0) << 8 | (c.IcmpCode ?? 0) : 0;
-        var best = entries.Entries
-            .Where(e => e.PortBits < 0 || e.Protocol == c.Protocol && (e.PortBits == 0 || (ported || icmp) && port >> (16 - e.PortBits) == e.Port >> (16 - e.PortBits)))
-            .OrderByDescending(e => e.PortBits).Cast<PolicyEntry?>().FirstOrDefault();
-        if (best is not { } hit) return null;
+        PolicyEntry? Longest(uint id) => p.Identities.TryGetValue(id, out var es)
+            ? es.Entries.Where(e => e.PortBits < 0 || e.Protocol == c.Protocol && (e.PortBits == 0 || (ported || icmp) && port >> (16 - e.PortBits) == e.Port >> (16 - e.PortBits)))
+                .OrderByDescending(e => e.PortBits).Cast<PolicyEntry?>().FirstOrDefault()
+            : null;
+        // As the program: one trie lookup with the peer's identity; a miss is looked up again as the world.
+        var entries = p.Identities.GetValueOrDefault(identity);
+        var best = Longest(identity);
+        if (best is null)
+        {
+            entries = p.Identities.GetValueOrDefault(world);
+            best = Longest(world);
+        }
+        if (best is not { } hit || entries is null) return null;
         if (hit.Verdict.SportTable == 0) return hit.Verdict;
         var sport = c.SourcePort ?? 0;
         var table = entries.SportTables.Single(t => t.Id == hit.Verdict.SportTable);

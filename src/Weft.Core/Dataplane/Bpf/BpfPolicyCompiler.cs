@@ -60,6 +60,8 @@ public sealed class BpfProgram(uint id, string key, Direction direction, TieredP
     public EndpointInfo Local { get; } = local;
     /// <summary>Identities with entries of their own; the others use their family's world entries.</summary>
     public Dictionary<uint, IdentityEntries> Identities { get; } = [];
+    /// <summary>The program's policies with no rules left (what an identity no rule of theirs can match sees).</summary>
+    internal Dictionary<PolicyIr, PolicyIr> Emptied { get; } = new(ReferenceEqualityComparer.Instance);
     /// <summary>Identities already decided (with entries or without).</summary>
     internal HashSet<uint> Decided { get; } = [];
 }
@@ -108,13 +110,20 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
         // Programs per local endpoint and direction.
         var programs = new Dictionary<uint, BpfProgram>();
         var endpoints = new Dictionary<string, (uint, uint)>(StringComparer.Ordinal);
+        var applicable = new Dictionary<(string, Direction), TieredPolicies>();
         foreach (var ep in local)
         {
             if (ep.HostInterface is null) continue;
             var localKey = string.Join(";", ep.Addresses.Select(a => byAddress.TryGetValue(a, out var id) ? identities[id].Key : a.ToString()));
             uint ProgramFor(Direction d)
             {
-                var tiers = PolicyCalculator.Applicable(policies, world, ep, d);
+                // Which policies apply depends on the namespace, its labels and the endpoint's labels, all in the
+                // identity key: endpoints alike share the answer.
+                if (localKey.Length == 0 || !applicable.TryGetValue((localKey, d), out var tiers))
+                {
+                    tiers = PolicyCalculator.Applicable(policies, world, ep, d);
+                    if (localKey.Length > 0) applicable[(localKey, d)] = tiers;
+                }
                 if (tiers.IsEmpty) return 0;
                 // A policy's version is its datastore revision; one without (0: read from files) is never reused.
                 var versions = tiers.Tiers.SelectMany(t => t.Policies).Select(p => p.Version == 0 ? "new" + _compiles : p.Version.ToString(CultureInfo.InvariantCulture));
@@ -156,11 +165,13 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
             ipcache[identity.Region!.Value] = identity.Id;
         }
         var byLength = regions.ByLength;
+        var namespaceKeys = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var ep in world.Endpoints)
         {
             var labels = string.Join(",", world.LabelsOf(ep).OrderBy(l => l.Key, StringComparer.Ordinal).Select(l => l.Key + "=" + l.Value));
-            var nsLabels = string.Join(",", world.NamespaceLabels(ep.Namespace).OrderBy(l => l.Key, StringComparer.Ordinal).Select(l => l.Key + "=" + l.Value));
-            var ports = string.Join(",", ep.Ports.Select(p => $"{p.Name}/{p.Protocol}/{p.Port}").Order(StringComparer.Ordinal));
+            if (!namespaceKeys.TryGetValue(ep.Namespace, out var nsLabels))
+                namespaceKeys[ep.Namespace] = nsLabels = string.Join(",", world.NamespaceLabels(ep.Namespace).OrderBy(l => l.Key, StringComparer.Ordinal).Select(l => l.Key + "=" + l.Value));
+            var ports = ep.Ports.Count == 0 ? "" : string.Join(",", ep.Ports.Select(p => $"{p.Name}/{p.Protocol}/{p.Port}").Order(StringComparer.Ordinal));
             foreach (var a in ep.Addresses)
             {
                 var host = Cidr.Host(a);
@@ -290,6 +301,16 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
             var candidates = generic.Concat(own).Order().Select(i => rules[i]).ToList();
             program.Identities[id] = Decide(program, identity, candidates, evaluator);
         }
+        // A lookup that misses is looked up again as the world: an identity-wide entry saying what the world's single
+        // identity-wide entry says adds nothing (CIDR-heavy policies: half the entries, half the writes of a change).
+        foreach (var id in todo)
+        {
+            if (id is WorldV4 or WorldV6 || !program.Identities.TryGetValue(id, out var mine)) continue;
+            var worldId = identities[id].Family == AddressFamily.InterNetwork ? WorldV4 : WorldV6;
+            if (!program.Identities.TryGetValue(worldId, out var worldEntries) || worldEntries.SportTables.Count > 0 || worldEntries.Entries is not [{ PortBits: -1 } worldWide]) continue;
+            if (mine.Entries.FirstOrDefault(e => e.PortBits == -1) is { PortBits: -1 } wide && wide.Verdict == worldWide.Verdict)
+                program.Identities[id] = mine with { Entries = mine.Entries.Where(e => e.PortBits != -1).ToList() };
+        }
     }
 
     /// <summary>The verdict of every protocol, port and ICMP type for one identity, as trie entries.</summary>
@@ -308,7 +329,13 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
             list.Add(c.Rule);
         }
         var tiers = new TieredPolicies(program.Direction, program.Tiers.Tiers.Select(t => (t.Tier,
-            (IReadOnlyList<PolicyIr>)t.Policies.Select(p => Filtered(p, program.Direction, kept.GetValueOrDefault(p) ?? [])).ToList())).ToList());
+            (IReadOnlyList<PolicyIr>)t.Policies.Select(p => kept.TryGetValue(p, out var rules) ? Filtered(p, program.Direction, rules) : Emptied(p)).ToList())).ToList());
+        // Most policies have no candidate for a given identity: one copy without rules per policy serves them all.
+        PolicyIr Emptied(PolicyIr p)
+        {
+            if (!program.Emptied.TryGetValue(p, out var e)) program.Emptied[p] = e = Filtered(p, program.Direction, []);
+            return e;
+        }
         var (src, dst) = ingress ? (identity.Endpoint, program.Local) : (program.Local, identity.Endpoint);
         var (srcAddr, dstAddr) = ingress ? (identity.Sample, localAddress) : (localAddress, identity.Sample);
 

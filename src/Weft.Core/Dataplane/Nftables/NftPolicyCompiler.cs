@@ -26,7 +26,8 @@ namespace Weft.Dataplane.Nftables;
 public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
 {
     /// <param name="FlowLogGroup">NFLOG group for verdicts on new connections (flows); 0 turns flow logging off</param>
-    public sealed record Options(string PodInterfacePrefix = Ownership.PodInterfacePrefix, IReadOnlyList<string>? NotPodInterfaces = null, int LogGroup = 1, int FlowLogGroup = 2)
+    /// <param name="TunnelPort">The overlay's UDP port: beside the BPF dataplane its packets skip the no-route check (their inner packets come back through the tunnel device).</param>
+    public sealed record Options(string PodInterfacePrefix = Ownership.PodInterfacePrefix, IReadOnlyList<string>? NotPodInterfaces = null, int LogGroup = 1, int FlowLogGroup = 2, int? TunnelPort = null)
     {
         public IReadOnlyList<string> Excluded => NotPodInterfaces ?? [Ownership.VxlanDevice];
     }
@@ -156,12 +157,22 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
         ];
         // Only new connections are reported where conntrack runs anyway (nftables enforcement); beside the BPF
         // dataplane, which needs no conntrack, a `ct` match would turn it on for every packet: each dropped packet is
-        // reported instead (Cilium reports drops per packet too).
+        // reported instead (Cilium reports drops per packet too). Two cheap tests keep the route lookups off the bulk of
+        // the traffic there: a TCP packet other than a bare SYN never starts a connection, and tunnel packets are
+        // looked at once decapsulated.
         JsonNode[] IsNew() => tracked ? [Match("in", new JsonObject { ["ct"] = new JsonObject { ["key"] = "state" } }, new JsonArray("new"))] : [];
-        return new NftChain("prerouting", Texts(
+        var skip = new List<JsonArray>();
+        if (!tracked)
+        {
+            skip.Add(Rule(Match("!=", new JsonObject { ["&"] = new JsonArray(new JsonObject { ["payload"] = new JsonObject { ["protocol"] = "tcp", ["field"] = "flags" } }, new JsonArray("syn", "ack")) }, "syn"), Verdict("return")));
+            if (options.TunnelPort is { } port)
+                skip.Add(Rule(Match("==", new JsonObject { ["payload"] = new JsonObject { ["protocol"] = "udp", ["field"] = "dport" } }, port), Verdict("return")));
+        }
+        return new NftChain("prerouting", Texts([
+            .. skip,
             // accept only ends this chain; routing still drops the packet.
             Rule([.. IsNew(), .. fromPod.Select(n => n!.DeepClone()), .. NoRoute(), .. FlowLogStatement('D', Direction.Egress, FlowLog.NoRoute), Verdict("accept")]),
-            Rule([.. IsNew(), .. NoRoute(), .. FlowLogStatement('D', Direction.Ingress, FlowLog.NoRoute)])),
+            Rule([.. IsNew(), .. NoRoute(), .. FlowLogStatement('D', Direction.Ingress, FlowLog.NoRoute)])]),
             "prerouting", -150);
     }
 
