@@ -141,6 +141,9 @@ try
         Sh($"ip -n {router} link set {dev} up && ip -n {router} route add {ip}/32 dev {dev} && ip netns exec {router} sysctl -qw net.ipv4.conf.{dev}.proxy_arp=1 net.ipv4.neigh.{dev}.proxy_delay=0");
     }
     Sh($"ip -n {router} addr add 169.254.1.1/32 dev lo");
+    // Tens of thousands of sequential connects over the rounds: without reuse the client's ports fill with TIME_WAIT
+    // and connect() itself spends milliseconds finding a free one, whatever the path.
+    Sh($"ip netns exec {client} sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range='10000 65000'");
     var iperfPid = Background("ip", ["netns", "exec", server, "iperf3", "-s", "-p", "5201"]);
     var listenerPid = Background("ip", ["netns", "exec", server, "python3", "-c", "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',7000));s.listen(512)\nwhile True:\n c,_=s.accept();c.close()"]);
     Thread.Sleep(500);
