@@ -33,6 +33,7 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
     private HashSet<string> _guarded = [];
     private Dictionary<string, int> _links = new(StringComparer.Ordinal);
     private readonly List<((uint Program, uint Identity) Key, IdentityEntries Entries)> _garbage = [];
+    private bool _idsDirty;
     private IReadOnlyDictionary<string, string> _guardMeanings = new Dictionary<string, string>();
     private Applied? _applied;
     private readonly ILogger _log;
@@ -90,7 +91,36 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
             try { ids = JsonSerializer.Deserialize(File.ReadAllText(idsPath), BpfIdsJson.Default.BpfPolicyIds); }
             catch (JsonException e) { log.LogWarning("{File} unreadable ({Error}); policy numbers start afresh", idsPath, e.Message); }
         }
+        ids ??= new BpfPolicyIds();
+        AboveKernel(obj, ids);
         return new BpfPolicyDataplane(obj, idsPath, ids, guard, log);
+    }
+
+    /// <summary>
+    /// Numbers are handed out above every number the pinned maps hold: the file may be older than the maps (an agent
+    /// killed between writing them and saving it), and a number in use must never come back meaning something else.
+    /// </summary>
+    private static void AboveKernel(BpfObject obj, BpfPolicyIds ids)
+    {
+        uint program = 0, identity = 0, token = 0, table = 0;
+        var policy = obj.Map("policy");
+        foreach (var k in policy.Keys<PolicyKey>())
+        {
+            program = Math.Max(program, k.ProgramId);
+            identity = Math.Max(identity, k.IdentityId);
+            if (policy.TryLookup(k, out Verdict v)) (token, table) = (Math.Max(token, Math.Max(v.Token, v.LogToken)), Math.Max(table, v.SportTable));
+        }
+        var endpoints = obj.Map("endpoints");
+        foreach (var i in endpoints.Keys<int>())
+            if (endpoints.TryLookup(i, out EndpointValue e)) program = Math.Max(program, Math.Max(e.EgressProgram, e.IngressProgram));
+        var ipcache = obj.Map("ipcache");
+        foreach (var k in ipcache.Keys<IpcacheKey>())
+            if (ipcache.TryLookup(k, out uint id)) identity = Math.Max(identity, id);
+        foreach (var k in obj.Map("sports").Keys<SportKey>()) table = Math.Max(table, System.Buffers.Binary.BinaryPrimitives.ReverseEndianness(k.Table));
+        ids.NextProgram = Math.Max(ids.NextProgram, program + 1);
+        ids.NextIdentity = Math.Max(ids.NextIdentity, identity + 1);
+        ids.NextToken = Math.Max(ids.NextToken, token + 1);
+        ids.NextTable = Math.Max(ids.NextTable, table + 1);
     }
 
     /// <summary>Starts reading verdicts from the programs' ring buffer on a thread of its own.</summary>
@@ -222,7 +252,7 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         applied.StrayPolicy.Clear();
         applied.StraySports.Clear();
         _applied = applied;
-        SaveIds();
+        _idsDirty = true; // saved in CollectGarbage, off the change's path (Load never hands out a number the maps hold)
         var meanings = _guardMeanings.Concat(state.Tokens.Select(t => KeyValuePair.Create(TokenKey(t.Key), t.Value)))
             .Append(KeyValuePair.Create(FlowLog.Profile, "")).ToDictionary(StringComparer.Ordinal);
         return new PolicyApplyResult(state.Programs.Count, state.Entries, state.Ipcache.Count, full, changes, meanings);
@@ -254,6 +284,11 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
 
     public void CollectGarbage()
     {
+        if (_idsDirty)
+        {
+            SaveIds();
+            _idsDirty = false;
+        }
         if (_garbage.Count == 0) return;
         var policy = _obj.Map("policy");
         var sports = _obj.Map("sports");
@@ -375,6 +410,7 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
 
     public void Dispose()
     {
+        if (_idsDirty && _applied is not null) SaveIds();
         _disposed = true;
         _reader?.Join(1000);
         _events?.Dispose();
