@@ -1,7 +1,9 @@
 using System.Net;
 using System.Text.Json.Serialization;
 using Weft.Agent.Backends;
+using Weft.Agent.Bpf;
 using Weft.Agent.Config;
+using Weft.Agent.Drivers;
 using Weft.Agent.Flows;
 using Weft.Agent.Reconcile;
 using Weft.Datastore;

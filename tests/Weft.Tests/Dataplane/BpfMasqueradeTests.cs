@@ -1,7 +1,7 @@
 using Microsoft.Extensions.Logging.Abstractions;
 using Weft.Agent.Calculators;
 using Weft.Agent.Config;
-using Weft.Agent.Reconcile;
+using Weft.Agent.Bpf;
 using Weft.Bpf;
 using Weft.Model;
 using Weft.Netlink;

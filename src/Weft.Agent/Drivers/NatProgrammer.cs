@@ -1,10 +1,9 @@
 using System.Text.Json.Nodes;
 using Weft.Agent.Calculators;
-using Weft.Agent.Drivers;
 using Weft.Model;
 using Weft.Nftables;
 
-namespace Weft.Agent.Reconcile;
+namespace Weft.Agent.Drivers;
 
 /// <summary>
 /// natOutgoing: traffic from pools marked natOutgoing to anything outside every pool is masqueraded to the node's

@@ -6,7 +6,7 @@ using Weft.Agent.Drivers;
 using Weft.Bpf;
 using Weft.Model;
 
-namespace Weft.Agent.Reconcile;
+namespace Weft.Agent.Bpf;
 
 /// <summary>
 /// natOutgoing with tc BPF programs on the node's uplink instead of nftables masquerade (src/Weft.Agent/Bpf/
