@@ -80,12 +80,15 @@ const int FlowLogGroup = 2;
 var flowsOn = options.FlowBuffer > 0;
 var ring = new Weft.Flows.FlowRing(Math.Max(1, options.FlowBuffer));
 var flowIds = new FlowIdentities(me.Name);
+var bpfVerdicts = new BpfVerdictSource(flowIds, me.Name, log);
 var flowCounters = new FlowCounters();
 var observer = new ObserverService(ring, flowCounters, me.Name);
 builder.Services.AddSingleton(observer);
 builder.Services.AddGrpc();
 if (flowsOn)
-    builder.Services.AddHostedService(sp => new FlowCollector(ring, flowIds, flowCounters, me.Name, FlowLogGroup, sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), refreshIdentities: !options.Policy, sp.GetRequiredService<ILogger<FlowCollector>>()));
+    builder.Services.AddHostedService(sp => new FlowCollector(ring, flowIds, flowCounters,
+        [new NflogVerdictSource(FlowLogGroup, flowIds, me.Name), new ConntrackEndSource(flowIds, me.Name), bpfVerdicts],
+        sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), refreshIdentities: !options.Policy, sp.GetRequiredService<ILogger<FlowCollector>>()));
 builder.Services.AddHostedService(sp => new RouteReconciler(sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), backend, me, state, options.Resync, sp.GetRequiredService<ILogger<RouteReconciler>>()));
 // natOutgoing drivers in order: BPF (when loaded) masquerades; nftables then keeps only the tunnel's notrack (or
 // nothing with policy off), else it masquerades itself.
@@ -100,19 +103,7 @@ Weft.Agent.Drivers.IPolicyDataplane OpenDataplane(string name)
     var nftOptions = new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(FlowLogGroup: flowsOn ? FlowLogGroup : 0, TunnelPort: backend.TunnelPort);
     if (name != "bpf") return new Weft.Agent.Drivers.NftPolicyDataplane(nftOptions);
     var bpf = Weft.Agent.Bpf.BpfPolicyDataplane.Load(options.BpfPinDir, BpfStateDir(), nftOptions, log, options.BpfPolicyObject);
-    if (flowsOn)
-        bpf.StartEvents(e =>
-        {
-            if (e.Kind == Weft.Agent.Bpf.FlowEvent.KindLog)
-            {
-                log.LogInformation("policy log: {Rule}: {Source} -> {Destination} protocol {Protocol}", flowIds.Meaning(Weft.Agent.Bpf.BpfPolicyDataplane.TokenKey(e.Token)) ?? "?", e.Source, e.Destination, e.Protocol);
-                return;
-            }
-            var flow = FlowCollector.FromBpfEvent(e, flowIds, me.Name);
-            flowCounters.Count(flow);
-            ring.Add(flow);
-            ring.Publish();
-        });
+    if (flowsOn) bpf.StartEvents(bpfVerdicts.Post);
     return bpf;
 }
 if (!options.Policy)

@@ -10,19 +10,32 @@ using Weft.Policy.Ir;
 namespace Weft.Agent.Flows;
 
 /// <summary>
-/// Turns what the kernel reports into flows in the node's ring: policy verdicts on new connections (NFLOG, from the
-/// nftables policy table) and connection ends (conntrack DESTROY events), each named with the endpoints at both
-/// ends and, for verdicts, the deciding policy. One dedicated thread per kernel source; nothing here blocks them.
+/// Turns what the kernel reports into flows in the node's ring: each <see cref="IFlowSource"/> (policy verdicts
+/// through NFLOG or the BPF ring buffer, connection ends through conntrack events) is read on a thread of its own and
+/// named with the endpoints at both ends and, for verdicts, the deciding policy. Nothing here blocks the sources.
 /// </summary>
-public sealed class FlowCollector(FlowRing ring, FlowIdentities ids, FlowCounters counters, string nodeName, int logGroup,
+public sealed class FlowCollector(FlowRing ring, FlowIdentities ids, FlowCounters counters, IReadOnlyList<IFlowSource> sources,
     IDatastore store, Reconcile.DatastoreTrigger trigger, bool refreshIdentities, ILogger<FlowCollector> log) : BackgroundService
 {
+    private sealed class Sink(FlowRing ring, FlowCounters counters) : IFlowSink
+    {
+        public void Add(Flow flow)
+        {
+            counters.Count(flow);
+            ring.Add(flow);
+        }
+
+        public void Ignored() => counters.AddIgnored();
+        public void Lost(long count) => counters.AddLost(count);
+        public void Publish() => ring.Publish();
+    }
+
     protected override Task ExecuteAsync(CancellationToken ct)
     {
-        var verdicts = Task.Factory.StartNew(() => Guard("policy verdicts (NFLOG)", ReadVerdicts, ct), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-        var ends = Task.Factory.StartNew(() => Guard("connection ends (conntrack)", ReadConnectionEnds, ct), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default);
-        var sampler = SampleAsync(ct);
-        return Task.WhenAll(verdicts, ends, sampler, refreshIdentities ? RefreshIdentitiesAsync(ct) : Task.CompletedTask);
+        log.LogInformation("flow capture: {Sources}; ring of {Capacity} flows", string.Join(", ", sources.Select(s => s.Name)), ring.Capacity);
+        var sink = new Sink(ring, counters);
+        var readers = sources.Select(s => Task.Factory.StartNew(() => Guard(s.Name, c => s.Run(sink, c), ct), ct, TaskCreationOptions.LongRunning, TaskScheduler.Default));
+        return Task.WhenAll([.. readers, SampleAsync(ct), refreshIdentities ? RefreshIdentitiesAsync(ct) : Task.CompletedTask]);
     }
 
     /// <summary>
@@ -46,57 +59,6 @@ public sealed class FlowCollector(FlowRing ring, FlowIdentities ids, FlowCounter
                 if (ct.WaitHandle.WaitOne(delay)) return;
                 delay = TimeSpan.FromSeconds(Math.Min(30, delay.TotalSeconds * 2));
             }
-        }
-    }
-
-    private void ReadVerdicts(CancellationToken ct)
-    {
-        using var socket = NflogSocket.Open((ushort)logGroup);
-        log.LogInformation("flow capture: NFLOG group {Group}, ring of {Capacity} flows", logGroup, ring.Capacity);
-        var batch = new List<LoggedPacket>(256);
-        while (!ct.IsCancellationRequested)
-        {
-            batch.Clear();
-            socket.Receive(batch);
-            counters.AddLost(socket.TakeLost());
-            if (batch.Count == 0) continue;
-            foreach (var p in batch)
-            {
-                var flow = FromVerdict(p, ids, nodeName);
-                if (flow is null)
-                {
-                    counters.AddIgnored();
-                    continue;
-                }
-                counters.Count(flow);
-                ring.Add(flow);
-            }
-            ring.Publish();
-        }
-    }
-
-    private void ReadConnectionEnds(CancellationToken ct)
-    {
-        ConntrackEventSocket.EnableAccounting();
-        using var socket = ConntrackEventSocket.Open();
-        var batch = new List<ConntrackEnd>(64);
-        while (!ct.IsCancellationRequested)
-        {
-            batch.Clear();
-            socket.Receive(batch);
-            counters.AddLost(socket.TakeLost());
-            var added = false;
-            foreach (var end in batch)
-            {
-                // Only connections of this node's pods: the node's own traffic (datastore, BGP) is not pod traffic.
-                var egress = ids.IsLocal(end.Source);
-                if (!egress && !ids.IsLocal(end.Destination)) continue;
-                var flow = FromConnectionEnd(end, ids, nodeName, egress);
-                counters.Count(flow);
-                ring.Add(flow);
-                added = true;
-            }
-            if (added) ring.Publish();
         }
     }
 

@@ -6,27 +6,43 @@ using Weft.Tests.Support;
 namespace Weft.Tests.Lab;
 
 /// <summary>A 2-node lab (pod-1, pod-3 on node-1; pod-2, pod-4 on node-2) whose agents capture flows.</summary>
-public sealed class FlowLabFixture : IDisposable
+public class FlowLabFixture : IDisposable
 {
     public LabRun Lab { get; } = new();
     public bool Ready { get; }
 
-    public FlowLabFixture()
+    public FlowLabFixture() : this(null) { }
+
+    /// <param name="dataplane">--dataplane for every agent (null: the default, nftables)</param>
+    protected FlowLabFixture(string? dataplane)
     {
         if (!TestEnv.IsRoot) return;
-        Lab.Up("--nodes", "2", "--pods-per-node", "2");
+        Lab.Up(["--nodes", "2", "--pods-per-node", "2", .. dataplane is null ? Array.Empty<string>() : ["--dataplane", dataplane]]);
         Ready = true;
     }
 
-    public void Dispose() => Lab.Dispose();
+    public void Dispose()
+    {
+        Lab.Dispose();
+        GC.SuppressFinalize(this);
+    }
 }
 
-/// <summary>`weftctl observe` and `weftctl status` against real agents: what the matrix probes is what the flows say.</summary>
-public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLabFixture>
-{
-    private LabRun Lab => fixture.Lab;
+public sealed class BpfFlowLabFixture() : FlowLabFixture("bpf");
 
-    private const string IsolatePod1 = """
+/// <summary>
+/// The BPF programs' verdicts, read from their ring buffer, give the same Hubble flows as the nftables dataplane's
+/// NFLOG verdicts: the same pairs, drop reasons, directions, nodes and deciding policies.
+/// </summary>
+public sealed class BpfFlowVerdictTests(BpfFlowLabFixture fixture) : FlowVerdictTests(fixture), IClassFixture<BpfFlowLabFixture>;
+
+/// <summary>Policy verdicts as flows, asserted the same way for every policy dataplane.</summary>
+public abstract class FlowVerdictTests(FlowLabFixture fixture)
+{
+    protected FlowLabFixture Fixture => fixture;
+    protected LabRun Lab => fixture.Lab;
+
+    protected const string IsolatePod1 = """
         apiVersion: networking.k8s.io/v1
         kind: NetworkPolicy
         metadata: {name: isolate-pod-1, namespace: default}
@@ -38,7 +54,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
             - podSelector: {matchLabels: {app: pod-2}}
         """;
 
-    private const string DenyPod4To81 = """
+    protected const string DenyPod4To81 = """
         apiVersion: projectcalico.org/v3
         kind: NetworkPolicy
         metadata: {name: no-81-from-pod-4, namespace: default}
@@ -52,7 +68,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
           - action: Allow
         """;
 
-    private void Apply(string yaml)
+    protected void Apply(string yaml)
     {
         var file = Path.Combine(Path.GetTempPath(), $"weft-flowlab-{Lab.Name}-{Guid.NewGuid():N}.yaml");
         File.WriteAllText(file, yaml);
@@ -61,26 +77,26 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         TestEnv.Ok(Lab.Ctl("lab", "sync", "--name", Lab.Name));
     }
 
-    private List<JsonObject> Observe(params string[] args)
+    protected List<JsonObject> Observe(params string[] args)
     {
         var r = TestEnv.Ok(Lab.Ctl(["--lab", Lab.Name, "observe", "-o", "json", .. args]));
         return r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
     }
 
-    private static string Since() => DateTime.UtcNow.AddMilliseconds(-1).ToString("yyyy-MM-ddTHH:mm:ss.fffZ", CultureInfo.InvariantCulture);
+    protected static string Since() => DateTime.UtcNow.AddMilliseconds(-1).ToString("yyyy-MM-ddTHH:mm:ss.fffZ", CultureInfo.InvariantCulture);
 
-    private static JsonObject Flow(JsonObject line) => line["flow"]!.AsObject();
+    protected static JsonObject Flow(JsonObject line) => line["flow"]!.AsObject();
 
-    private static string Pod(JsonObject flow, string side) =>
+    protected static string Pod(JsonObject flow, string side) =>
         flow[side]?["pod_name"] is { } name ? $"{flow[side]!["namespace"]}/{name}" : flow["IP"]![side]!.ToString();
 
-    private (List<string> Pods, bool[][] Allowed) Matrix(int port = 80, string protocol = "TCP")
+    protected (List<string> Pods, bool[][] Allowed) Matrix(int port = 80, string protocol = "TCP")
     {
         var m = JsonNode.Parse(TestEnv.Ok(Lab.Ctl("lab", "matrix", "--name", Lab.Name, "--port", port.ToString(CultureInfo.InvariantCulture), "--protocol", protocol, "--timeout-ms", "400", "-o", "json")).Stdout)!;
         return (m["pods"]!.AsArray().Select(p => p!.ToString()).ToList(), m["allowed"]!.AsArray().Select(r => r!.AsArray().Select(c => c!.GetValue<bool>()).ToArray()).ToArray());
     }
 
-    private static HashSet<(string, string)> Pairs(List<string> pods, bool[][] allowed, bool want) =>
+    protected static HashSet<(string, string)> Pairs(List<string> pods, bool[][] allowed, bool want) =>
         [.. from i in Enumerable.Range(0, pods.Count) from j in Enumerable.Range(0, pods.Count) where i != j && allowed[i][j] == want select (pods[i], pods[j])];
 
     [Fact]
@@ -151,11 +167,16 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
         }
     }
 
+}
+
+/// <summary>`weftctl observe` and `weftctl status` against real agents: what the matrix probes is what the flows say.</summary>
+public sealed class FlowLabTests(FlowLabFixture fixture) : FlowVerdictTests(fixture), IClassFixture<FlowLabFixture>
+{
     [Fact]
     public void Pod_flags_take_hubbles_namespace_slash_name_prefix()
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
-        Assert.True(fixture.Ready, "the lab did not come up");
+        Assert.True(Fixture.Ready, "the lab did not come up");
         // A Deployment's pod name, as in the chapter's `hubble observe --pod deathstar`.
         const string deathstar = "default/deathstar-6fb5694d48-5hmds";
         TestEnv.Ok(Lab.Ctl("lab", "add-pod", "--name", Lab.Name, deathstar, "--node", "node-2", "--label", "app=deathstar", "--port", "80/TCP"));
@@ -184,7 +205,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
     public void Every_filter_narrows_to_what_it_names()
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
-        Assert.True(fixture.Ready, "the lab did not come up");
+        Assert.True(Fixture.Ready, "the lab did not come up");
         var since = Since();
         Matrix();
         Matrix(port: 80, protocol: "UDP");
@@ -235,7 +256,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
     public void Follow_streams_new_flows_as_they_happen()
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
-        Assert.True(fixture.Ready, "the lab did not come up");
+        Assert.True(Fixture.Ready, "the lab did not come up");
         var psi = new ProcessStartInfo(TestEnv.Weftctl, ["--lab", Lab.Name, "observe", "-f", "-o", "json", "--to-pod", "default/pod-2"])
         { RedirectStandardOutput = true, RedirectStandardError = true };
         using var p = Process.Start(psi)!;
@@ -261,7 +282,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
     public void A_connection_end_is_a_flow_with_its_counters()
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
-        Assert.True(fixture.Ready, "the lab did not come up");
+        Assert.True(Fixture.Ready, "the lab did not come up");
         var since = Since();
         var ip = PodIp("default/pod-2");
         TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-1", "--", "sh", "-c", $"echo hello | nc -u -w1 -p 40123 {ip} 80 >/dev/null || true"));
@@ -284,7 +305,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
     public void A_remote_reader_gets_a_nodes_flows_over_tcp_4244()
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
-        Assert.True(fixture.Ready, "the lab did not come up");
+        Assert.True(Fixture.Ready, "the lab did not come up");
         var since = Since();
         Matrix();
         // From node-2's namespace, as a relay or an operator's laptop would: node-1's underlay address, Hubble's port.
@@ -299,7 +320,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
     public void An_unreachable_agent_is_a_warning_and_the_other_nodes_still_answer()
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
-        Assert.True(fixture.Ready, "the lab did not come up");
+        Assert.True(Fixture.Ready, "the lab did not come up");
         var since = Since();
         Matrix();
         TestEnv.Ok(Lab.Ctl("lab", "restart-agent", "--name", Lab.Name, "--node", "node-2", "--stop"));
@@ -324,7 +345,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
     public async Task The_agent_refuses_a_malformed_filter_and_keeps_serving()
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
-        Assert.True(fixture.Ready, "the lab did not come up");
+        Assert.True(Fixture.Ready, "the lab did not come up");
         using var state = System.Text.Json.JsonDocument.Parse(File.ReadAllText($"/var/lib/weft/labs/{Lab.Name}/lab.json"));
         var path = state.RootElement.GetProperty("nodes").EnumerateArray().Single(n => n.GetProperty("name").GetString() == "node-1").GetProperty("socket").GetString()!;
         using var server = Weft.Ctl.Commands.FlowServer.ForSocket("node-1", path);
@@ -347,7 +368,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
     public void A_connection_to_an_unused_address_of_a_nodes_block_is_a_no_route_drop_and_stays_in_the_node()
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
-        Assert.True(fixture.Ready, "the lab did not come up");
+        Assert.True(Fixture.Ready, "the lab did not come up");
         // pod-1's node owns pod-1's block; 30 addresses further up nobody lives (the lab has two pods per node).
         var ghost = new System.Net.IPAddress(BitConverter.GetBytes(System.Net.IPAddress.HostToNetworkOrder(
             System.Net.IPAddress.NetworkToHostOrder(BitConverter.ToInt32(System.Net.IPAddress.Parse(PodIp("default/pod-1")).GetAddressBytes())) + 30))).ToString();
@@ -374,7 +395,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
     public void An_agent_killed_and_restarted_captures_flows_again()
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
-        Assert.True(fixture.Ready, "the lab did not come up");
+        Assert.True(Fixture.Ready, "the lab did not come up");
         TestEnv.Ok(Lab.Ctl("lab", "restart-agent", "--name", Lab.Name, "--node", "node-1", "--kill"));
         var since = Since();
         Matrix();
@@ -389,7 +410,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
     public async Task A_follower_that_falls_a_ring_behind_is_told_how_many_flows_it_lost()
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
-        Assert.True(fixture.Ready, "the lab did not come up");
+        Assert.True(Fixture.Ready, "the lab did not come up");
         Apply(IsolatePod1);
         try
         {
@@ -427,7 +448,7 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : IClassFixture<FlowLab
     public void A_flood_of_drops_keeps_the_ring_bounded_moves_the_metrics_and_not_the_memory()
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
-        Assert.True(fixture.Ready, "the lab did not come up");
+        Assert.True(Fixture.Ready, "the lab did not come up");
         Apply(IsolatePod1);
         try
         {
