@@ -14,11 +14,12 @@ namespace Weft.Agent.Reconcile;
 /// difference. A restart reads the kernel back and adopts it, so traffic keeps flowing; a periodic resync repairs
 /// drift (someone deleting a route by hand).
 /// </summary>
-public sealed class RouteReconciler(IDatastore store, DatastoreTrigger trigger, IBackend backend, LocalNode me, AgentState state, TimeSpan resync, ILogger<RouteReconciler> log)
+/// <param name="driver">Where routes go: the kernel over rtnetlink unless given (tests give a fake).</param>
+public sealed class RouteReconciler(IDatastore store, DatastoreTrigger trigger, IBackend backend, LocalNode me, AgentState state, TimeSpan resync, ILogger<RouteReconciler> log, IRouteDriver? driver = null)
     : Reconciler(trigger, resync, log)
 {
     private HashSet<string> _warned = new(StringComparer.Ordinal);
-    private readonly IRouteDriver _driver = new NetlinkRouteDriver(() => backend.OwnedDeviceIndex);
+    private readonly IRouteDriver _driver = driver ?? new NetlinkRouteDriver(() => backend.OwnedDeviceIndex);
 
     protected override string Concern => "routes";
 

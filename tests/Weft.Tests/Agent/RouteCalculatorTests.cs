@@ -18,7 +18,7 @@ namespace Weft.Tests.Agent;
 public sealed class RouteCalculatorTests
 {
     /// <summary>A VXLAN-like backend without a kernel: its device is index 7.</summary>
-    private sealed class FakeOverlay : IBackend
+    internal sealed class FakeOverlay : IBackend
     {
         public string Type => "vxlan";
         public int Overhead => 50;
@@ -34,15 +34,15 @@ public sealed class RouteCalculatorTests
         }
     }
 
-    private static readonly LocalNode Me = new("n1", 2, "eth0", IPAddress.Parse("198.51.100.11"), 24, 1500);
+    internal static readonly LocalNode Me = new("n1", 2, "eth0", IPAddress.Parse("198.51.100.11"), 24, 1500);
 
-    private static NodeRecord Node(string name, string underlay) =>
+    internal static NodeRecord Node(string name, string underlay) =>
         new() { Name = name, UnderlayAddress = underlay + "/24", VtepAddress = "10.99.0." + name[1..], VtepMac = "66:00:00:00:00:0" + name[1..] };
 
-    private static IPPool Pool(string name, string cidr, string vxlan = "Never", string ipip = "Never") =>
+    internal static IPPool Pool(string name, string cidr, string vxlan = "Never", string ipip = "Never") =>
         new() { Name = name, Cidr = cidr, BlockSize = 26, VxlanMode = vxlan, IpipMode = ipip };
 
-    private static AllocationBlock Block(string cidr, string node, string pool) => new() { Cidr = cidr, Affinity = node, Pool = pool };
+    internal static AllocationBlock Block(string cidr, string node, string pool) => new() { Cidr = cidr, Affinity = node, Pool = pool };
 
     private static RouteSpec RouteTo(RouteState s, string cidr) =>
         s.AllRoutes.Single(r => $"{r.Destination}/{r.PrefixLength}" == cidr);
