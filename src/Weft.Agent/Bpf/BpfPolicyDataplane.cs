@@ -252,7 +252,7 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         applied.StrayPolicy.Clear();
         applied.StraySports.Clear();
         _applied = applied;
-        _idsDirty = true; // saved in CollectGarbage, off the change's path (Load never hands out a number the maps hold)
+        _idsDirty |= full || _compiler.IdsChanged; // saved in CollectGarbage, off the change's path (Load never hands out a number the maps hold)
         var meanings = _guardMeanings.Concat(state.Tokens.Select(t => KeyValuePair.Create(TokenKey(t.Key), t.Value)))
             .Append(KeyValuePair.Create(FlowLog.Profile, "")).ToDictionary(StringComparer.Ordinal);
         return new PolicyApplyResult(state.Programs.Count, state.Entries, state.Ipcache.Count, full, changes, meanings);
@@ -268,15 +268,12 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         var now = (ulong)System.Diagnostics.Stopwatch.GetTimestamp() * (1_000_000_000UL / (ulong)System.Diagnostics.Stopwatch.Frequency);
         var connections = new HashSet<ConnectionTuple>();
         foreach (var k in ct.Keys<CtKey>())
-        {
-            if (!ct.TryLookup(k, out CtEntry e) || (e.Flags & 1) != 0) continue;
-            var idle = k.Protocol == 6 ? TimeSpan.FromHours(6) : TimeSpan.FromSeconds(60);
-            if (now - e.LastSeen > (ulong)idle.Ticks * 100) continue;
-            if (k.Protocol is 6 or 17) connections.Add(k.Connection);
-        }
+            if (ct.TryLookup(k, out CtEntry e) && (e.Flags & CtEntry.Closing) == 0 && now - e.LastSeen <= (ulong)CtEntry.IdleLimit(k.Protocol).Ticks * 100)
+                connections.Add(k.Connection);
         try
         {
-            var n = ConntrackTable.InsertEstablished(connections, tcpTimeout: TimeSpan.FromHours(6), udpTimeout: TimeSpan.FromSeconds(60));
+            // The kernel keeps them as long as the programs would have (ConntrackTable takes TCP and UDP only).
+            var n = ConntrackTable.InsertEstablished(connections, tcpTimeout: CtEntry.IdleLimit(6), udpTimeout: CtEntry.IdleLimit(17));
             if (n > 0) _log.LogInformation("{Count} established connection(s) handed to the kernel's conntrack", n);
         }
         catch (NetlinkException e) { _log.LogWarning("handing connections to the kernel's conntrack: {Error}", e.Message); }

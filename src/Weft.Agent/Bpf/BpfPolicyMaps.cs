@@ -124,6 +124,17 @@ internal struct CtEntry
     public ulong LastSeen;
     public uint Flags;
     public uint Pad;
+
+    /// <summary>CT_CLOSING: a FIN or RST was seen.</summary>
+    public const uint Closing = 1;
+
+    /// <summary>How long an entry lives unused, as policy.bpf.c's TCP_IDLE, UDP_IDLE and OTHER_IDLE.</summary>
+    public static TimeSpan IdleLimit(byte protocol) => protocol switch
+    {
+        6 => TimeSpan.FromHours(6),
+        17 => TimeSpan.FromSeconds(60),
+        _ => TimeSpan.FromSeconds(30),
+    };
 }
 
 [StructLayout(LayoutKind.Sequential)]

@@ -101,7 +101,21 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
     private Dictionary<uint, BpfProgram> _programs = [];
     private long _compiles;
 
+    /// <summary>Whether the last compile handed out or forgot a number (the numbering needs saving).</summary>
+    public bool IdsChanged { get; private set; }
+
+    // Every number handed out bumps a Next*, every number forgotten shrinks a map: equal shapes mean equal numbering.
+    private (uint, uint, uint, uint, int, int, int) IdsShape =>
+        (Ids.NextIdentity, Ids.NextProgram, Ids.NextToken, Ids.NextTable, Ids.Programs.Count, Ids.Identities.Count, Ids.Tokens.Count);
+
     public BpfPolicyState Compile(PolicySet policies, PolicyWorld world, IReadOnlyList<EndpointInfo> local)
+    {
+        var before = IdsShape;
+        try { return CompileState(policies, world, local); }
+        finally { IdsChanged = IdsShape != before; }
+    }
+
+    private BpfPolicyState CompileState(PolicySet policies, PolicyWorld world, IReadOnlyList<EndpointInfo> local)
     {
         _compiles++;
         var evaluator = new PolicyEvaluator(policies, world);
