@@ -35,8 +35,9 @@ internal struct EndpointValue
     public uint IngressProgram;
 }
 
+// Record structs: value equality field by field (pad bytes are always 0), for the sets of keys the driver keeps.
 [StructLayout(LayoutKind.Sequential)]
-internal struct PolicyKey : IEquatable<PolicyKey>
+internal record struct PolicyKey
 {
     public uint Prefixlen;
     public uint Program;
@@ -54,10 +55,6 @@ internal struct PolicyKey : IEquatable<PolicyKey>
 
     public readonly uint ProgramId => BinaryPrimitives.ReverseEndianness(Program);
     public readonly uint IdentityId => BinaryPrimitives.ReverseEndianness(Identity);
-
-    public readonly bool Equals(PolicyKey o) => Prefixlen == o.Prefixlen && Program == o.Program && Identity == o.Identity && Protocol == o.Protocol && Port == o.Port;
-    public override readonly bool Equals(object? obj) => obj is PolicyKey k && Equals(k);
-    public override readonly int GetHashCode() => HashCode.Combine(Prefixlen, Program, Identity, Protocol, Port);
 }
 
 [StructLayout(LayoutKind.Sequential)]
@@ -74,7 +71,7 @@ internal struct Verdict
 }
 
 [StructLayout(LayoutKind.Sequential)]
-internal struct SportKey : IEquatable<SportKey>
+internal record struct SportKey
 {
     public uint Prefixlen;
     public uint Table;
@@ -87,9 +84,6 @@ internal struct SportKey : IEquatable<SportKey>
         Port = e.PortBits == 0 ? (ushort)0 : BinaryPrimitives.ReverseEndianness(e.Port),
     };
 
-    public readonly bool Equals(SportKey o) => Prefixlen == o.Prefixlen && Table == o.Table && Port == o.Port;
-    public override readonly bool Equals(object? obj) => obj is SportKey k && Equals(k);
-    public override readonly int GetHashCode() => HashCode.Combine(Prefixlen, Table, Port);
 }
 
 [StructLayout(LayoutKind.Sequential)]
