@@ -2,11 +2,8 @@ using Weft.Tests.Support;
 using Microsoft.Extensions.Logging.Abstractions;
 using Weft.Agent.Drivers;
 using Weft.Agent.Reconcile;
-using Weft.Client.Documents;
-using Weft.Datastore;
 using Weft.Policy;
 using Weft.Policy.Ir;
-using Weft.Resources;
 
 namespace Weft.Tests.Agent;
 
@@ -41,90 +38,54 @@ public sealed class PolicyReconcilerTests : IDisposable
         public void Dispose() { }
     }
 
-    private static async Task<AgentSnapshot> UntilAsync(AgentState state, Func<AgentSnapshot, bool> done)
-    {
-        var (ok, s) = await state.WaitAsync(done, TimeSpan.FromSeconds(10), CancellationToken.None);
-        Assert.True(ok, "timed out; policy status: " + s.Policy);
-        return s;
-    }
-
-    private static async Task ApplyAsync(IDatastore store, string yaml) =>
-        await new ResourceService(store).ApplyAsync(YamlDocuments.Resources(yaml, "test"));
-
     [Fact]
     public async Task A_commit_reaches_the_dataplane_and_a_failed_apply_is_retried_after_a_reset()
     {
-        using var store = DatastoreFactory.Open("sqlite://" + Path.Combine(_dir, "weft.db"));
-        var state = new AgentState("n1", "vxlan");
+        await using var run = new ReconcilerRun(_dir);
         var fake = new FakeDataplane();
-        using var trigger = new DatastoreTrigger(store, NullLogger<DatastoreTrigger>.Instance);
-        using var reconciler = new PolicyReconciler(trigger.Cache, trigger, "n1", null, _ => fake, state, NullLogger<PolicyReconciler>.Instance);
-        await trigger.StartAsync(CancellationToken.None);
-        await reconciler.StartAsync(CancellationToken.None);
-        try
-        {
-            Task<AgentSnapshot> Until(Func<AgentSnapshot, bool> done) => UntilAsync(state, done);
-            await Until(s => s.Policy.Enforcing);
+        await run.StartAsync(new PolicyReconciler(run.Trigger.Cache, run.Trigger, "n1", null, _ => fake, run.State, NullLogger<PolicyReconciler>.Instance));
+        await run.UntilAsync(s => s.Policy.Enforcing);
 
-            await ApplyAsync(store, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: default}\nspec: {podSelector: {}}\n");
-            var revision = await store.RevisionAsync();
-            await Until(s => s.Policy.Revision >= revision);
-            lock (fake.Applied) Assert.Contains("knp/default/a", fake.Applied[^1]);
+        await run.ApplyAsync("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: default}\nspec: {podSelector: {}}\n");
+        var revision = await run.Store.RevisionAsync();
+        await run.UntilAsync(s => s.Policy.Revision >= revision);
+        lock (fake.Applied) Assert.Contains("knp/default/a", fake.Applied[^1]);
 
-            fake.FailNext = 1;
-            await ApplyAsync(store, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b, namespace: default}\nspec: {podSelector: {}}\n");
-            revision = await store.RevisionAsync();
-            var failed = await Until(s => s.Policy.Errors == 1);
-            Assert.Equal("the kernel said no", failed.Policy.LastError);
-            Assert.True(fake.Resets >= 1, "a failed apply must make the next one replace everything");
-            var after = await Until(s => s.Policy.Revision >= revision && s.Policy.LastError is null); // the retry, about 1 s later
-            lock (fake.Applied) Assert.Contains("knp/default/b", fake.Applied[^1]);
-            Assert.Equal(1, after.Policy.Errors);
-        }
-        finally
-        {
-            await reconciler.StopAsync(CancellationToken.None);
-            await trigger.StopAsync(CancellationToken.None);
-        }
+        fake.FailNext = 1;
+        await run.ApplyAsync("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b, namespace: default}\nspec: {podSelector: {}}\n");
+        revision = await run.Store.RevisionAsync();
+        var failed = await run.UntilAsync(s => s.Policy.Errors == 1);
+        Assert.Equal("the kernel said no", failed.Policy.LastError);
+        Assert.True(fake.Resets >= 1, "a failed apply must make the next one replace everything");
+        var after = await run.UntilAsync(s => s.Policy.Revision >= revision && s.Policy.LastError is null); // the retry, about 1 s later
+        lock (fake.Applied) Assert.Contains("knp/default/b", fake.Applied[^1]);
+        Assert.Equal(1, after.Policy.Errors);
     }
 
     [Fact]
     public async Task The_Installation_switches_the_dataplane_and_a_refused_one_keeps_the_running_one()
     {
-        using var store = DatastoreFactory.Open("sqlite://" + Path.Combine(_dir, "weft.db"));
-        var state = new AgentState("n1", "vxlan");
+        await using var run = new ReconcilerRun(_dir);
         var nft = new FakeDataplane("nftables");
         var bpf = new FakeDataplane("bpf");
         var refuse = true;
         IPolicyDataplane Open(string name) => name == "nftables" ? nft : refuse ? throw new Weft.Bpf.BpfException("the verifier said no") : bpf;
-        using var trigger = new DatastoreTrigger(store, NullLogger<DatastoreTrigger>.Instance);
-        using var reconciler = new PolicyReconciler(trigger.Cache, trigger, "n1", null, Open, state, NullLogger<PolicyReconciler>.Instance);
-        await trigger.StartAsync(CancellationToken.None);
-        await reconciler.StartAsync(CancellationToken.None);
-        try
-        {
-            Task<AgentSnapshot> Until(Func<AgentSnapshot, bool> done) => UntilAsync(state, done);
-            Assert.Equal("nftables", (await Until(s => s.Policy.Enforcing)).Policy.Dataplane); // no Installation: nftables
-            var seed = File.ReadAllText(TestEnv.SeedDocument("calico-installation-bpf.yaml"));
-            await ApplyAsync(store, seed);
-            var revision = await store.RevisionAsync();
-            var refused = await Until(s => s.Policy.Revision >= revision);
-            Assert.Equal("nftables", refused.Policy.Dataplane);
-            Assert.Contains("the verifier said no", refused.Policy.LastError);
-            Assert.Equal(0, nft.Handovers);
+        await run.StartAsync(new PolicyReconciler(run.Trigger.Cache, run.Trigger, "n1", null, Open, run.State, NullLogger<PolicyReconciler>.Instance));
+        Assert.Equal("nftables", (await run.UntilAsync(s => s.Policy.Enforcing)).Policy.Dataplane); // no Installation: nftables
+        var seed = File.ReadAllText(TestEnv.SeedDocument("calico-installation-bpf.yaml"));
+        await run.ApplyAsync(seed);
+        var revision = await run.Store.RevisionAsync();
+        var refused = await run.UntilAsync(s => s.Policy.Revision >= revision);
+        Assert.Equal("nftables", refused.Policy.Dataplane);
+        Assert.Contains("the verifier said no", refused.Policy.LastError);
+        Assert.Equal(0, nft.Handovers);
 
-            refuse = false;
-            await ApplyAsync(store, "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: default}\nspec: {podSelector: {}}\n");
-            revision = await store.RevisionAsync();
-            var switched = await Until(s => s.Policy.Revision >= revision && s.Policy.Dataplane == "bpf");
-            Assert.Null(switched.Policy.LastError);
-            Assert.Equal(1, nft.Handovers); // after bpf applied, never before
-            lock (bpf.Applied) Assert.Contains("knp/default/a", bpf.Applied[^1]);
-        }
-        finally
-        {
-            await reconciler.StopAsync(CancellationToken.None);
-            await trigger.StopAsync(CancellationToken.None);
-        }
+        refuse = false;
+        await run.ApplyAsync("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: default}\nspec: {podSelector: {}}\n");
+        revision = await run.Store.RevisionAsync();
+        var switched = await run.UntilAsync(s => s.Policy.Revision >= revision && s.Policy.Dataplane == "bpf");
+        Assert.Null(switched.Policy.LastError);
+        Assert.Equal(1, nft.Handovers); // after bpf applied, never before
+        lock (bpf.Applied) Assert.Contains("knp/default/a", bpf.Applied[^1]);
     }
 }

@@ -36,43 +36,26 @@ public sealed class RouteReconcilerTests : IDisposable
     [Fact]
     public async Task A_peers_block_becomes_a_route_its_leaving_removes_it_and_a_failed_apply_is_retried()
     {
-        using var store = DatastoreFactory.Open("sqlite://" + Path.Combine(_dir, "weft.db"));
-        var state = new AgentState("n1", "vxlan");
+        await using var run = new ReconcilerRun(_dir);
         var driver = new FakeRouteDriver();
-        using var trigger = new DatastoreTrigger(store, NullLogger<DatastoreTrigger>.Instance);
-        using var reconciler = new RouteReconciler(trigger.Cache, trigger, new FakeOverlay(), Me, state, TimeSpan.FromSeconds(30), NullLogger<RouteReconciler>.Instance, driver);
-        await trigger.StartAsync(CancellationToken.None);
-        await reconciler.StartAsync(CancellationToken.None);
-        try
-        {
-            async Task<AgentSnapshot> Until(Func<AgentSnapshot, bool> done)
-            {
-                var (ok, s) = await state.WaitAsync(done, TimeSpan.FromSeconds(10), CancellationToken.None);
-                Assert.True(ok, $"timed out; routes revision {s.RoutesRevision}, errors {s.ReconcileErrors}, last error {s.LastError}");
-                return s;
-            }
-            bool Routed() => driver.Last?.AllRoutes.Any(r => r.Destination.Equals(IPAddress.Parse("10.60.1.0")) && r.PrefixLength == 26 && IPAddress.Parse("10.99.0.2").Equals(r.Gateway)) == true;
+        await run.StartAsync(new RouteReconciler(run.Trigger.Cache, run.Trigger, new FakeOverlay(), Me, run.State, TimeSpan.FromSeconds(30), NullLogger<RouteReconciler>.Instance, driver));
+        var store = run.Store;
+        bool Routed() => driver.Last?.AllRoutes.Any(r => r.Destination.Equals(IPAddress.Parse("10.60.1.0")) && r.PrefixLength == 26 && IPAddress.Parse("10.99.0.2").Equals(r.Gateway)) == true;
 
-            await store.PutAsync(Keys.Pool("p"), Codec.Encode(Pool("p", "10.60.0.0/16", vxlan: "Always")), -1);
-            await store.PutAsync(Keys.Node("n1"), Codec.Encode(Node("n1", "198.51.100.11")), -1);
-            await store.PutAsync(Keys.Node("n2"), Codec.Encode(Node("n2", "198.51.100.12")), -1);
-            await store.PutAsync(Keys.Block(Cidr.Parse("10.60.1.0/26")), Codec.Encode(Block("10.60.1.0/26", "n2", "p")), -1);
-            var revision = await store.RevisionAsync();
-            await Until(s => s.RoutesRevision >= revision);
-            Assert.True(Routed(), "n2's block goes through n2's VTEP");
+        await store.PutAsync(Keys.Pool("p"), Codec.Encode(Pool("p", "10.60.0.0/16", vxlan: "Always")), -1);
+        await store.PutAsync(Keys.Node("n1"), Codec.Encode(Node("n1", "198.51.100.11")), -1);
+        await store.PutAsync(Keys.Node("n2"), Codec.Encode(Node("n2", "198.51.100.12")), -1);
+        await store.PutAsync(Keys.Block(Cidr.Parse("10.60.1.0/26")), Codec.Encode(Block("10.60.1.0/26", "n2", "p")), -1);
+        var revision = await store.RevisionAsync();
+        await run.UntilAsync(s => s.RoutesRevision >= revision);
+        Assert.True(Routed(), "n2's block goes through n2's VTEP");
 
-            driver.FailNext = 1;
-            await store.DeleteAsync(Keys.Node("n2"), -1);
-            revision = await store.RevisionAsync();
-            var failed = await Until(s => s.ReconcileErrors >= 1);
-            Assert.Equal("the kernel said no", failed.LastError);
-            await Until(s => s.RoutesRevision >= revision && s.LastError is null); // the retry
-            Assert.False(Routed(), "a node that left has no route");
-        }
-        finally
-        {
-            await reconciler.StopAsync(CancellationToken.None);
-            await trigger.StopAsync(CancellationToken.None);
-        }
+        driver.FailNext = 1;
+        await store.DeleteAsync(Keys.Node("n2"), -1);
+        revision = await store.RevisionAsync();
+        var failed = await run.UntilAsync(s => s.ReconcileErrors >= 1);
+        Assert.Equal("the kernel said no", failed.LastError);
+        await run.UntilAsync(s => s.RoutesRevision >= revision && s.LastError is null); // the retry
+        Assert.False(Routed(), "a node that left has no route");
     }
 }
