@@ -12,11 +12,8 @@ namespace Weft.Tests.Lab;
 /// 10.1.0.0/16 and Calico's ipAddrs annotation) and serving every port a case probes; each case's documents applied
 /// with `--wait`, the lab's reachability matrix compared with the expected one, then the documents deleted.
 /// </summary>
-public class CalicoLabFixture : IDisposable
+public class CalicoLabFixture : LabFixture
 {
-    public LabRun Lab { get; } = new();
-    public bool Ready { get; }
-
     public CalicoLabFixture() : this(null) { }
 
     protected CalicoLabFixture(string? dataplane)
@@ -54,19 +51,12 @@ public class CalicoLabFixture : IDisposable
             metadata: {name: calico-world}
             spec: {cidr: 10.1.0.0/16, vxlanMode: Always, natOutgoing: false}
             """);
-        try { Lab.Up(["--nodes", "3", "--topology", topology, "--pool", pool, .. dataplane is null ? Array.Empty<string>() : ["--dataplane", dataplane]]); }
+        try { Up(dataplane, "--nodes", "3", "--topology", topology, "--pool", pool); }
         finally
         {
             File.Delete(topology);
             File.Delete(pool);
         }
-        Ready = true;
-    }
-
-    public void Dispose()
-    {
-        Lab.Dispose();
-        GC.SuppressFinalize(this);
     }
 }
 
@@ -89,11 +79,9 @@ public abstract class CalicoLabConformance(CalicoLabFixture fixture)
         Assert.True(fixture.Ready, "the lab did not come up");
         var lab = fixture.Lab;
         var c = CalicoDialectTests.Cases[name];
-        var file = Path.Combine(Path.GetTempPath(), $"weft-calico-case-{lab.Name}-{Guid.NewGuid():N}.yaml");
-        File.WriteAllText(file, c.Policies);
         try
         {
-            var applied = lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", file);
+            var applied = lab.Documents("apply", c.Policies, "--wait");
             Assert.True(applied.ExitCode == 0, applied.Stdout + applied.Stderr);
             var failures = new List<string>();
             foreach (var probe in c.Probes)
@@ -118,9 +106,7 @@ public abstract class CalicoLabConformance(CalicoLabFixture fixture)
         finally
         {
             // The next case starts from no policy: policies go before their tiers (the documents in reverse).
-            File.WriteAllText(file, string.Join("\n---\n", YamlDocuments.Load(c.Policies, "case.yaml").Reverse().Select(d => d.Doc.ToJsonString())));
-            var deleted = lab.Ctl("--lab", lab.Name, "delete", "--wait", "-f", file);
-            File.Delete(file);
+            var deleted = lab.Documents("delete", string.Join("\n---\n", YamlDocuments.Load(c.Policies, "case.yaml").Reverse().Select(d => d.Doc.ToJsonString())), "--wait");
             Assert.True(deleted.ExitCode == 0, deleted.Stdout + deleted.Stderr);
         }
     }

@@ -6,25 +6,14 @@ using Weft.Tests.Support;
 namespace Weft.Tests.Lab;
 
 /// <summary>A 2-node lab (pod-1, pod-3 on node-1; pod-2, pod-4 on node-2) whose agents capture flows.</summary>
-public class FlowLabFixture : IDisposable
+public class FlowLabFixture : LabFixture
 {
-    public LabRun Lab { get; } = new();
-    public bool Ready { get; }
-
     public FlowLabFixture() : this(null) { }
 
     /// <param name="dataplane">--dataplane for every agent (null: the default, nftables)</param>
     protected FlowLabFixture(string? dataplane)
     {
-        if (!TestEnv.IsRoot) return;
-        Lab.Up(["--nodes", "2", "--pods-per-node", "2", .. dataplane is null ? Array.Empty<string>() : ["--dataplane", dataplane]]);
-        Ready = true;
-    }
-
-    public void Dispose()
-    {
-        Lab.Dispose();
-        GC.SuppressFinalize(this);
+        if (TestEnv.IsRoot) Up(dataplane, "--nodes", "2", "--pods-per-node", "2");
     }
 }
 
@@ -70,10 +59,7 @@ public abstract class FlowVerdictTests(FlowLabFixture fixture)
 
     protected void Apply(string yaml)
     {
-        var file = Path.Combine(Path.GetTempPath(), $"weft-flowlab-{Lab.Name}-{Guid.NewGuid():N}.yaml");
-        File.WriteAllText(file, yaml);
-        try { TestEnv.Ok(Lab.Ctl("--lab", Lab.Name, "apply", "-f", file)); }
-        finally { File.Delete(file); }
+        TestEnv.Ok(Lab.Documents("apply", yaml));
         TestEnv.Ok(Lab.Ctl("lab", "sync", "--name", Lab.Name));
     }
 

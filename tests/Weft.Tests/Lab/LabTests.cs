@@ -5,6 +5,26 @@ using Weft.Tests.Support;
 namespace Weft.Tests.Lab;
 
 /// <summary>A running lab, removed on dispose (also when the test fails).</summary>
+/// <summary>A lab shared by the tests of one class: a subclass brings it up (not at all without root, Ready stays false).</summary>
+public abstract class LabFixture : IDisposable
+{
+    public LabRun Lab { get; } = new();
+    public bool Ready { get; private set; }
+
+    /// <summary>`lab up` with <paramref name="args"/>, every agent on <paramref name="dataplane"/> (null: the default, nftables).</summary>
+    protected void Up(string? dataplane, params string[] args)
+    {
+        Lab.Up([.. args, .. dataplane is null ? Array.Empty<string>() : ["--dataplane", dataplane]]);
+        Ready = true;
+    }
+
+    public void Dispose()
+    {
+        Lab.Dispose();
+        GC.SuppressFinalize(this);
+    }
+}
+
 public sealed class LabRun : IDisposable
 {
     private static int _counter;
@@ -18,6 +38,10 @@ public sealed class LabRun : IDisposable
     }
 
     public TestEnv.ProcessResult Ctl(params string[] args) => TestEnv.Run(TestEnv.Weftctl, args, timeout: TimeSpan.FromSeconds(180));
+
+    /// <summary>`weftctl --lab NAME VERB [FLAGS] -f -` with the documents on stdin (apply, delete).</summary>
+    public TestEnv.ProcessResult Documents(string verb, string yaml, params string[] flags) =>
+        TestEnv.Run(TestEnv.Weftctl, ["--lab", Name, verb, .. flags, "-f", "-"], yaml, timeout: TimeSpan.FromSeconds(180));
 
     public JsonObject Status() => JsonNode.Parse(Ctl("lab", "status", "--name", Name, "-o", "json").Stdout)!.AsObject();
 

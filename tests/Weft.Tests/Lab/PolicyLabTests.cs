@@ -9,11 +9,9 @@ namespace Weft.Tests.Lab;
 /// One 3-node lab holding the conformance cluster (x, y, z × a, b, c with the cases' pinned addresses; namespace x on
 /// node-1, y on node-2, z on node-3, so cross-node and same-node paths are both probed), shared by the cases.
 /// </summary>
-public class PolicyLabFixture : IDisposable
+public class PolicyLabFixture : LabFixture
 {
-    public LabRun Lab { get; } = new();
     public HashSet<string> AppliedPolicies { get; } = new(StringComparer.Ordinal);
-    public bool Ready { get; }
 
     public PolicyLabFixture() : this(null) { }
 
@@ -36,15 +34,8 @@ public class PolicyLabFixture : IDisposable
         }
         var file = Path.Combine(Path.GetTempPath(), $"weft-netpol-topology-{Lab.Name}.yaml");
         File.WriteAllText(file, string.Join("\n---\n", docs.Select(d => d.ToJsonString())));
-        try { Lab.Up(["--nodes", "3", "--topology", file, .. dataplane is null ? Array.Empty<string>() : ["--dataplane", dataplane]]); }
+        try { Up(dataplane, "--nodes", "3", "--topology", file); }
         finally { File.Delete(file); }
-        Ready = true;
-    }
-
-    public void Dispose()
-    {
-        Lab.Dispose();
-        GC.SuppressFinalize(this);
     }
 }
 
@@ -107,14 +98,8 @@ public abstract class PolicyLabConformance(PolicyLabFixture fixture)
 
     private static void Apply(LabRun lab, IEnumerable<JsonObject> docs)
     {
-        var file = Path.Combine(Path.GetTempPath(), $"weft-netpol-{lab.Name}-{Guid.NewGuid():N}.yaml");
-        File.WriteAllText(file, string.Join("\n---\n", docs.Select(d => d.ToJsonString())));
-        try
-        {
-            var r = lab.Ctl("--lab", lab.Name, "apply", "-f", file);
-            Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
-        }
-        finally { File.Delete(file); }
+        var r = lab.Documents("apply", string.Join("\n---\n", docs.Select(d => d.ToJsonString())));
+        Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
     }
 
     private static void Delete(LabRun lab, string key)
@@ -155,23 +140,33 @@ public sealed class PolicyLabBehaviourTests
 
     private static void Ok(TestEnv.ProcessResult r) => Assert.True(r.ExitCode == 0, r.Stdout + r.Stderr);
 
+    /// <summary>A 2-node lab on <paramref name="dataplane"/>: server on node-2, client, other and <paramref name="more"/> on node-1, <see cref="Policies"/> enforced.</summary>
+    private static LabRun LabWithPolicies(string dataplane, params (string Pod, string Label)[] more)
+    {
+        var lab = new LabRun();
+        try
+        {
+            lab.Up("--nodes", "2", "--pods-per-node", "0", "--dataplane", dataplane);
+            Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/server", "--node", "node-2", "--label", "role=server"));
+            foreach (var (pod, label) in new[] { ("default/client", "role=client"), ("default/other", "role=other") }.Concat(more))
+                Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, pod, "--node", "node-1", "--label", label));
+            Ok(lab.Documents("apply", Policies, "--wait"));
+            return lab;
+        }
+        catch
+        {
+            lab.Dispose(); // a failed set-up leaves no namespace behind
+            throw;
+        }
+    }
+
     [Theory]
     [InlineData("nftables")]
     [InlineData("bpf")]
     public void New_pods_fail_closed_until_programmed_and_policies_survive_agent_kills_and_bad_documents(string dataplane)
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
-        using var lab = new LabRun();
-        lab.Up("--nodes", "2", "--pods-per-node", "0", "--dataplane", dataplane);
-        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/server", "--node", "node-2", "--label", "role=server"));
-        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/client", "--node", "node-1", "--label", "role=client"));
-        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/other", "--node", "node-1", "--label", "role=other"));
-        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/db", "--node", "node-1", "--label", "app=database"));
-        var file = Path.Combine(Path.GetTempPath(), $"weft-pol-{lab.Name}.yaml");
-        File.WriteAllText(file, Policies);
-        try { Ok(lab.Ctl("--lab", lab.Name, "apply", "-f", file)); }
-        finally { File.Delete(file); }
-        Ok(lab.Ctl("lab", "sync", "--name", lab.Name));
+        using var lab = LabWithPolicies(dataplane, ("default/db", "app=database"));
         var server = Ip(lab, "default/server");
         var client = Ip(lab, "default/client");
         Assert.True(Connects(lab, "default/client", server), "client -> server is allowed");
@@ -244,15 +239,7 @@ public sealed class PolicyLabBehaviourTests
     public void Agent_kills_and_restarts_drop_no_packet_of_an_allowed_flow(string dataplane)
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
-        using var lab = new LabRun();
-        lab.Up("--nodes", "2", "--pods-per-node", "0", "--dataplane", dataplane);
-        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/server", "--node", "node-2", "--label", "role=server"));
-        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/client", "--node", "node-1", "--label", "role=client"));
-        Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/other", "--node", "node-1", "--label", "role=other"));
-        var file = Path.Combine(Path.GetTempPath(), $"weft-pol-{lab.Name}.yaml");
-        File.WriteAllText(file, Policies);
-        try { Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", file)); }
-        finally { File.Delete(file); }
+        using var lab = LabWithPolicies(dataplane);
         var server = Ip(lab, "default/server");
         Assert.False(Connects(lab, "default/other", server));
 

@@ -87,6 +87,20 @@ public sealed class SeedDocumentLabTests
     }
 
     /// <summary>
+    /// Brings <paramref name="lab"/> up with 2 nodes, web-1 (app=web) on node-1 and database (app=database) on node-2,
+    /// each added with <paramref name="podFlags"/>, under the seed GlobalNetworkPolicy (the database sends nothing).
+    /// </summary>
+    private static (JsonNode Web, JsonNode Db) WebAndDatabase(LabRun lab, params string[] podFlags)
+    {
+        lab.Up("--nodes", "2", "--pods-per-node", "0");
+        TestEnv.Ok(lab.Ctl(["lab", "add-pod", "--name", lab.Name, "default/web-1", "--node", "node-1", "--label", "app=web", .. podFlags]));
+        TestEnv.Ok(lab.Ctl(["lab", "add-pod", "--name", lab.Name, "default/database", "--node", "node-2", "--label", "app=database", .. podFlags]));
+        TestEnv.Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", TestEnv.SeedDocument("calico-globalnetworkpolicy.yaml")));
+        var pods = lab.Status()["pods"]!.AsArray();
+        return (pods.Single(p => p!["name"]!.ToString() == "web-1")!, pods.Single(p => p!["name"]!.ToString() == "database")!);
+    }
+
+    /// <summary>
     /// calico-installation-bpf.yaml as written switches running agents to the eBPF dataplane (programs on every pod
     /// interface, same verdicts), and calico-installation-iptables.yaml switches them back.
     /// </summary>
@@ -96,13 +110,7 @@ public sealed class SeedDocumentLabTests
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
         Assert.SkipUnless(File.Exists(TestEnv.SeedDocument("calico-installation-bpf.yaml")), "../shared/seed-documents is not beside the checkout");
         using var lab = new LabRun();
-        lab.Up("--nodes", "2", "--pods-per-node", "0");
-        TestEnv.Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/web-1", "--node", "node-1", "--label", "app=web", "--port", "80/TCP"));
-        TestEnv.Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/database", "--node", "node-2", "--label", "app=database", "--port", "80/TCP"));
-        TestEnv.Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", TestEnv.SeedDocument("calico-globalnetworkpolicy.yaml")));
-        var pods = lab.Status()["pods"]!.AsArray();
-        var web = pods.Single(p => p!["name"]!.ToString() == "web-1")!;
-        var db = pods.Single(p => p!["name"]!.ToString() == "database")!;
+        var (web, db) = WebAndDatabase(lab, "--port", "80/TCP");
         string HostInterface(JsonNode pod) => TestEnv.Sh($"ip -n {lab.Netns(pod["node"]!.ToString())} -o route get {pod["ip"]}").Split(" dev ")[1].Split(' ')[0];
 
         void Enforced(string dataplane)
@@ -143,13 +151,7 @@ public sealed class SeedDocumentLabTests
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
         Assert.SkipUnless(File.Exists(TestEnv.SeedDocument("calico-installation-bpf.yaml")), "../shared/seed-documents is not beside the checkout");
         using var lab = new LabRun();
-        lab.Up("--nodes", "2", "--pods-per-node", "0");
-        TestEnv.Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/web-1", "--node", "node-1", "--label", "app=web"));
-        TestEnv.Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/database", "--node", "node-2", "--label", "app=database"));
-        TestEnv.Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", TestEnv.SeedDocument("calico-globalnetworkpolicy.yaml")));
-        var pods = lab.Status()["pods"]!.AsArray();
-        var web = pods.Single(p => p!["name"]!.ToString() == "web-1")!;
-        var db = pods.Single(p => p!["name"]!.ToString() == "database")!;
+        var (web, db) = WebAndDatabase(lab);
         void Refused() => Assert.NotEqual(0, TestEnv.TrySh($"ip netns exec {db["netns"]} ping -c 1 -W 1 {web["ip"]}").ExitCode);
 
         using var before = new PushStream(db["netns"]!.ToString(), web["netns"]!.ToString(), db["ip"]!.ToString(), 9091);
