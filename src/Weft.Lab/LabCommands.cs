@@ -210,7 +210,7 @@ public static class LabCommands
 
     private static string Cni(LabState state, LabNode node, string command, LabPod pod, string args, string dist)
     {
-        var conf = $$$"""{"cniVersion":"1.1.0","name":"weftlab","type":"weft","datastore":"{{{state.Datastore}}}","nodename":"{{{node.Name}}}","mode":"{{{state.Mode}}}","mtu":{{{state.PodMtu}}},"ipam":{"type":"weft-ipam"}}""";
+        var conf = $$$"""{"cniVersion":"1.1.0","name":"weftlab","type":"weft","datastore":"{{{state.Datastore}}}","nodename":"{{{node.Name}}}","mode":"{{{state.Mode}}}","mtu":{{{state.PodMtu}}},"bpfPinDir":"{{{state.BpfPinDir(node.Name)}}}","ipam":{"type":"weft-ipam"}}""";
         var env = new Dictionary<string, string>
         {
             ["CNI_COMMAND"] = command, ["CNI_CONTAINERID"] = pod.ContainerId!, ["CNI_NETNS"] = "/var/run/netns/" + pod.Netns,
@@ -407,7 +407,7 @@ public static class LabCommands
             "--nodename", node.Name, "--datastore", state.Datastore,
             .. state.NetConf is null ? ["--backend", state.Backend] : new[] { "--net-conf", state.NetConf },
             "--underlay-interface", "eth0", "--socket", node.Socket,
-            "--policy", state.Policy, "--flows", state.Flows, "--masquerade", state.Masquerade, "--bpf-pin-dir", Path.Combine(state.BpfDir, node.Name),
+            "--policy", state.Policy, "--flows", state.Flows, "--masquerade", state.Masquerade, "--bpf-pin-dir", state.BpfPinDir(node.Name),
             .. state.Dataplane is null ? Array.Empty<string>() : ["--dataplane", state.Dataplane],
         ]);
 

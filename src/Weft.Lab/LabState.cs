@@ -84,6 +84,8 @@ public sealed class LabState
     /// <summary>The lab's own bpffs mount: agents pin their BPF state under it, and `lab down` unmounts it.</summary>
     [JsonIgnore]
     public string BpfDir => System.IO.Path.Combine(Dir, "bpf");
+    /// <summary>One node's pins (its agent's --bpf-pin-dir, its plugin's "bpfPinDir").</summary>
+    public string BpfPinDir(string node) => System.IO.Path.Combine(BpfDir, node);
     public int PodMtu { get; set; } = 1450;
     public string Underlay { get; init; } = "";
     public string Gateway { get; init; } = "";

@@ -12,9 +12,11 @@ using Weft.Policy.Ir;
 namespace Weft.Agent.Bpf;
 
 /// <summary>
-/// The eBPF policy dataplane (policy.bpf.c beside this file): the compiler's state written into pinned maps, the two
-/// programs attached to every local pod interface, and a guard table that drops pod interfaces the programs are not
-/// on yet. Writes are ordered so a packet always meets a complete old or new policy: programs' entries first (a
+/// The eBPF policy dataplane (policy.bpf.c beside this file): the compiler's state written into pinned maps and the two
+/// programs attached to every local pod interface. The programs are pinned too, and the CNI plugin attaches them to a
+/// new pod's interface before the pod can send; with no endpoint entry they drop everything, so a node needs no
+/// netfilter hook to fail closed (with flows on, one prerouting chain only reports packets routing drops).
+/// Writes are ordered so a packet always meets a complete old or new policy: programs' entries first (a
 /// changed policy is a new program number), then the ipcache, then endpoints switch programs in one update each,
 /// and only then what nobody refers to any more goes. Maps and handed-out numbers survive a restart; the first apply
 /// of a new agent adopts what it finds (same numbers, same entries: nothing changes for a packet).
@@ -25,12 +27,13 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
     private static readonly string[] PinnedMaps = ["ipcache", "endpoints", "policy", "sports", "ct"];
 
     private readonly BpfObject _obj;
+    private readonly string _pinDir;
     private readonly string _idsPath;
+    private readonly NftPolicyCompiler.Options _guardOptions;
     private readonly BpfPolicyCompiler _compiler;
     private readonly NftPolicyCompiler _guardCompiler;
     private readonly LibNftTransport _nft = new();
     private NftPolicyDriver? _guard;
-    private HashSet<string> _guarded = [];
     private Dictionary<string, int> _links = new(StringComparer.Ordinal);
     private readonly List<((uint Program, uint Identity) Key, IdentityEntries Entries)> _garbage = [];
     private bool _idsDirty;
@@ -53,10 +56,12 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         public HashSet<SportKey> StraySports { get; } = [];
     }
 
-    private BpfPolicyDataplane(BpfObject obj, string idsPath, BpfPolicyIds? ids, NftPolicyCompiler.Options guard, ILogger log)
+    private BpfPolicyDataplane(BpfObject obj, string pinDir, string idsPath, BpfPolicyIds? ids, NftPolicyCompiler.Options guard, ILogger log)
     {
         _obj = obj;
+        _pinDir = pinDir;
         _idsPath = idsPath;
+        _guardOptions = guard;
         _compiler = new BpfPolicyCompiler(ids);
         _guardCompiler = new NftPolicyCompiler(guard);
         _log = log;
@@ -93,7 +98,7 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         }
         ids ??= new BpfPolicyIds();
         AboveKernel(obj, ids);
-        return new BpfPolicyDataplane(obj, idsPath, ids, guard, log);
+        return new BpfPolicyDataplane(obj, pinDir, idsPath, ids, guard, log);
     }
 
     /// <summary>
@@ -147,7 +152,12 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         CollectGarbage();
         var state = _compiler.Compile(policies, world, local);
         var full = _applied is null;
-        var ifindex = Links(state.Endpoints.Keys, full);
+        var fromPod = _obj.ProgramFd(FromPod);
+        var toPod = _obj.ProgramFd(ToPod);
+        // Pinned before the interfaces are listed: a pod's interface made after that list finds the pins (its plugin
+        // attaches), one made before it is in the list (attached below).
+        if (full) PolicyProgramPins.Pin(_pinDir, fromPod, toPod);
+        var ifindex = Links(state.Endpoints.Keys, full, out var unknown);
         var applied = _applied ?? Adopt();
         _applied = null; // until this apply completes, the kernel state is not known exactly
         var changes = 0;
@@ -189,9 +199,14 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
                 applied.Ipcache[prefix] = identity;
                 changes++;
             }
-        // 3. Endpoints switch to their programs, one map update each; new interfaces get the programs after that.
-        var fromPod = _obj.ProgramFd(FromPod);
-        var toPod = _obj.ProgramFd(ToPod);
+        // 3. Endpoints switch to their programs, one map update each; interfaces without the programs (pods from before
+        // this dataplane) get them after that. Pod interfaces of no known endpoint get them too: they drop everything.
+        foreach (var index in unknown)
+            if (applied.Attached.Add(index))
+            {
+                Tc.Attach(index, ingress: true, fromPod, Ownership.TcHandle, Ownership.TcPriority);
+                Tc.Attach(index, ingress: false, toPod, Ownership.TcHandle, Ownership.TcPriority);
+            }
         var liveIndexes = new HashSet<int>();
         foreach (var (name, (egress, ingress)) in state.Endpoints)
         {
@@ -210,27 +225,20 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
                 Tc.Attach(index, ingress: false, toPod, Ownership.TcHandle, Ownership.TcPriority);
             }
         }
-        // 4. The guard lets the programmed interfaces through (the others stay dropped).
-        var programmed = state.Endpoints.Keys.Where(ifindex.ContainsKey).ToHashSet(StringComparer.Ordinal);
-        if (_guard is null || !programmed.SetEquals(_guarded))
+        // 4. The table of flow reports (routing drops), once.
+        if (_guard is null)
         {
-            _guard ??= new NftPolicyDriver(_nft);
-            var guard = _guardCompiler.CompileGuard(programmed);
-            try { _guard.Apply(guard); }
-            catch
-            {
-                _guard = null;
-                throw;
-            }
-            _guarded = programmed;
+            var guard = _guardCompiler.CompileGuard();
+            var driver = new NftPolicyDriver(_nft);
+            driver.Apply(guard);
+            _guard = driver;
             _guardMeanings = guard.LogMeanings;
         }
         // 5. What nothing refers to any more.
         foreach (var gone in applied.Endpoints.Keys.Where(i => !liveIndexes.Contains(i)).ToList())
         {
-            endpoints.Delete(gone);
+            endpoints.Delete(gone); // an interface still there keeps the programs: it drops everything from now on
             applied.Endpoints.Remove(gone);
-            applied.Attached.Remove(gone);
             changes++;
         }
         foreach (var gone in applied.Ipcache.Keys.Where(p => !state.Ipcache.ContainsKey(p)).ToList())
@@ -297,18 +305,25 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
     /// Interface indexes of the endpoints' host interfaces. A dump of every link costs milliseconds with thousands of
     /// pods, so known names are kept; a new name (or a full apply) dumps again. A pod being deleted has no link: nothing
     /// to attach to. Interface names are per sandbox (a new pod is a new name), so a kept index does not go stale.
+    /// A full apply also returns the pod interfaces no endpoint names (<paramref name="unknown"/>).
     /// </summary>
-    private Dictionary<string, int> Links(IEnumerable<string> names, bool full)
+    private Dictionary<string, int> Links(IEnumerable<string> names, bool full, out List<int> unknown)
     {
         var wanted = names.ToHashSet(StringComparer.Ordinal);
+        unknown = [];
         if (full || !wanted.All(_links.ContainsKey))
         {
             using var nl = RtNetlink.Open();
-            _links = nl.ListLinks().Where(l => wanted.Contains(l.Name)).ToDictionary(l => l.Name, l => l.Index, StringComparer.Ordinal);
+            var links = nl.ListLinks();
+            _links = links.Where(l => wanted.Contains(l.Name)).ToDictionary(l => l.Name, l => l.Index, StringComparer.Ordinal);
+            if (full) unknown = links.Where(l => IsPodInterface(l.Name) && !wanted.Contains(l.Name)).Select(l => l.Index).ToList();
         }
         else _links = _links.Where(kv => wanted.Contains(kv.Key)).ToDictionary(StringComparer.Ordinal);
         return _links;
     }
+
+    private bool IsPodInterface(string name) =>
+        name.StartsWith(_guardOptions.PodInterfacePrefix, StringComparison.Ordinal) && !_guardOptions.Excluded.Contains(name);
 
     /// <summary>How verdict tokens appear among the flow log meanings.</summary>
     public static string TokenKey(uint token) => "bpf:" + token.ToString(System.Globalization.CultureInfo.InvariantCulture);
@@ -372,18 +387,22 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         _guard = null;
     }
 
-    /// <summary>Enforcement off: programs off every interface, maps emptied, the guard table gone.</summary>
+    /// <summary>Enforcement off: programs off every interface, maps emptied, the flow report table gone.</summary>
     public void Remove()
     {
         Handover();
         new NftPolicyDriver(_nft).Remove();
     }
 
-    /// <summary>Another dataplane enforces now (its table has replaced the guard): take the programs off and empty the maps.</summary>
+    /// <summary>
+    /// Another dataplane enforces now (its table has replaced the flow report table): take the programs off and empty
+    /// the maps. Unpinned first, so a plugin that attached after the sweep below sees the pins gone and detaches.
+    /// </summary>
     public void Handover()
     {
+        PolicyProgramPins.Unpin(_pinDir);
         using (var nl = RtNetlink.Open())
-            foreach (var link in nl.ListLinks().Where(l => l.Name.StartsWith(Ownership.PodInterfacePrefix, StringComparison.Ordinal)))
+            foreach (var link in nl.ListLinks().Where(l => IsPodInterface(l.Name)))
             {
                 Tc.Detach(link.Index, ingress: true, Ownership.TcHandle, Ownership.TcPriority);
                 Tc.Detach(link.Index, ingress: false, Ownership.TcHandle, Ownership.TcPriority);

@@ -86,7 +86,22 @@ public sealed class PolicyReconciler(IDatastore store, DatastoreTrigger trigger,
         // Connections the old dataplane allowed go to the new one's state first (and again for those begun while it
         // applied), so no established connection is judged as new by the other dataplane.
         previous?.ExportConnections();
-        var result = dataplane.Apply(snapshot.Policies, snapshot.World, local);
+        PolicyApplyResult result;
+        try { result = dataplane.Apply(snapshot.Policies, snapshot.World, local); }
+        catch when (previous is not null)
+        {
+            // The switch failed half way: the old dataplane is put back whole (the new one may have replaced part of
+            // its state), and only then is the new one taken away, so no packet meets neither.
+            try
+            {
+                previous.Reset();
+                previous.Apply(snapshot.Policies, snapshot.World, local);
+                dataplane.Handover();
+            }
+            catch (Exception e) { log.LogWarning("restoring the {Old} dataplane after the {New} one failed: {Error}", previous.Name, dataplane.Name, e.Message); }
+            dataplane.Dispose();
+            throw;
+        }
         if (previous is not null)
         {
             previous.ExportConnections();

@@ -20,6 +20,8 @@ public sealed class NetConf
     public int Mtu { get; init; } = 1500;
     public NetworkMode Mode { get; init; } = NetworkMode.Routed;
     public string BridgeName { get; init; } = Weft.Model.Ownership.DefaultBridge;
+    /// <summary>The agent's BPF pin directory: while the BPF policy dataplane enforces, its programs are pinned there.</summary>
+    public string BpfPinDir { get; init; } = Weft.Model.Ownership.BpfPinDir;
     /// <summary>"weft-ipam" (built in) or the name of a plugin to delegate to.</summary>
     public string IpamType { get; init; } = WeftIpamType;
     public IReadOnlyList<IpRequest> RuntimeIps { get; init; } = [];
@@ -73,6 +75,9 @@ public sealed class NetConf
             var bridge = Str(root, "bridge") ?? Weft.Model.Ownership.DefaultBridge;
             if (bridge.Length is 0 or > 15)
                 throw new CniException(CniCodes.InvalidNetworkConfig, $"\"bridge\": '{bridge}' is not a valid interface name");
+            var pinDir = Str(root, "bpfPinDir") ?? Weft.Model.Ownership.BpfPinDir;
+            if (!Path.IsPathFullyQualified(pinDir))
+                throw new CniException(CniCodes.InvalidNetworkConfig, $"\"bpfPinDir\": '{pinDir}' must be an absolute path");
             var datastore = Str(root, "datastore") ?? DatastoreFactory.DefaultUri;
             if (!datastore.StartsWith("sqlite:///", StringComparison.Ordinal) && !datastore.StartsWith("etcd://", StringComparison.Ordinal))
                 throw new CniException(CniCodes.InvalidNetworkConfig, $"\"datastore\": '{datastore}' is not a datastore URI; use sqlite:///path or etcd://host:port");
@@ -120,6 +125,7 @@ public sealed class NetConf
                 Mtu = mtu,
                 Mode = mode,
                 BridgeName = bridge,
+                BpfPinDir = pinDir,
                 IpamType = ipamType,
                 RuntimeIps = ips,
                 RuntimeMac = mac,

@@ -55,6 +55,7 @@ public sealed class PodInterfaces(NetConf conf, CniEnvironment env)
         // Without IPv6 the host end comes up in the create request itself; with it, its accept_dad is set first.
         var hasV6 = addresses.Any(a => a.Address.AddressFamily == AddressFamily.InterNetworkV6);
         var hostLink = CreateVeth(host, pod, routed, up: !hasV6);
+        AttachPolicyPrograms(hostLink.Index);
 
         var bridgeIndex = 0;
         if (routed)
@@ -145,6 +146,19 @@ public sealed class PodInterfaces(NetConf conf, CniEnvironment env)
             {
                 throw new CniException(CniCodes.InterfaceSetup, $"interface {env.IfName} already exists in {env.Netns}; the runtime must DEL the old attachment first, or use another CNI_IFNAME");
             }
+        }
+    }
+
+    /// <summary>
+    /// With the BPF policy dataplane enforcing, its programs go on the host side now, before the pod's side is up:
+    /// until the agent has programmed the pod they drop everything (fail closed, no netfilter hook needed).
+    /// </summary>
+    private void AttachPolicyPrograms(int hostIndex)
+    {
+        try { Weft.Bpf.PolicyProgramPins.AttachIfPinned(conf.BpfPinDir, hostIndex); }
+        catch (Weft.Bpf.BpfException e)
+        {
+            throw new CniException(CniCodes.InterfaceSetup, $"attaching the BPF policy programs to {HostVethName}: {e.Message}");
         }
     }
 

@@ -22,4 +22,9 @@ public static class Ownership
     public const uint TcHandle = 0x5746, TcPriority = 1;
     /// <summary>Where pinned BPF state lives unless --bpf-pin-dir says otherwise.</summary>
     public const string BpfPinDir = "/sys/fs/bpf/weft";
+    /// <summary>
+    /// The BPF policy programs, pinned in the pin directory while the BPF policy dataplane enforces: the CNI plugin
+    /// attaches them to a new pod's interface before the pod can send (fail closed until the agent programs it).
+    /// </summary>
+    public const string BpfFromPodPin = "policy_prog_from_pod", BpfToPodPin = "policy_prog_to_pod";
 }

@@ -30,6 +30,9 @@ internal static unsafe partial class BpfNative
     [LibraryImport(Lib)] public static partial IntPtr libbpf_set_print(delegate* unmanaged<int, IntPtr, IntPtr, int> print);
     [LibraryImport("libc.so.6")] public static partial int vsnprintf(byte* buffer, nuint size, IntPtr format, IntPtr args);
 
+    [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] public static partial int bpf_obj_pin(int fd, string path);
+    [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] public static partial int bpf_obj_get(string path);
+
     [LibraryImport(Lib)] public static partial int bpf_tc_hook_create(TcHook* hook);
     [LibraryImport(Lib)] public static partial int bpf_tc_attach(TcHook* hook, TcOpts* opts);
     [LibraryImport(Lib)] public static partial int bpf_tc_detach(TcHook* hook, TcOpts* opts);

@@ -17,8 +17,9 @@ public sealed class PolicyReconcilerTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, true);
 
-    private sealed class FakeDataplane(string name = "nftables") : IPolicyDataplane
+    private sealed class FakeDataplane(string name = "nftables", List<string>? events = null) : IPolicyDataplane
     {
+        private void Event(string what) { if (events is not null) lock (events) events.Add(name + " " + what); }
         public List<string[]> Applied { get; } = [];
         public int Resets;
         public int FailNext;
@@ -27,15 +28,31 @@ public sealed class PolicyReconcilerTests : IDisposable
 
         public PolicyApplyResult Apply(PolicySet policies, PolicyWorld world, IReadOnlyList<EndpointInfo> local)
         {
-            if (Interlocked.Exchange(ref FailNext, 0) > 0) throw new InvalidOperationException("the kernel said no");
+            if (Interlocked.Exchange(ref FailNext, 0) > 0)
+            {
+                Event("apply failed");
+                throw new InvalidOperationException("the kernel said no");
+            }
+            Event("apply");
             lock (Applied) Applied.Add([.. policies.Policies.Select(p => p.Id)]);
             return new PolicyApplyResult(1, policies.Policies.Count, 0, false, 1, new Dictionary<string, string>());
         }
 
-        public void Reset() => Interlocked.Increment(ref Resets);
+        public void Reset()
+        {
+            Interlocked.Increment(ref Resets);
+            Event("reset");
+        }
+
         public void Remove() { }
-        public void Handover() => Interlocked.Increment(ref Handovers);
-        public void Dispose() { }
+
+        public void Handover()
+        {
+            Interlocked.Increment(ref Handovers);
+            Event("handover");
+        }
+
+        public void Dispose() => Event("dispose");
     }
 
     [Fact]
@@ -87,5 +104,35 @@ public sealed class PolicyReconcilerTests : IDisposable
         Assert.Null(switched.Policy.LastError);
         Assert.Equal(1, nft.Handovers); // after bpf applied, never before
         lock (bpf.Applied) Assert.Contains("knp/default/a", bpf.Applied[^1]);
+    }
+
+    [Fact]
+    public async Task A_switch_whose_first_apply_fails_puts_the_old_dataplane_back_before_removing_the_new_one()
+    {
+        await using var run = new ReconcilerRun(_dir);
+        var events = new List<string>();
+        var nft = new FakeDataplane("nftables", events);
+        var attempts = new List<FakeDataplane>();
+        IPolicyDataplane Open(string name)
+        {
+            if (name == "nftables") return nft;
+            var bpf = new FakeDataplane("bpf", events) { FailNext = attempts.Count == 0 ? 1 : 0 };
+            attempts.Add(bpf);
+            return bpf;
+        }
+        await run.StartAsync(new PolicyReconciler(run.Trigger.Cache, run.Trigger, "n1", null, Open, run.State, NullLogger<PolicyReconciler>.Instance));
+        await run.UntilAsync(s => s.Policy.Enforcing);
+        lock (events) events.Clear();
+
+        await run.ApplyAsync(File.ReadAllText(TestEnv.SeedDocument("calico-installation-bpf.yaml")));
+        var failed = await run.UntilAsync(s => s.Policy.Errors == 1);
+        Assert.Equal("the kernel said no", failed.Policy.LastError);
+        Assert.Equal("nftables", failed.Policy.Dataplane);
+        var switched = await run.UntilAsync(s => s.Policy.Dataplane == "bpf"); // the retry
+        Assert.Equal(2, attempts.Count);
+        lock (events)
+            Assert.Equal(["bpf apply failed", "nftables reset", "nftables apply", "bpf handover", "bpf dispose"], events.Take(5));
+        lock (events) Assert.Equal(["bpf apply", "nftables handover", "nftables dispose"], events.Skip(5).Where(e => !e.EndsWith(" reset", StringComparison.Ordinal)));
+        Assert.Null(switched.Policy.LastError);
     }
 }

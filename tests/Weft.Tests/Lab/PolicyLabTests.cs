@@ -178,6 +178,14 @@ public sealed class PolicyLabBehaviourTests
         Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-1", "--stop"));
         Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/late", "--node", "node-1", "--label", "role=client"));
         Assert.False(Connects(lab, "default/late", server), "an unprogrammed pod must not pass traffic");
+        if (dataplane == "bpf")
+        {
+            // With no agent running, the programs on the new interface can only be the plugin's doing.
+            var late = lab.Status()["pods"]!.AsArray().Single(p => p!["name"]!.ToString() == "late")!;
+            var hostInterface = TestEnv.Sh($"ip -n {lab.Netns("node-1")} -o route get {late["ip"]}").Split(" dev ")[1].Split(' ')[0];
+            Assert.Contains("weft_from_pod", TestEnv.Sh($"tc -n {lab.Netns("node-1")} filter show dev {hostInterface} ingress"));
+            Assert.Contains("weft_to_pod", TestEnv.Sh($"tc -n {lab.Netns("node-1")} filter show dev {hostInterface} egress"));
+        }
         Assert.True(Connects(lab, "default/client", server), "existing pods keep their programmed policy while the agent is down");
         Assert.False(Connects(lab, "default/other", server), "and deny stays deny");
         Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-1"));

@@ -131,12 +131,22 @@ public sealed class SeedDocumentLabTests
         Assert.Contains("runs Weft's bpf dataplane", applied);
         Assert.Contains("weft_from_pod", Filters(db));
         Assert.Contains("weft_from_pod", Filters(web));
-        Assert.DoesNotContain("ep-", TestEnv.Sh($"ip netns exec {lab.Netns("node-2")} nft list table inet weft-policy")); // only the guard is left
+        // No netfilter hook decides anything beside the programs: only the flow report of routing drops is left.
+        var ruleset = TestEnv.Sh($"ip netns exec {lab.Netns("node-2")} nft list ruleset");
+        Assert.DoesNotContain("ep-", ruleset);
+        Assert.DoesNotContain("hook forward", ruleset);
+        Assert.DoesNotContain("hook input", ruleset);
         Enforced("bpf");
 
         TestEnv.Ok(lab.Ctl("--lab", lab.Name, "apply", "--wait", "-f", TestEnv.SeedDocument("calico-installation-iptables.yaml")));
         Assert.DoesNotContain("weft_from_pod", Filters(db));
         Enforced("nftables again");
+        // The programs are unpinned: a pod added now gets none from its plugin (nftables decides for it).
+        TestEnv.Ok(lab.Ctl("lab", "add-pod", "--name", lab.Name, "default/web-2", "--node", "node-2", "--label", "app=web", "--port", "80/TCP"));
+        TestEnv.Ok(lab.Ctl("lab", "sync", "--name", lab.Name));
+        var web2 = lab.Status()["pods"]!.AsArray().Single(p => p!["name"]!.ToString() == "web-2")!;
+        Assert.DoesNotContain("weft_from_pod", Filters(web2));
+        Assert.Equal(0, TestEnv.TrySh($"ip netns exec {web2["netns"]} ping -c 1 -W 2 {db["ip"]}").ExitCode);
     }
 
     /// <summary>

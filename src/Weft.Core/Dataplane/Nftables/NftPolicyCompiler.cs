@@ -114,24 +114,12 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
     }
 
     /// <summary>
-    /// The table the BPF dataplane keeps beside its programs: a pod interface the programs are not attached to yet
-    /// passes nothing (fail closed), and new connections to nowhere are reported as with the full table. One set
-    /// lookup per forwarded packet and no verdict maps or chains, so the BPF path stays close to the bare one.
+    /// The table beside the BPF policy dataplane: only the flow report of packets routing drops (with flows on), since
+    /// the programs decide everything else and fail closed by themselves. Empty with flows off: no hook at all.
     /// </summary>
-    public PolicyRuleset CompileGuard(IEnumerable<string> programmedInterfaces)
+    public PolicyRuleset CompileGuard()
     {
         _out = new PolicyRuleset();
-        _out.LogMeanings[FlowLog.Unprogrammed] = "";
-        _out.Sets[BpfProgrammedSet] = new NftSet(BpfProgrammedSet, JsonValue.Create("ifname"),
-            new SortedSet<string>(programmedInterfaces.Select(n => JsonValue.Create(n).ToJsonString()), StringComparer.Ordinal));
-        var excluded = AnonSet(options.Excluded.Select(n => (JsonNode)n));
-        JsonNode[] Unprogrammed(string field, Direction d) =>
-        [
-            Match("==", Meta(field), options.PodInterfacePrefix + "*"), Match("!=", Meta(field), excluded.DeepClone()),
-            Match("!=", Meta(field), "@" + BpfProgrammedSet), .. FlowLogStatement('D', d, FlowLog.Unprogrammed), Verdict("drop"),
-        ];
-        _out.Chains["forward"] = new NftChain("forward", Texts(Rule(Unprogrammed("iifname", Direction.Egress)), Rule(Unprogrammed("oifname", Direction.Ingress))), "forward", 0);
-        _out.Chains["input"] = new NftChain("input", Texts(Rule(Unprogrammed("iifname", Direction.Egress))), "input", 0);
         if (options.FlowLogGroup > 0)
         {
             _out.Chains["prerouting"] = NoRouteChain(tracked: false);
@@ -139,8 +127,6 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
         }
         return _out;
     }
-
-    public const string BpfProgrammedSet = "bpf-programmed";
 
     private NftChain NoRouteChain(bool tracked)
     {
