@@ -72,6 +72,8 @@ public sealed class ConfigAndEnvTests : IDisposable
     [InlineData("""{"cniVersion":"1.1.0","name":"n","type":"weft","ipam":"weft-ipam"}""", 7)]
     [InlineData("""{"cniVersion":"1.1.0","name":"n","type":"weft","ipam":{"type":"../../bin/sh"}}""", 7)]
     [InlineData("""{"cniVersion":"1.1.0","name":"n","type":"weft","datastore":"mysql://x"}""", 7)]
+    [InlineData("""{"cniVersion":"1.1.0","name":"n","type":"weft","bpfPinDir":"sys/fs/bpf"}""", 7)]
+    [InlineData("""{"cniVersion":"1.1.0","name":"n","type":"weft","bpfPinDir":7}""", 7)]
     [InlineData("""{"cniVersion":"1.1.0","name":"n","type":"weft","runtimeConfig":{"ips":["not-an-ip"]}}""", 7)]
     [InlineData("""{"cniVersion":"1.1.0","name":"n","type":"weft","runtimeConfig":{"mac":"zz:zz"}}""", 7)]
     [InlineData("""{"cniVersion":"1.1.0","name":"n","type":"weft","runtimeConfig":{"mac":"01:00:5e:00:00:01"}}""", 7)]
