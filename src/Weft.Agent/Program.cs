@@ -94,15 +94,17 @@ builder.Services.AddHostedService(sp => new RouteReconciler(sp.GetRequiredServic
 // nothing with policy off), else it masquerades itself.
 var natDrivers = new List<Weft.Agent.Drivers.INatDriver>();
 if (bpfMasquerade is not null) natDrivers.Add(bpfMasquerade);
-natDrivers.Add(new NatProgrammer(options.Policy, backend.TunnelPort, masquerade: bpfMasquerade is null));
-builder.Services.AddHostedService(sp => new NatReconciler(sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), natDrivers, state, options.Resync, sp.GetRequiredService<ILogger<NatReconciler>>()));
+natDrivers.Add(new NatProgrammer(backend.TunnelPort, masquerade: bpfMasquerade is null));
+builder.Services.AddHostedService(sp => new NatReconciler(sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), natDrivers, state, options.Resync, sp.GetRequiredService<ILogger<NatReconciler>>(),
+    options.Policy ? options.Dataplane ?? "" : null));
 // The BPF dataplane's numbering, beside the agent's socket (a run-time directory; one per node in the lab).
 string BpfStateDir() => Path.ChangeExtension(Path.GetFullPath(options.SocketPath), ".bpf-policy-ids.json");
 Weft.Agent.Drivers.IPolicyDataplane OpenDataplane(string name)
 {
     var nftOptions = new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(FlowLogGroup: flowsOn ? FlowLogGroup : 0, TunnelPort: backend.TunnelPort);
     if (name != "bpf") return new Weft.Agent.Drivers.NftPolicyDataplane(nftOptions);
-    var bpf = Weft.Agent.Bpf.BpfPolicyDataplane.Load(options.BpfPinDir, BpfStateDir(), nftOptions, log, options.BpfPolicyObject);
+    var bpf = Weft.Agent.Bpf.BpfPolicyDataplane.Load(options.BpfPinDir, BpfStateDir(), nftOptions, log, options.BpfPolicyObject,
+        tunnelDevice: backend.TunnelPort is null ? null : Weft.Model.Ownership.VxlanDevice);
     if (flowsOn) bpf.StartEvents(bpfVerdicts.Post);
     return bpf;
 }
@@ -113,7 +115,8 @@ if (!options.Policy)
     dataplane.Remove();
     try
     {
-        using var bpf = Weft.Agent.Bpf.BpfPolicyDataplane.Load(options.BpfPinDir, BpfStateDir(), new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(), log);
+        using var bpf = Weft.Agent.Bpf.BpfPolicyDataplane.Load(options.BpfPinDir, BpfStateDir(), new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(), log,
+            tunnelDevice: backend.TunnelPort is null ? null : Weft.Model.Ownership.VxlanDevice);
         bpf.Handover();
     }
     catch (Exception e) when (e is Weft.Bpf.BpfException or DllNotFoundException or IOException) { }

@@ -23,13 +23,15 @@ namespace Weft.Agent.Bpf;
 /// </summary>
 public sealed class BpfPolicyDataplane : IPolicyDataplane
 {
-    public const string FromPod = "weft_from_pod", ToPod = "weft_to_pod";
+    public const string FromPod = "weft_from_pod", ToPod = "weft_to_pod", FromNode = "weft_from_node";
     private static readonly string[] PinnedMaps = ["ipcache", "endpoints", "policy", "sports", "ct"];
 
     private readonly BpfObject _obj;
     private readonly string _pinDir;
     private readonly string _idsPath;
     private readonly NftPolicyCompiler.Options _guardOptions;
+    private readonly string? _tunnelDevice;
+    private int _tunnelAttached;
     private readonly BpfPolicyCompiler _compiler;
     private readonly NftPolicyCompiler _guardCompiler;
     private readonly LibNftTransport _nft = new();
@@ -56,8 +58,9 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         public HashSet<SportKey> StraySports { get; } = [];
     }
 
-    private BpfPolicyDataplane(BpfObject obj, string pinDir, string idsPath, BpfPolicyIds? ids, NftPolicyCompiler.Options guard, ILogger log)
+    private BpfPolicyDataplane(BpfObject obj, string pinDir, string idsPath, BpfPolicyIds? ids, NftPolicyCompiler.Options guard, string? tunnelDevice, ILogger log)
     {
+        _tunnelDevice = tunnelDevice;
         _obj = obj;
         _pinDir = pinDir;
         _idsPath = idsPath;
@@ -74,8 +77,10 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
     /// kernel refuses them; nothing is attached or changed then. <paramref name="objectPath"/> replaces the built-in
     /// object (tests load a broken one to see the refusal). The numbers handed out are kept in <paramref name="idsPath"/>
     /// (bpffs holds only pins; a run-time directory is right: the pins do not outlive a reboot either).
+    /// <paramref name="tunnelDevice"/>: where packets from other nodes' pods arrive (the VXLAN device), for the report
+    /// of those routing drops; without one (host-gw) a netfilter chain reports them.
     /// </summary>
-    public static BpfPolicyDataplane Load(string pinDir, string idsPath, NftPolicyCompiler.Options guard, ILogger log, string? objectPath = null)
+    public static BpfPolicyDataplane Load(string pinDir, string idsPath, NftPolicyCompiler.Options guard, ILogger log, string? objectPath = null, string? tunnelDevice = null)
     {
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(idsPath))!);
         BpfPins.Ensure(pinDir);
@@ -98,7 +103,7 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         }
         ids ??= new BpfPolicyIds();
         AboveKernel(obj, ids);
-        return new BpfPolicyDataplane(obj, pinDir, idsPath, ids, guard, log);
+        return new BpfPolicyDataplane(obj, pinDir, idsPath, ids, guard, tunnelDevice, log);
     }
 
     /// <summary>
@@ -157,7 +162,8 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         // Pinned before the interfaces are listed: a pod's interface made after that list finds the pins (its plugin
         // attaches), one made before it is in the list (attached below).
         if (full) PolicyProgramPins.Pin(_pinDir, fromPod, toPod);
-        var ifindex = Links(state.Endpoints.Keys, full, out var unknown);
+        var reportsOnTunnel = _tunnelDevice is not null && _guardOptions.FlowLogGroup > 0;
+        var ifindex = Links(reportsOnTunnel ? state.Endpoints.Keys.Append(_tunnelDevice!) : state.Endpoints.Keys, full, out var unknown);
         var applied = _applied ?? Adopt();
         _applied = null; // until this apply completes, the kernel state is not known exactly
         var changes = 0;
@@ -210,7 +216,7 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         var liveIndexes = new HashSet<int>();
         foreach (var (name, (egress, ingress)) in state.Endpoints)
         {
-            if (!ifindex.TryGetValue(name, out var index)) continue;
+            if (!ifindex.TryGetValue(name, out var index) || name == _tunnelDevice) continue;
             liveIndexes.Add(index);
             var value = new EndpointValue { EgressProgram = egress, IngressProgram = ingress };
             if (!applied.Endpoints.TryGetValue(index, out var had) || had.EgressProgram != egress || had.IngressProgram != ingress)
@@ -225,14 +231,24 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
                 Tc.Attach(index, ingress: false, toPod, Ownership.TcHandle, Ownership.TcPriority);
             }
         }
-        // 4. The table of flow reports (routing drops), once.
+        // 4. Routing drops of packets from other nodes are reported by the program on the tunnel device, or by a
+        // netfilter chain without one. Either replaces the nftables dataplane's table (the programs enforce by now).
+        if (reportsOnTunnel && ifindex.TryGetValue(_tunnelDevice!, out var tunnel) && (full || tunnel != _tunnelAttached))
+        {
+            Tc.Attach(tunnel, ingress: true, _obj.ProgramFd(FromNode), Ownership.TcHandle, Ownership.TcPriority);
+            _tunnelAttached = tunnel;
+        }
         if (_guard is null)
         {
-            var guard = _guardCompiler.CompileGuard();
             var driver = new NftPolicyDriver(_nft);
-            driver.Apply(guard);
+            if (_tunnelDevice is not null) driver.Remove();
+            else
+            {
+                var guard = _guardCompiler.CompileGuard();
+                driver.Apply(guard);
+                _guardMeanings = guard.LogMeanings;
+            }
             _guard = driver;
-            _guardMeanings = guard.LogMeanings;
         }
         // 5. What nothing refers to any more.
         foreach (var gone in applied.Endpoints.Keys.Where(i => !liveIndexes.Contains(i)).ToList())
@@ -402,7 +418,7 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
     {
         PolicyProgramPins.Unpin(_pinDir);
         using (var nl = RtNetlink.Open())
-            foreach (var link in nl.ListLinks().Where(l => IsPodInterface(l.Name)))
+            foreach (var link in nl.ListLinks().Where(l => IsPodInterface(l.Name) || l.Name == _tunnelDevice))
             {
                 Tc.Detach(link.Index, ingress: true, Ownership.TcHandle, Ownership.TcPriority);
                 Tc.Detach(link.Index, ingress: false, Ownership.TcHandle, Ownership.TcPriority);
@@ -414,6 +430,7 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         Clear<CtKey>("ct");
         File.Delete(_idsPath);
         _applied = null;
+        _tunnelAttached = 0;
         _garbage.Clear();
         _links.Clear();
     }

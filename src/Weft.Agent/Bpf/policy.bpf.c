@@ -12,7 +12,10 @@
 // switch) keeps going: switching dataplanes drops no established connection.
 // A policy change writes a new program number's entries and switches the endpoint to it in one map update, so a
 // packet sees the old policy or the new one, never neither. Maps are pinned: an agent restart keeps them all.
-// An interface with the programs but no endpoint entry drops everything (fail closed).
+// An interface with the programs but no endpoint entry drops everything (fail closed). The CNI plugin attaches the
+// pinned programs before a new pod can send. A third program on the tunnel device reports packets from other nodes
+// that routing will drop (weft_from_node), as the programs on pod interfaces do for packets from pods: with flows
+// on, the node still has no netfilter hook.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -39,6 +42,7 @@
 #define ACTION_DROP 3    // nothing allowed: end of tier
 #define ACTION_PROFILE 4 // no policy decided: the namespace profile allows
 #define ACTION_UNPROGRAMMED 5
+#define ACTION_NO_ROUTE 6 // routing drops it (a blackhole: an address of the node's blocks no pod has)
 
 // Identities of 0.0.0.0/0 and ::/0, fixed.
 #define WORLD_V4 1
@@ -346,6 +350,28 @@ static __always_inline int kernel_established(struct __sk_buff *skb, const struc
 	return seen;
 }
 
+// A new connection to an address routing drops (blackhole, unreachable, prohibit). The kernel's answer for "no route
+// at all" is the same as for a local address (not forwarded), so only those three are reported.
+static __always_inline int no_route(struct __sk_buff *skb, const struct packet *p)
+{
+	struct bpf_fib_lookup f = {};
+	f.ifindex = skb->ingress_ifindex;
+	f.l4_protocol = p->protocol;
+	f.sport = bpf_htons(p->sport);
+	f.dport = bpf_htons(p->dport);
+	if (p->family == FAMILY_V4) {
+		f.family = 2; // AF_INET
+		__builtin_memcpy(&f.ipv4_src, p->saddr, 4);
+		__builtin_memcpy(&f.ipv4_dst, p->daddr, 4);
+	} else {
+		f.family = 10; // AF_INET6
+		__builtin_memcpy(f.ipv6_src, p->saddr, 16);
+		__builtin_memcpy(f.ipv6_dst, p->daddr, 16);
+	}
+	int rc = bpf_fib_lookup(skb, &f, sizeof(f), 0);
+	return rc == BPF_FIB_LKUP_RET_BLACKHOLE || rc == BPF_FIB_LKUP_RET_UNREACHABLE || rc == BPF_FIB_LKUP_RET_PROHIBIT;
+}
+
 static __always_inline void report(__u32 ifindex, const struct packet *p, int direction, __u8 action, __u32 token, __u8 kind, __u64 now)
 {
 	struct flow_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
@@ -393,6 +419,11 @@ static __always_inline int decide(struct __sk_buff *skb, int direction)
 		struct ct_entry e = { .last_seen = now };
 		bpf_map_update_elem(&ct, &k, &e, BPF_ANY);
 		return TC_ACT_OK;
+	}
+
+	if (direction == DIR_EGRESS && no_route(skb, &p)) {
+		report(ifindex, &p, direction, ACTION_NO_ROUTE, 0, EVENT_VERDICT, now);
+		return TC_ACT_SHOT;
 	}
 
 	__u32 program = direction == DIR_EGRESS ? ep->egress_program : ep->ingress_program;
@@ -447,6 +478,21 @@ SEC("tc")
 int weft_to_pod(struct __sk_buff *skb)
 {
 	return decide(skb, DIR_INGRESS);
+}
+
+// On the tunnel device: packets from other nodes' pods, reported when routing will drop them (nothing is decided
+// here: ingress policy is the destination pod's program). Only what may start a connection is looked up.
+SEC("tc")
+int weft_from_node(struct __sk_buff *skb)
+{
+	struct packet p = {};
+	if (parse(skb, &p) <= 0)
+		return TC_ACT_OK;
+	if (p.protocol == IPPROTO_TCP && (p.tcp_flags & 0x12) != 0x02)
+		return TC_ACT_OK;
+	if (no_route(skb, &p))
+		report(skb->ifindex, &p, DIR_INGRESS, ACTION_NO_ROUTE, 0, EVENT_VERDICT, bpf_ktime_get_ns());
+	return TC_ACT_OK;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -9,10 +9,11 @@ namespace Weft.Agent.Drivers;
 /// natOutgoing: traffic from pools marked natOutgoing to anything outside every pool is masqueraded to the node's
 /// address. The whole table is rebuilt in one nftables transaction (add, delete, re-add), so there is never a
 /// moment with neither the old nor the new rules; it is only rewritten when the pool set changes. With the BPF
-/// masquerade (<paramref name="masquerade"/> false) the table keeps only what connection tracking for policy needs,
-/// and nothing at all with policy off: a node without conntrack users pays no netfilter cost per packet.
+/// masquerade (<paramref name="masquerade"/> false) the table keeps only what connection tracking for policy needs
+/// (the nftables policy dataplane), and nothing at all with policy off or the BPF policy dataplane: a node without
+/// conntrack users pays no netfilter cost per packet.
 /// </summary>
-public sealed class NatProgrammer(bool policyEnforced, int? tunnelPort = null, bool masquerade = true) : INatDriver
+public sealed class NatProgrammer(int? tunnelPort = null, bool masquerade = true) : INatDriver
 {
     public string Mode => "nftables";
 
@@ -26,14 +27,14 @@ public sealed class NatProgrammer(bool policyEnforced, int? tunnelPort = null, b
         if (key == _applied) return false;
         using var nft = new Nft();
         // Connection tracking runs only for policy or for masquerading; untracking only pays where it runs.
-        var tracked = policyEnforced || masq.Count > 0;
-        nft.Run(Build(masq, cluster, untrackPodToPod: !policyEnforced, tunnelPort: tracked ? tunnelPort : null));
+        var tracked = pools.PolicyConntrack || masq.Count > 0;
+        nft.Run(Build(masq, cluster, untrackPodToPod: !pools.PolicyConntrack, tunnelPort: tracked ? tunnelPort : null));
         _applied = key;
         return true;
     }
 
     /// <param name="untrackPodToPod">
-    /// Only with policy enforcement off: pod-to-pod traffic then needs no connection tracking, so it is marked
+    /// Only where policy does not use conntrack (off, or the BPF dataplane): pod-to-pod traffic then needs no connection tracking, so it is marked
     /// untracked and only flows that may be masqueraded pay for conntrack (measured: tracking every packet cost ~10-15%
     /// of VXLAN throughput here). With policy on, replies must be tracked (established) and this stays off.
     /// </param>

@@ -116,11 +116,11 @@ public sealed class FlowCollector(FlowRing ring, FlowIdentities ids, FlowCounter
         f.TrafficDirection = e.Direction == 1 ? "INGRESS" : "EGRESS";
         var allowed = e.Action is BpfAction.Allow or BpfAction.Profile;
         f.Verdict = allowed ? "FORWARDED" : "DROPPED";
-        if (!allowed) f.DropReasonDesc = e.Action == BpfAction.Deny ? "POLICY_DENY" : "POLICY_DENIED";
+        if (!allowed) f.DropReasonDesc = e.Action switch { BpfAction.Deny => "POLICY_DENY", BpfAction.NoRoute => "NO_ROUTE", _ => "POLICY_DENIED" };
         f.Policy = e.Action switch
         {
             BpfAction.Unprogrammed => "(endpoint not programmed yet)",
-            BpfAction.Profile => "",
+            BpfAction.Profile or BpfAction.NoRoute => "",
             _ => ids.Meaning(Bpf.BpfPolicyDataplane.TokenKey(e.Token)) ?? "",
         };
         return f;

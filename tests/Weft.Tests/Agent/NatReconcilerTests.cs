@@ -60,4 +60,27 @@ public sealed class NatReconcilerTests : IDisposable
             Assert.Equal(1, calls.Count(c => c == $"nftables:{off}")); // not reached while BPF failed
         }
     }
+
+    [Fact]
+    public async Task Conntrack_for_policy_follows_the_installations_dataplane_unless_one_is_forced()
+    {
+        await using var run = new ReconcilerRun(_dir);
+        var calls = new List<string>();
+        await run.StartAsync(new NatReconciler(run.Trigger.Cache, run.Trigger, [new FakeNatDriver("nftables", calls)], run.State, TimeSpan.FromSeconds(30),
+            NullLogger<NatReconciler>.Instance, policyDataplane: ""));
+        await run.ApplyAsync("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.50.0.0/16}\n");
+        var revision = await run.Store.RevisionAsync();
+        await run.UntilAsync(s => s.NatRevision >= revision);
+        lock (calls) Assert.EndsWith("|ct", calls[^1]); // no Installation: nftables, which tracks connections
+
+        await run.ApplyAsync(File.ReadAllText(Support.TestEnv.SeedDocument("calico-installation-bpf.yaml")));
+        revision = await run.Store.RevisionAsync();
+        await run.UntilAsync(s => s.NatRevision >= revision);
+        lock (calls) Assert.DoesNotContain("|ct", calls[^1]); // the BPF programs use no kernel conntrack: nothing to untrack
+
+        await run.ApplyAsync(File.ReadAllText(Support.TestEnv.SeedDocument("calico-installation-iptables.yaml")));
+        revision = await run.Store.RevisionAsync();
+        await run.UntilAsync(s => s.NatRevision >= revision);
+        lock (calls) Assert.EndsWith("|ct", calls[^1]);
+    }
 }

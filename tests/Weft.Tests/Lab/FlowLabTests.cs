@@ -69,6 +69,8 @@ public abstract class FlowVerdictTests(FlowLabFixture fixture)
         return r.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonNode.Parse(l)!.AsObject()).ToList();
     }
 
+    protected string PodIp(string pod) => Lab.Status()["pods"]!.AsArray().Single(p => p!["pod"]!.ToString() == pod)!["ip"]!.ToString();
+
     protected static string Since() => DateTime.UtcNow.AddMilliseconds(-1).ToString("yyyy-MM-ddTHH:mm:ss.fffZ", CultureInfo.InvariantCulture);
 
     protected static JsonObject Flow(JsonObject line) => line["flow"]!.AsObject();
@@ -153,6 +155,33 @@ public abstract class FlowVerdictTests(FlowLabFixture fixture)
         }
     }
 
+
+    [Fact]
+    public void A_connection_to_an_unused_address_of_a_nodes_block_is_a_no_route_drop_and_stays_in_the_node()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        Assert.True(Fixture.Ready, "the lab did not come up");
+        // pod-1's node owns pod-1's block; 30 addresses further up nobody lives (the lab has two pods per node).
+        var ghost = new System.Net.IPAddress(BitConverter.GetBytes(System.Net.IPAddress.HostToNetworkOrder(
+            System.Net.IPAddress.NetworkToHostOrder(BitConverter.ToInt32(System.Net.IPAddress.Parse(PodIp("default/pod-1")).GetAddressBytes())) + 30))).ToString();
+        var blackholes = TestEnv.Ok(TestEnv.Run("ip", ["-n", Lab.Netns("node-1"), "route", "show", "type", "blackhole"])).Stdout;
+        Assert.Contains("proto 88", blackholes);
+        var since = Since();
+        TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-2", "--", "sh", "-c", $"echo | nc -w1 {ghost} 80 >/dev/null; true"));
+        TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-3", "--", "sh", "-c", $"echo | nc -w1 {ghost} 80 >/dev/null; true"));
+        var drops = Observe("--since", since, "--verdict", "DROPPED", "--to-ip", ghost).Select(Flow).ToList();
+        // From pod-2 (node-2) it arrives over the tunnel: ingress at node-1; from pod-3 (node-1) it never leaves: egress.
+        Assert.Contains(drops, f => Pod(f, "source") == "default/pod-2" && f["traffic_direction"]!.ToString() == "INGRESS" && f["node_name"]!.ToString() == "node-1");
+        Assert.Contains(drops, f => Pod(f, "source") == "default/pod-3" && f["traffic_direction"]!.ToString() == "EGRESS" && f["node_name"]!.ToString() == "node-1");
+        Assert.All(drops, f => Assert.Equal("NO_ROUTE", f["drop_reason_desc"]!.ToString()));
+
+        // The node's own addresses have no outgoing interface either, but they are routed (locally): no drop.
+        var node1 = Lab.Status()["nodes"]!.AsArray().Single(n => n!["name"]!.ToString() == "node-1")!["underlayIP"]!.ToString();
+        since = Since();
+        TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-3", "--", "sh", "-c", $"echo | nc -w1 {node1} 9962 >/dev/null; true"));
+        TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-2", "--", "sh", "-c", $"echo | nc -w1 {node1} 9962 >/dev/null; true"));
+        Assert.Empty(Observe("--since", since, "--verdict", "DROPPED", "--to-ip", node1));
+    }
 }
 
 /// <summary>`weftctl observe` and `weftctl status` against real agents: what the matrix probes is what the flows say.</summary>
@@ -351,33 +380,6 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : FlowVerdictTests(fixt
     }
 
     [Fact]
-    public void A_connection_to_an_unused_address_of_a_nodes_block_is_a_no_route_drop_and_stays_in_the_node()
-    {
-        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
-        Assert.True(Fixture.Ready, "the lab did not come up");
-        // pod-1's node owns pod-1's block; 30 addresses further up nobody lives (the lab has two pods per node).
-        var ghost = new System.Net.IPAddress(BitConverter.GetBytes(System.Net.IPAddress.HostToNetworkOrder(
-            System.Net.IPAddress.NetworkToHostOrder(BitConverter.ToInt32(System.Net.IPAddress.Parse(PodIp("default/pod-1")).GetAddressBytes())) + 30))).ToString();
-        var blackholes = TestEnv.Ok(TestEnv.Run("ip", ["-n", Lab.Netns("node-1"), "route", "show", "type", "blackhole"])).Stdout;
-        Assert.Contains("proto 88", blackholes);
-        var since = Since();
-        TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-2", "--", "sh", "-c", $"echo | nc -w1 {ghost} 80 >/dev/null; true"));
-        TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-3", "--", "sh", "-c", $"echo | nc -w1 {ghost} 80 >/dev/null; true"));
-        var drops = Observe("--since", since, "--verdict", "DROPPED", "--to-ip", ghost).Select(Flow).ToList();
-        // From pod-2 (node-2) it arrives over the tunnel: ingress at node-1; from pod-3 (node-1) it never leaves: egress.
-        Assert.Contains(drops, f => Pod(f, "source") == "default/pod-2" && f["traffic_direction"]!.ToString() == "INGRESS" && f["node_name"]!.ToString() == "node-1");
-        Assert.Contains(drops, f => Pod(f, "source") == "default/pod-3" && f["traffic_direction"]!.ToString() == "EGRESS" && f["node_name"]!.ToString() == "node-1");
-        Assert.All(drops, f => Assert.Equal("NO_ROUTE", f["drop_reason_desc"]!.ToString()));
-
-        // The node's own addresses have no outgoing interface either, but they are routed (locally): no drop.
-        var node1 = Lab.Status()["nodes"]!.AsArray().Single(n => n!["name"]!.ToString() == "node-1")!["underlayIP"]!.ToString();
-        since = Since();
-        TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-3", "--", "sh", "-c", $"echo | nc -w1 {node1} 9962 >/dev/null; true"));
-        TestEnv.Ok(Lab.Ctl("lab", "exec", "--name", Lab.Name, "default/pod-2", "--", "sh", "-c", $"echo | nc -w1 {node1} 9962 >/dev/null; true"));
-        Assert.Empty(Observe("--since", since, "--verdict", "DROPPED", "--to-ip", node1));
-    }
-
-    [Fact]
     public void An_agent_killed_and_restarted_captures_flows_again()
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
@@ -417,8 +419,6 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : FlowVerdictTests(fixt
             TestEnv.Ok(Lab.Ctl("--lab", Lab.Name, "delete", "knp", "default/isolate-pod-1"));
         }
     }
-
-    private string PodIp(string pod) => Lab.Status()["pods"]!.AsArray().Single(p => p!["pod"]!.ToString() == pod)!["ip"]!.ToString();
 
     private static long RssKiB(int pid) =>
         long.Parse(File.ReadAllLines($"/proc/{pid}/status").Single(l => l.StartsWith("VmRSS:", StringComparison.Ordinal)).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);

@@ -25,7 +25,8 @@ namespace Weft.Dataplane.Bpf;
 
 public static class BpfAction
 {
-    public const byte Allow = 1, Deny = 2, Drop = 3, Profile = 4, Unprogrammed = 5;
+    /// <summary>As policy.bpf.c's ACTION_*: NoRoute is no policy's verdict (routing drops the packet).</summary>
+    public const byte Allow = 1, Deny = 2, Drop = 3, Profile = 4, Unprogrammed = 5, NoRoute = 6;
 }
 
 /// <summary>What one policy trie entry decides. <see cref="SportTable"/> nonzero: look the source port up there.</summary>

@@ -114,21 +114,22 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
     }
 
     /// <summary>
-    /// The table beside the BPF policy dataplane: only the flow report of packets routing drops (with flows on), since
-    /// the programs decide everything else and fail closed by themselves. Empty with flows off: no hook at all.
+    /// The table beside the BPF policy dataplane where it has no tunnel device to put its report program on (host-gw):
+    /// only the flow report of packets from other nodes that routing drops (with flows on). The programs decide
+    /// everything else, report packets from pods themselves and fail closed by themselves. Empty with flows off.
     /// </summary>
     public PolicyRuleset CompileGuard()
     {
         _out = new PolicyRuleset();
         if (options.FlowLogGroup > 0)
         {
-            _out.Chains["prerouting"] = NoRouteChain(tracked: false);
+            _out.Chains["prerouting"] = NoRouteChain(tracked: false, fromPods: false);
             _out.LogMeanings[FlowLog.NoRoute] = "";
         }
         return _out;
     }
 
-    private NftChain NoRouteChain(bool tracked)
+    private NftChain NoRouteChain(bool tracked, bool fromPods = true)
     {
         var fromPod = new JsonArray(Match("==", Meta("iifname"), options.PodInterfacePrefix + "*"), Match("!=", Meta("iifname"), AnonSet(options.Excluded.Select(n => (JsonNode)n))));
         // A new connection to an address the node routes nowhere (an address of this node's blocks with no pod:
@@ -157,7 +158,9 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
         return new NftChain("prerouting", Texts([
             .. skip,
             // accept only ends this chain; routing still drops the packet.
-            Rule([.. IsNew(), .. fromPod.Select(n => n!.DeepClone()), .. NoRoute(), .. FlowLogStatement('D', Direction.Egress, FlowLog.NoRoute), Verdict("accept")]),
+            fromPods
+                ? Rule([.. IsNew(), .. fromPod.Select(n => n!.DeepClone()), .. NoRoute(), .. FlowLogStatement('D', Direction.Egress, FlowLog.NoRoute), Verdict("accept")])
+                : Rule([.. fromPod.Select(n => n!.DeepClone()), Verdict("return")]),
             Rule([.. IsNew(), .. NoRoute(), .. FlowLogStatement('D', Direction.Ingress, FlowLog.NoRoute)])]),
             "prerouting", -150);
     }
