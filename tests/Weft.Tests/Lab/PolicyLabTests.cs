@@ -132,6 +132,27 @@ public sealed class PolicyLabBehaviourTests
           - action: Deny
         """;
 
+    /// <summary>What a node's kernel enforces: the nftables table, or the BPF programs' pinned maps (every entry, in hex).</summary>
+    private static string KernelPolicy(LabRun lab, string node, string dataplane)
+    {
+        if (dataplane == "nftables") return TestEnv.Sh($"ip netns exec {lab.Netns(node)} nft list table inet weft-policy");
+        var dir = $"/var/lib/weft/labs/{lab.Name}/bpf/{node}";
+        return string.Join("\n",
+            DumpPinned<int, Weft.Agent.Bpf.EndpointValue>(Path.Combine(dir, "policy_endpoints")),
+            DumpPinned<Weft.Agent.Bpf.PolicyKey, Weft.Agent.Bpf.Verdict>(Path.Combine(dir, "policy_policy")),
+            DumpPinned<Weft.Agent.Bpf.IpcacheKey, uint>(Path.Combine(dir, "policy_ipcache")));
+    }
+
+    private static string DumpPinned<TKey, TValue>(string path) where TKey : unmanaged where TValue : unmanaged
+    {
+        var fd = Weft.Native.BpfNative.bpf_obj_get(path);
+        Assert.True(fd >= 0, $"{path}: not pinned ({fd})");
+        using var handle = new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
+        var map = new Weft.Bpf.BpfMap(Path.GetFileName(path), fd);
+        static string Hex<T>(T v) where T : unmanaged => Convert.ToHexString(System.Runtime.InteropServices.MemoryMarshal.AsBytes(new ReadOnlySpan<T>(in v)));
+        return string.Join("\n", map.Keys<TKey>().Select(k => Hex(k) + "=" + (map.TryLookup(k, out TValue v) ? Hex(v) : "gone")).Order(StringComparer.Ordinal));
+    }
+
     private static bool Connects(LabRun lab, string from, string toIp, int port = 80) =>
         TestEnv.Run("ip", ["netns", "exec", lab.Netns("p-" + from.Replace('/', '-')), "nc", "-z", "-w", "1", toIp, port.ToString(System.Globalization.CultureInfo.InvariantCulture)]).ExitCode == 0;
 
@@ -201,7 +222,7 @@ public sealed class PolicyLabBehaviourTests
         Assert.True(Connects(lab, "default/client", server));
 
         // A bad document is refused whole: nothing changes in the datastore or the kernel.
-        var rulesBefore = TestEnv.Sh($"ip netns exec {lab.Netns("node-2")} nft list table inet weft-policy");
+        var rulesBefore = KernelPolicy(lab, "node-2", dataplane);
         var bad = Path.Combine(Path.GetTempPath(), $"weft-bad-{lab.Name}.yaml");
         File.WriteAllText(bad, """
             apiVersion: networking.k8s.io/v1
@@ -227,7 +248,7 @@ public sealed class PolicyLabBehaviourTests
         }
         finally { File.Delete(bad); }
         Ok(lab.Ctl("lab", "sync", "--name", lab.Name));
-        Assert.Equal(rulesBefore, TestEnv.Sh($"ip netns exec {lab.Netns("node-2")} nft list table inet weft-policy"));
+        Assert.Equal(rulesBefore, KernelPolicy(lab, "node-2", dataplane));
         Assert.False(Connects(lab, "default/other", server));
 
         // Deleting the policy opens the path again.
