@@ -47,6 +47,50 @@ public sealed class BpfPolicyCompilerTests
         }
     }
 
+    /// <summary>
+    /// Endpoints alike share an identity; one relabelled, renamespaced or given other ports must leave it (the
+    /// compiler keeps endpoints' identity keys between compiles, checked against what they were built from).
+    /// </summary>
+    [Theory]
+    [InlineData("metadata: {name: twin, namespace: prod, labels: {app: web}}\nstatus: {podIP: 10.1.9.2}")]
+    [InlineData("metadata: {name: twin, namespace: prod, labels: {app: database, extra: x}}\nstatus: {podIP: 10.1.9.2}")]
+    [InlineData("metadata: {name: twin, namespace: prod, labels: {app: database}}\nspec: {containers: [{name: c, ports: [{name: pg, containerPort: 5433}]}]}\nstatus: {podIP: 10.1.9.2}")]
+    [InlineData("metadata: {name: twin, namespace: prod, labels: {app: database}}\nstatus: {podIP: 10.1.9.3}")]
+    public void An_endpoint_that_changes_leaves_the_identity_it_shared(string twinAfter)
+    {
+        const string Before = "metadata: {name: twin, namespace: prod, labels: {app: database}}\nstatus: {podIP: 10.1.9.2}";
+        const string Policies = """
+            apiVersion: networking.k8s.io/v1
+            kind: NetworkPolicy
+            metadata: {name: db-from-web, namespace: prod}
+            spec:
+              podSelector: {matchLabels: {app: database}}
+              ingress:
+              - from: [{podSelector: {matchLabels: {app: web}}}]
+              - from: [{podSelector: {matchLabels: {extra: x}}}]
+                ports: [{port: 80}]
+              - ports: [{port: pg}]
+            ---
+            apiVersion: networking.k8s.io/v1
+            kind: NetworkPolicy
+            metadata: {name: twin-out, namespace: prod}
+            spec:
+              podSelector: {matchLabels: {app: database}}
+              policyTypes: [Egress]
+              egress:
+              - to: [{ipBlock: {cidr: 10.1.9.3/32}}]
+            ---
+            apiVersion: v1
+            kind: Pod
+            metadata: {name: db2, namespace: prod, labels: {app: database}}
+            status: {podIP: 10.1.9.1}
+            """;
+        static PolicyScenario With(string twin) => PolicyWorlds.Scenario(Policies + "\n---\napiVersion: v1\nkind: Pod\n" + twin + "\n", checkPods: false);
+        var compiler = new BpfPolicyCompiler();
+        AssertSameAsEvaluator(With(Before), compiler, "before");
+        AssertSameAsEvaluator(With(twinAfter), compiler, "after");
+    }
+
     [Fact]
     public void Random_apply_sequences_end_equal_to_a_fresh_apply()
     {
