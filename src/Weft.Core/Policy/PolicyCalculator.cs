@@ -1,3 +1,5 @@
+using System.Net;
+using System.Net.Sockets;
 using Weft.Policy.Ir;
 
 namespace Weft.Policy;
@@ -28,5 +30,48 @@ public static class PolicyCalculator
             if (applicable.Count > 0) tiers.Add((tier, applicable));
         }
         return new TieredPolicies(direction, tiers);
+    }
+
+    /// <summary>
+    /// A peer's selector parts resolved to addresses of one family: every endpoint in the cluster the peer's
+    /// namespace, namespaceSelector and selector pick, or with <paramref name="negated"/> every endpoint its
+    /// notSelector picks. Sorted and distinct, so equal worlds give equal sets whatever order endpoints came in.
+    /// </summary>
+    public static IReadOnlyList<IPAddress> SelectorAddresses(PolicyWorld world, PeerMatch peer, AddressFamily family, bool negated = false)
+    {
+        var positive = peer with { NotSelector = null };
+        var addresses = new SortedSet<IPAddress>(AddressOrder.Instance);
+        foreach (var ep in world.Endpoints)
+        {
+            var hit = negated ? peer.NotSelector!.Matches(world.LabelsOf(ep)) : world.MatchesEndpointParts(positive, ep);
+            if (hit) addresses.UnionWith(ep.Addresses.Where(a => a.AddressFamily == family));
+        }
+        return [.. addresses];
+    }
+
+    /// <summary>Every endpoint address of one family with a container port of this name (and protocol, when given), with that port.</summary>
+    public static IReadOnlyList<(IPAddress Address, int Port)> NamedPortAddresses(PolicyWorld world, string portName, int? protocol, AddressFamily family)
+    {
+        var pairs = new SortedSet<(IPAddress Address, int Port)>(Comparer<(IPAddress Address, int Port)>.Create((x, y) =>
+            AddressOrder.Instance.Compare(x.Address, y.Address) is var c && c != 0 ? c : x.Port.CompareTo(y.Port)));
+        foreach (var ep in world.Endpoints)
+            foreach (var port in ep.Ports.Where(p => p.Name == portName && (protocol is null || p.Protocol == protocol)))
+                foreach (var a in ep.Addresses.Where(a => a.AddressFamily == family)) pairs.Add((a, port.Port));
+        return [.. pairs];
+    }
+
+    private sealed class AddressOrder : IComparer<IPAddress>
+    {
+        public static readonly AddressOrder Instance = new();
+
+        public int Compare(IPAddress? x, IPAddress? y)
+        {
+            if (ReferenceEquals(x, y)) return 0;
+            if (x is null || y is null) return x is null ? -1 : 1;
+            Span<byte> a = stackalloc byte[16], b = stackalloc byte[16];
+            x.TryWriteBytes(a, out var la);
+            y.TryWriteBytes(b, out var lb);
+            return la != lb ? la.CompareTo(lb) : a[..la].SequenceCompareTo(b[..lb]);
+        }
     }
 }

@@ -445,7 +445,7 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
         return alternatives;
     }
 
-    /// <summary>The addresses of every endpoint in the cluster the peer's selector parts (or its notSelector) pick.</summary>
+    /// <summary>The set of the addresses the calculator resolves the peer's selector parts (or its notSelector) to.</summary>
     private string SelectorSet(PeerMatch peer, int family, bool negated)
     {
         _recording?.Add(() => SelectorSet(peer, family, negated));
@@ -453,30 +453,20 @@ public sealed class NftPolicyCompiler(NftPolicyCompiler.Options options)
         var name = $"sel-{Hash(key)}-{family}";
         if (_out.Sets.ContainsKey(name)) return name;
         var fam = family == 4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6;
-        var positive = peer with { NotSelector = null };
-        var elements = new SortedSet<string>(StringComparer.Ordinal);
-        foreach (var ep in _world.Endpoints)
-        {
-            var hit = negated ? peer.NotSelector!.Matches(_world.LabelsOf(ep)) : _world.MatchesEndpointParts(positive, ep);
-            if (!hit) continue;
-            foreach (var a in ep.Addresses.Where(a => a.AddressFamily == fam)) elements.Add(JsonValue.Create(a.ToString()).ToJsonString());
-        }
+        var elements = new SortedSet<string>(PolicyCalculator.SelectorAddresses(_world, peer, fam, negated).Select(a => JsonValue.Create(a.ToString()).ToJsonString()), StringComparer.Ordinal);
         _out.Sets[name] = new NftSet(name, JsonValue.Create(family == 4 ? "ipv4_addr" : "ipv6_addr"), elements);
         return name;
     }
 
-    /// <summary>address·port pairs of every endpoint with a container port of this name and protocol.</summary>
+    /// <summary>The set of the address·port pairs the calculator resolves a named port to.</summary>
     private string NamedPortSet(string portName, int? protocol, int family)
     {
         _recording?.Add(() => NamedPortSet(portName, protocol, family));
         var name = $"np-{portName}-{protocol?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "any"}-{family}";
         if (_out.Sets.ContainsKey(name)) return name;
         var fam = family == 4 ? AddressFamily.InterNetwork : AddressFamily.InterNetworkV6;
-        var elements = new SortedSet<string>(StringComparer.Ordinal);
-        foreach (var ep in _world.Endpoints)
-            foreach (var port in ep.Ports.Where(p => p.Name == portName && (protocol is null || p.Protocol == protocol)))
-                foreach (var a in ep.Addresses.Where(a => a.AddressFamily == fam))
-                    elements.Add(new JsonObject { ["concat"] = new JsonArray(a.ToString(), port.Port) }.ToJsonString());
+        var elements = new SortedSet<string>(PolicyCalculator.NamedPortAddresses(_world, portName, protocol, fam)
+            .Select(p => new JsonObject { ["concat"] = new JsonArray(p.Address.ToString(), p.Port) }.ToJsonString()), StringComparer.Ordinal);
         _out.Sets[name] = new NftSet(name, new JsonArray(family == 4 ? "ipv4_addr" : "ipv6_addr", "inet_service"), elements);
         return name;
     }
