@@ -91,6 +91,37 @@ public sealed class BpfPolicyCompilerTests
         AssertSameAsEvaluator(With(twinAfter), compiler, "after");
     }
 
+    /// <summary>
+    /// A changed policy is a new program that keeps its previous version's decisions for identities whose rules read
+    /// the same: a rule changed (a port, a selector, a CIDR), added or removed must be decided afresh for the
+    /// identities it can match, and only for them.
+    /// </summary>
+    [Theory]
+    [InlineData("- {from: [{ipBlock: {cidr: 10.9.0.0/16}}], ports: [{port: 81}]}")]
+    [InlineData("- {from: [{ipBlock: {cidr: 10.9.0.0/24}}], ports: [{port: 80}]}")]
+    [InlineData("- {from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 80}]}")]
+    [InlineData("- {from: [{ipBlock: {cidr: 10.9.0.0/16, except: [10.9.1.0/24]}}], ports: [{port: 80}]}")]
+    [InlineData("- {from: [{ipBlock: {cidr: 10.9.0.0/16}}], ports: [{port: 80, protocol: UDP}]}")]
+    [InlineData("")]
+    public void A_changed_rule_is_decided_afresh_for_the_identities_it_can_match(string firstRule)
+    {
+        static PolicyScenario With(string rule) => PolicyWorlds.Scenario($$$"""
+            apiVersion: networking.k8s.io/v1
+            kind: NetworkPolicy
+            metadata: {name: changing, namespace: prod}
+            spec:
+              podSelector: {matchLabels: {app: database}}
+              ingress:
+              {{{rule}}}
+              - {from: [{ipBlock: {cidr: 10.8.0.0/16}}], ports: [{port: 443}]}
+              - {from: [{podSelector: {matchLabels: {app: tool}}, namespaceSelector: {}}], ports: [{port: 5432}]}
+            """);
+        var compiler = new BpfPolicyCompiler();
+        AssertSameAsEvaluator(With("- {from: [{ipBlock: {cidr: 10.9.0.0/16}}], ports: [{port: 80}]}"), compiler, "before");
+        AssertSameAsEvaluator(With(firstRule), compiler, "after");
+        AssertSameAsEvaluator(With("- {from: [{ipBlock: {cidr: 10.9.0.0/16}}], ports: [{port: 80}]}"), compiler, "back");
+    }
+
     [Fact]
     public void Random_apply_sequences_end_equal_to_a_fresh_apply()
     {

@@ -65,6 +65,12 @@ public sealed class BpfProgram(uint id, string key, Direction direction, TieredP
     internal Dictionary<PolicyIr, PolicyIr> Emptied { get; } = new(ReferenceEqualityComparer.Instance);
     /// <summary>Identities already decided (with entries or without).</summary>
     internal HashSet<uint> Decided { get; } = [];
+    /// <summary>The program's key without policy versions: its next version (a changed policy) has the same one.</summary>
+    internal string Lineage { get; init; } = "";
+    /// <summary>What every decision of this program rests on besides an identity's own candidate rules.</summary>
+    internal List<string>? Basis { get; set; }
+    /// <summary>Per identity: its own candidate rules (as text) and the entries decided from them, before the world fold.</summary>
+    internal Dictionary<uint, (List<string> Candidates, IdentityEntries Entries)> Decisions { get; } = [];
 }
 
 /// <summary>The desired content of every policy map for one node.</summary>
@@ -125,27 +131,30 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
         // Programs per local endpoint and direction.
         var programs = new Dictionary<uint, BpfProgram>();
         var endpoints = new Dictionary<string, (uint, uint)>(StringComparer.Ordinal);
-        var applicable = new Dictionary<(string, Direction), TieredPolicies>();
+        // Which policies apply, and so the program, depends on the namespace, its labels, the endpoint's labels and
+        // named ports, all in the identity key: endpoints alike share the answer.
+        var programOf = new Dictionary<(string, Direction), uint>();
         foreach (var ep in local)
         {
             if (ep.HostInterface is null) continue;
             var localKey = string.Join(";", ep.Addresses.Select(a => byAddress.TryGetValue(a, out var id) ? identities[id].Key : a.ToString()));
             uint ProgramFor(Direction d)
             {
-                // Which policies apply depends on the namespace, its labels and the endpoint's labels, all in the
-                // identity key: endpoints alike share the answer.
-                if (localKey.Length == 0 || !applicable.TryGetValue((localKey, d), out var tiers))
-                {
-                    tiers = PolicyCalculator.Applicable(policies, world, ep, d);
-                    if (localKey.Length > 0) applicable[(localKey, d)] = tiers;
-                }
+                if (localKey.Length > 0 && programOf.TryGetValue((localKey, d), out var known)) return known;
+                var program = NewProgramFor(d);
+                if (localKey.Length > 0) programOf[(localKey, d)] = program;
+                return program;
+            }
+            uint NewProgramFor(Direction d)
+            {
+                var tiers = PolicyCalculator.Applicable(policies, world, ep, d);
                 if (tiers.IsEmpty) return 0;
                 // A policy's version is its datastore revision; one without (0: read from files) is never reused.
                 var versions = tiers.Tiers.SelectMany(t => t.Policies).Select(p => p.Version == 0 ? "new" + _compiles : p.Version.ToString(CultureInfo.InvariantCulture));
                 var key = $"{tiers.Key}|{string.Join(",", versions)}|{localKey}";
                 if (!Ids.Programs.TryGetValue(key, out var id)) Ids.Programs[key] = id = Ids.NextProgram++;
                 if (!programs.ContainsKey(id))
-                    programs[id] = _programs.TryGetValue(id, out var existing) ? existing : new BpfProgram(id, key, d, tiers, ep);
+                    programs[id] = _programs.TryGetValue(id, out var existing) ? existing : new BpfProgram(id, key, d, tiers, ep) { Lineage = $"{tiers.Key}|{localKey}" };
                 return id;
             }
             endpoints[ep.HostInterface] = (ProgramFor(Direction.Egress), ProgramFor(Direction.Ingress));
@@ -329,6 +338,7 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
         {
             program.Decided.Remove(gone);
             program.Identities.Remove(gone);
+            program.Decisions.Remove(gone);
         }
         var todo = identities.Keys.Where(id => !program.Decided.Contains(id)).ToList();
         if (todo.Count == 0) return;
@@ -360,6 +370,12 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
             [AddressFamily.InterNetwork] = specific.GetValueOrDefault(WorldV4) ?? [],
             [AddressFamily.InterNetworkV6] = specific.GetValueOrDefault(WorldV6) ?? [],
         };
+        // A changed policy makes a new program; its previous version decided the same identities from the same rules
+        // except the changed ones, so an identity whose candidate rules read the same (and whose program reads the same
+        // otherwise: its policies' headers, the rules every identity sees) keeps the entries decided then.
+        program.Basis = Basis(program, generic.Select(i => rules[i]));
+        var previous = _programs.Values.FirstOrDefault(p => !ReferenceEquals(p, program) && p.Lineage == program.Lineage && p.Direction == program.Direction &&
+                                                            p.Basis is not null && p.Basis.SequenceEqual(program.Basis, StringComparer.Ordinal));
         foreach (var id in todo)
         {
             program.Decided.Add(id);
@@ -367,8 +383,14 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
             var own = specific.GetValueOrDefault(id) ?? [];
             var isWorld = id is WorldV4 or WorldV6;
             if (!isWorld && !peerDependent && own.SequenceEqual(worldSpecific[identity.Family])) continue; // decided as the world
-            var candidates = generic.Concat(own).Order().Select(i => rules[i]).ToList();
-            program.Identities[id] = Decide(program, identity, candidates, evaluator);
+            var ownText = own.Select(i => RuleText(rules[i])).ToList();
+            // Source-port tables are numbered per decision and deleted with their program: those are decided afresh.
+            var entries = previous is not null && previous.Decisions.TryGetValue(id, out var before) && before.Entries.SportTables.Count == 0 &&
+                          before.Candidates.SequenceEqual(ownText, StringComparer.Ordinal)
+                ? before.Entries
+                : Decide(program, identity, generic.Concat(own).Order().Select(i => rules[i]).ToList(), evaluator);
+            program.Identities[id] = entries;
+            program.Decisions[id] = (ownText, entries);
         }
         // A lookup that misses is looked up again as the world: an identity-wide entry saying what the world's single
         // identity-wide entry says adds nothing (CIDR-heavy policies: half the entries, half the writes of a change).
@@ -380,6 +402,29 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
             if (mine.Entries.FirstOrDefault(e => e.PortBits == -1) is { PortBits: -1 } wide && wide.Verdict == worldWide.Verdict)
                 program.Identities[id] = mine with { Entries = mine.Entries.Where(e => e.PortBits != -1).ToList() };
         }
+    }
+
+    /// <summary>
+    /// What a program's decisions rest on besides each identity's own candidates: its policies' headers in tier order
+    /// (what they are and how they end a tier) and the rules every identity is decided against.
+    /// </summary>
+    private static List<string> Basis(BpfProgram program, IEnumerable<RuleRef> generic)
+    {
+        var basis = new List<string> { string.Join(",", program.Local.Addresses), string.Join(",", program.Local.Ports) };
+        foreach (var (tier, policies) in program.Tiers.Tiers)
+            foreach (var p in policies)
+                basis.Add(FormattableString.Invariant($"{tier}|{p.Id}|{p.Dialect}|{p.Kind}|{p.Order}|{p.AppliesToIngress}|{p.AppliesToEgress}"));
+        basis.AddRange(generic.Select(RuleText));
+        return basis;
+    }
+
+    /// <summary>A rule as text: equal text, equal rule (wherever it sits: tier, policy and position are part of it).</summary>
+    private static string RuleText(RuleRef r)
+    {
+        var x = r.Rule;
+        return FormattableString.Invariant(
+            $"{r.Tier}|{r.Policy.Id}|{x.Origin}|{x.Action}|{x.Protocol}|{x.NotProtocol}|{x.Icmp}|{x.NotIcmp}|{x.IpVersion}|{Peer(x.Source)}|{Peer(x.Destination)}");
+        static string Peer(PeerMatch p) => $"{p}|{string.Join(",", p.NotPorts)}";
     }
 
     /// <summary>The verdict of every protocol, port and ICMP type for one identity, as trie entries.</summary>
