@@ -15,7 +15,8 @@ namespace Weft.Agent.Bpf;
 /// The eBPF policy dataplane (policy.bpf.c beside this file): the compiler's state written into pinned maps and the two
 /// programs attached to every local pod interface. The programs are pinned too, and the CNI plugin attaches them to a
 /// new pod's interface before the pod can send; with no endpoint entry they drop everything, so a node needs no
-/// netfilter hook to fail closed (with flows on, one prerouting chain only reports packets routing drops).
+/// netfilter hook to fail closed. Routing drops are reported by the programs too (a third one on the VXLAN device for
+/// packets from other nodes; with host-gw a prerouting chain reports those).
 /// Writes are ordered so a packet always meets a complete old or new policy: programs' entries first (a
 /// changed policy is a new program number), then the ipcache, then endpoints switch programs in one update each,
 /// and only then what nobody refers to any more goes. Maps and handed-out numbers survive a restart; the first apply
@@ -255,6 +256,7 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         {
             endpoints.Delete(gone); // an interface still there keeps the programs: it drops everything from now on
             applied.Endpoints.Remove(gone);
+            applied.Attached.Remove(gone); // a later endpoint at this index gets them again (a replace)
             changes++;
         }
         foreach (var gone in applied.Ipcache.Keys.Where(p => !state.Ipcache.ContainsKey(p)).ToList())

@@ -421,9 +421,11 @@ static __always_inline int decide(struct __sk_buff *skb, int direction)
 		return TC_ACT_OK;
 	}
 
+	// Routing drops it whatever policy says, as with nftables: reported as such, and left to routing (an unreachable
+	// route answers the pod with an ICMP error, so its connect fails at once).
 	if (direction == DIR_EGRESS && no_route(skb, &p)) {
 		report(ifindex, &p, direction, ACTION_NO_ROUTE, 0, EVENT_VERDICT, now);
-		return TC_ACT_SHOT;
+		return TC_ACT_OK;
 	}
 
 	__u32 program = direction == DIR_EGRESS ? ep->egress_program : ep->ingress_program;
