@@ -1,0 +1,224 @@
+using System.Text;
+using System.Text.Json.Nodes;
+using System.Threading.Channels;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Logging;
+
+namespace Weft.Tests.Support;
+
+/// <summary>
+/// A scripted Kubernetes API server on 127.0.0.1 (Kestrel) with the wire behaviour list/watch clients meet: lists
+/// paged with limit/continue at one consistent version, watches as JSON lines from a resourceVersion (replayed from
+/// its event log, then live), bookmarks, 410 Gone for versions older than a compaction (as an ERROR event on a watch,
+/// as HTTP 410 for a stale continue token), and streams it can drop or leave silent. Tests change objects through it.
+/// </summary>
+public sealed class ScriptedKubeApi : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+    private readonly Lock _lock = new();
+    private readonly Dictionary<string, SortedDictionary<string, JsonObject>> _collections = new(StringComparer.Ordinal);
+    private readonly List<(long Version, string Path, string Type, JsonObject Object)> _log = [];
+    private readonly List<Watcher> _watchers = [];
+    private long _version = 100, _compacted;
+
+    private sealed record Watcher(string Path, Channel<string> Lines, CancellationTokenSource Drop);
+    // Drop is linked to the request: a client that goes away ends its watcher too.
+
+    public Uri BaseAddress { get; }
+    /// <summary>Requests served, as "LIST path?query" or "WATCH path?query".</summary>
+    public List<string> Requests { get; } = [];
+    /// <summary>While true, watches get no events and no bookmarks (a half-open connection, as the client sees it).</summary>
+    public bool Silent { get => Volatile.Read(ref _silent); set => Volatile.Write(ref _silent, value); }
+    private bool _silent;
+
+    public ScriptedKubeApi()
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Logging.ClearProviders();
+        builder.WebHost.UseUrls("http://127.0.0.1:0");
+        _app = builder.Build();
+        _app.Run(ServeAsync);
+        _app.StartAsync().GetAwaiter().GetResult();
+        BaseAddress = new Uri(_app.Urls.First());
+    }
+
+    public long Version { get { lock (_lock) return _version; } }
+
+    public void Put(string path, string ns, string name, JsonObject? extra = null)
+    {
+        lock (_lock)
+        {
+            var items = Collection(path);
+            var key = ns.Length > 0 ? ns + "/" + name : name;
+            var type = items.ContainsKey(key) ? "MODIFIED" : "ADDED";
+            var metadata = new JsonObject { ["name"] = name, ["resourceVersion"] = (++_version).ToString(System.Globalization.CultureInfo.InvariantCulture) };
+            if (ns.Length > 0) metadata["namespace"] = ns;
+            var o = new JsonObject { ["metadata"] = metadata };
+            foreach (var (k, v) in extra ?? []) o[k] = v?.DeepClone();
+            items[key] = o;
+            Record(path, type, o);
+        }
+    }
+
+    public void Delete(string path, string key)
+    {
+        lock (_lock)
+        {
+            if (!Collection(path).Remove(key, out var o)) return;
+            var gone = (JsonObject)o.DeepClone();
+            gone["metadata"]!["resourceVersion"] = (++_version).ToString(System.Globalization.CultureInfo.InvariantCulture);
+            Record(path, "DELETED", gone);
+        }
+    }
+
+    /// <summary>Forgets history up to now: watches and continue tokens from older versions get 410 Gone.</summary>
+    public void Compact()
+    {
+        lock (_lock)
+        {
+            _compacted = _version;
+            _log.Clear();
+        }
+    }
+
+    /// <summary>Ends every open watch stream abruptly.</summary>
+    public void DropStreams()
+    {
+        lock (_lock)
+            foreach (var w in _watchers) w.Drop.Cancel();
+    }
+
+    /// <summary>Writes a raw line to every open watch (bad input for the client).</summary>
+    public void Inject(string line)
+    {
+        lock (_lock)
+            foreach (var w in _watchers) w.Lines.Writer.TryWrite(line + "\n");
+    }
+
+    public void Bookmark()
+    {
+        lock (_lock)
+            foreach (var w in _watchers)
+                w.Lines.Writer.TryWrite(Line("BOOKMARK", new JsonObject { ["metadata"] = new JsonObject { ["resourceVersion"] = _version.ToString(System.Globalization.CultureInfo.InvariantCulture) } }));
+    }
+
+    public IReadOnlyDictionary<string, JsonObject> Items(string path)
+    {
+        lock (_lock) return new Dictionary<string, JsonObject>(Collection(path), StringComparer.Ordinal);
+    }
+
+    private SortedDictionary<string, JsonObject> Collection(string path)
+    {
+        if (!_collections.TryGetValue(path, out var c)) _collections[path] = c = new(StringComparer.Ordinal);
+        return c;
+    }
+
+    private void Record(string path, string type, JsonObject o)
+    {
+        _log.Add((_version, path, type, (JsonObject)o.DeepClone()));
+        if (Silent) return;
+        foreach (var w in _watchers.Where(w => w.Path == path)) w.Lines.Writer.TryWrite(Line(type, o));
+    }
+
+    private static string Line(string type, JsonObject o) => new JsonObject { ["type"] = type, ["object"] = o.DeepClone() }.ToJsonString() + "\n";
+
+    private static string Status(int code, string reason, string message) => new JsonObject
+    {
+        ["kind"] = "Status", ["apiVersion"] = "v1", ["status"] = "Failure", ["message"] = message, ["reason"] = reason, ["code"] = code,
+    }.ToJsonString();
+
+    private async Task ServeAsync(HttpContext http)
+    {
+        var path = http.Request.Path.Value ?? "/";
+        var q = http.Request.Query;
+        var watch = q["watch"] is var wv && (wv == "1" || wv == "true");
+        lock (Requests) Requests.Add($"{(watch ? "WATCH" : "LIST")} {path}{http.Request.QueryString}");
+        http.Response.ContentType = "application/json";
+        if (!watch)
+        {
+            await ListAsync(http, path, q).ConfigureAwait(false);
+            return;
+        }
+        var from = long.TryParse(q["resourceVersion"], out var rv) ? rv : 0;
+        var timeout = int.TryParse(q["timeoutSeconds"], out var t) ? TimeSpan.FromSeconds(t) : TimeSpan.FromMinutes(5);
+        Watcher watcher;
+        lock (_lock)
+        {
+            watcher = new Watcher(path, Channel.CreateUnbounded<string>(), CancellationTokenSource.CreateLinkedTokenSource(http.RequestAborted));
+            if (from < _compacted)
+                watcher.Lines.Writer.TryWrite(Line("ERROR", JsonNode.Parse(Status(410, "Expired", $"too old resource version: {from} ({_compacted})"))!.AsObject()));
+            else
+                foreach (var e in _log.Where(e => e.Path == path && e.Version > from)) watcher.Lines.Writer.TryWrite(Line(e.Type, e.Object));
+            _watchers.Add(watcher);
+        }
+        using var ended = CancellationTokenSource.CreateLinkedTokenSource(watcher.Drop.Token);
+        ended.CancelAfter(timeout);
+        try
+        {
+            await http.Response.StartAsync(ended.Token).ConfigureAwait(false);
+            await foreach (var line in watcher.Lines.Reader.ReadAllAsync(ended.Token).ConfigureAwait(false))
+            {
+                await http.Response.WriteAsync(line, ended.Token).ConfigureAwait(false);
+                await http.Response.Body.FlushAsync(ended.Token).ConfigureAwait(false);
+                if (line.StartsWith("{\"type\":\"ERROR\"", StringComparison.Ordinal)) break;
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            // Dropped: the connection breaks mid-stream. Timed out (timeoutSeconds): the response ends normally.
+            if (watcher.Drop.IsCancellationRequested && !http.RequestAborted.IsCancellationRequested) http.Abort();
+        }
+        finally
+        {
+            lock (_lock) _watchers.Remove(watcher);
+            watcher.Drop.Dispose();
+        }
+    }
+
+    /// <summary>Lists in progress: a continue token names the snapshot its first page was cut from (one version).</summary>
+    private readonly Dictionary<long, (long Version, List<JsonObject> Items)> _snapshots = [];
+    private long _nextSnapshot;
+
+    private async Task ListAsync(HttpContext http, string path, IQueryCollection q)
+    {
+        var limit = int.TryParse(q["limit"], out var l) && l > 0 ? l : int.MaxValue;
+        string body;
+        lock (_lock)
+        {
+            long id, start = 0;
+            if (q["continue"].ToString() is { Length: > 0 } token)
+            {
+                var parts = Encoding.UTF8.GetString(Convert.FromBase64String(token)).Split(':');
+                (id, start) = (long.Parse(parts[0], System.Globalization.CultureInfo.InvariantCulture), long.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture));
+                if (!_snapshots.TryGetValue(id, out var snap) || snap.Version < _compacted)
+                {
+                    http.Response.StatusCode = 410;
+                    body = Status(410, "Expired", "The provided continue parameter is too old");
+                    goto write;
+                }
+            }
+            else
+            {
+                id = ++_nextSnapshot;
+                _snapshots[id] = (_version, Collection(path).Values.Select(o => (JsonObject)o.DeepClone()).ToList());
+            }
+            var (version, items) = _snapshots[id];
+            var page = items.Skip((int)start).Take(limit).ToList();
+            var next = start + page.Count < items.Count ? Convert.ToBase64String(Encoding.UTF8.GetBytes($"{id}:{start + page.Count}")) : null;
+            var metadata = new JsonObject { ["resourceVersion"] = version.ToString(System.Globalization.CultureInfo.InvariantCulture) };
+            if (next is not null) metadata["continue"] = next;
+            body = new JsonObject { ["kind"] = "List", ["apiVersion"] = "v1", ["metadata"] = metadata, ["items"] = new JsonArray([.. page.Select(o => (JsonNode)o.DeepClone())]) }.ToJsonString();
+        }
+        write:
+        await http.Response.WriteAsync(body).ConfigureAwait(false);
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        DropStreams();
+        await _app.StopAsync().ConfigureAwait(false);
+        await _app.DisposeAsync().ConfigureAwait(false);
+    }
+}
