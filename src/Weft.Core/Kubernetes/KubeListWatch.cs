@@ -30,8 +30,9 @@ public sealed class KubeGoneException(string message) : Exception(message);
 /// what vanished meanwhile as DELETED); a stream silent past the idle limit is dropped and resumed; failures back off
 /// exponentially. <see cref="Synced"/> turns true only after the first complete list.
 /// </summary>
+/// <param name="server">The API server's base address when <paramref name="http"/> has none (KubernetesClient's does not).</param>
 public sealed class KubeListWatch(HttpClient http, string path, KubeWatchOptions? options = null, ILogger? log = null,
-    Func<HttpRequestMessage, CancellationToken, Task>? authorize = null)
+    Func<HttpRequestMessage, CancellationToken, Task>? authorize = null, Uri? server = null)
 {
     private readonly KubeWatchOptions _options = options ?? new KubeWatchOptions();
     private readonly Lock _lock = new();
@@ -173,7 +174,7 @@ public sealed class KubeListWatch(HttpClient http, string path, KubeWatchOptions
 
     private async Task<HttpResponseMessage> SendAsync(string pathAndQuery, HttpCompletionOption completion, CancellationToken ct)
     {
-        using var request = new HttpRequestMessage(HttpMethod.Get, pathAndQuery);
+        using var request = new HttpRequestMessage(HttpMethod.Get, server is null ? new Uri(pathAndQuery, UriKind.Relative) : new Uri(server, pathAndQuery));
         request.Headers.Accept.ParseAdd("application/json");
         if (authorize is not null) await authorize(request, ct).ConfigureAwait(false);
         var response = await http.SendAsync(request, completion, ct).ConfigureAwait(false);

@@ -27,6 +27,8 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
     // Drop is linked to the request: a client that goes away ends its watcher too.
 
     public Uri BaseAddress { get; }
+    /// <summary>When set, every request must carry "Authorization: Bearer" with it (401 otherwise).</summary>
+    public string? RequiredToken { get; set; }
     /// <summary>Requests served, as "LIST path?query" or "WATCH path?query".</summary>
     public List<string> Requests { get; } = [];
     /// <summary>While true, watches get no events and no bookmarks (a half-open connection, as the client sees it).</summary>
@@ -136,6 +138,12 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
         var watch = q["watch"] is var wv && (wv == "1" || wv == "true");
         lock (Requests) Requests.Add($"{(watch ? "WATCH" : "LIST")} {path}{http.Request.QueryString}");
         http.Response.ContentType = "application/json";
+        if (RequiredToken is { } token && http.Request.Headers.Authorization.ToString() != "Bearer " + token)
+        {
+            http.Response.StatusCode = 401;
+            await http.Response.WriteAsync(Status(401, "Unauthorized", "Unauthorized")).ConfigureAwait(false);
+            return;
+        }
         if (!watch)
         {
             await ListAsync(http, path, q).ConfigureAwait(false);
