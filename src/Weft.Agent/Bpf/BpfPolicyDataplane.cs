@@ -341,7 +341,7 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
     }
 
     private bool IsPodInterface(string name) =>
-        name.StartsWith(_guardOptions.PodInterfacePrefix, StringComparison.Ordinal) && !_guardOptions.Excluded.Contains(name);
+        Ownership.IsPodInterface(name, _guardOptions.PodInterfacePrefix) && !_guardOptions.Excluded.Contains(name);
 
     /// <summary>How verdict tokens appear among the flow log meanings.</summary>
     public static string TokenKey(uint token) => "bpf:" + token.ToString(System.Globalization.CultureInfo.InvariantCulture);

@@ -12,6 +12,16 @@ public static class Ownership
     public const byte AgentRouteProtocol = 88;
     /// <summary>Host-side pod interfaces: this prefix + 11 hex digits (as Calico's "cali").</summary>
     public const string PodInterfacePrefix = "weft";
+
+    /// <summary>
+    /// A host-side pod interface by its name: the prefix and exactly 11 lowercase hex digits, so the bridge (`weft0`),
+    /// the VXLAN device and anything else merely starting with the prefix is not one.
+    /// </summary>
+    public static bool IsPodInterface(string name, string prefix = PodInterfacePrefix) =>
+        name.Length == prefix.Length + 11 && name.StartsWith(prefix, StringComparison.Ordinal) &&
+        name.AsSpan(prefix.Length).IndexOfAnyExcept(LowerHex) < 0;
+
+    private static readonly System.Buffers.SearchValues<char> LowerHex = System.Buffers.SearchValues.Create("0123456789abcdef");
     /// <summary>The bridge of `bridge` mode, unless the conflist names another.</summary>
     public const string DefaultBridge = "weft0";
     /// <summary>The node's VXLAN device.</summary>

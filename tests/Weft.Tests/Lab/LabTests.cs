@@ -58,6 +58,26 @@ public sealed class LabRun : IDisposable
 
 public sealed class LabTests
 {
+    /// <summary>
+    /// With the BPF policy dataplane in bridge mode, the programs go on the pods' bridge ports only: the bridge itself
+    /// (`weft0`, which routed traffic to and from the pods crosses) is no pod interface, also when a restarted agent
+    /// attaches to every pod interface it finds.
+    /// </summary>
+    [Fact]
+    public void Bridge_mode_with_the_bpf_dataplane_keeps_every_path_through_an_agent_restart()
+    {
+        Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
+        using var lab = new LabRun();
+        lab.Up("--nodes", "2", "--pods-per-node", "2", "--mode", "bridge", "--dataplane", "bpf");
+        var before = lab.Matrix("TCP", 80);
+        Assert.True(LabRun.AllTrue(before), before.ToJsonString());
+        TestEnv.Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-1", "--kill"));
+        TestEnv.Ok(lab.Ctl("lab", "sync", "--name", lab.Name));
+        Assert.DoesNotContain("weft_from_pod", TestEnv.Sh($"tc -n {lab.Netns("node-1")} filter show dev weft0 ingress"));
+        var after = lab.Matrix("TCP", 80);
+        Assert.True(LabRun.AllTrue(after), after.ToJsonString());
+    }
+
     [Theory]
     [InlineData("vxlan", "routed", "sqlite")]
     [InlineData("vxlan", "bridge", "sqlite")]
