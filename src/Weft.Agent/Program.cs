@@ -96,7 +96,9 @@ var natDrivers = new List<Weft.Agent.Drivers.INatDriver>();
 if (bpfMasquerade is not null) natDrivers.Add(bpfMasquerade);
 natDrivers.Add(new NatProgrammer(backend.TunnelPort, masquerade: bpfMasquerade is null));
 builder.Services.AddHostedService(sp => new NatReconciler(sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), natDrivers, state, options.Resync, sp.GetRequiredService<ILogger<NatReconciler>>(),
-    options.Policy ? options.Dataplane ?? "" : null));
+    options.Policy, options.Dataplane));
+// Where packets from other nodes' pods arrive, for the BPF dataplane's report of routing drops (none with host-gw).
+var tunnelDevice = backend.TunnelPort is null ? null : Weft.Model.Ownership.VxlanDevice;
 // The BPF dataplane's numbering, beside the agent's socket (a run-time directory; one per node in the lab).
 string BpfStateDir() => Path.ChangeExtension(Path.GetFullPath(options.SocketPath), ".bpf-policy-ids.json");
 Weft.Agent.Drivers.IPolicyDataplane OpenDataplane(string name)
@@ -104,7 +106,7 @@ Weft.Agent.Drivers.IPolicyDataplane OpenDataplane(string name)
     var nftOptions = new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(FlowLogGroup: flowsOn ? FlowLogGroup : 0, TunnelPort: backend.TunnelPort);
     if (name != "bpf") return new Weft.Agent.Drivers.NftPolicyDataplane(nftOptions);
     var bpf = Weft.Agent.Bpf.BpfPolicyDataplane.Load(options.BpfPinDir, BpfStateDir(), nftOptions, log, options.BpfPolicyObject,
-        tunnelDevice: backend.TunnelPort is null ? null : Weft.Model.Ownership.VxlanDevice);
+        tunnelDevice: tunnelDevice);
     if (flowsOn) bpf.StartEvents(bpfVerdicts.Post);
     return bpf;
 }
@@ -116,7 +118,7 @@ if (!options.Policy)
     try
     {
         using var bpf = Weft.Agent.Bpf.BpfPolicyDataplane.Load(options.BpfPinDir, BpfStateDir(), new Weft.Dataplane.Nftables.NftPolicyCompiler.Options(), log,
-            tunnelDevice: backend.TunnelPort is null ? null : Weft.Model.Ownership.VxlanDevice);
+            tunnelDevice: tunnelDevice);
         bpf.Handover();
     }
     catch (Exception e) when (e is Weft.Bpf.BpfException or DllNotFoundException or IOException) { }

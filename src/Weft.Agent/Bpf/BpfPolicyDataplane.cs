@@ -210,10 +210,7 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         // this dataplane) get them after that. Pod interfaces of no known endpoint get them too: they drop everything.
         foreach (var index in unknown)
             if (applied.Attached.Add(index))
-            {
-                Tc.Attach(index, ingress: true, fromPod, Ownership.TcHandle, Ownership.TcPriority);
-                Tc.Attach(index, ingress: false, toPod, Ownership.TcHandle, Ownership.TcPriority);
-            }
+                PolicyProgramPins.Attach(index, fromPod, toPod);
         var liveIndexes = new HashSet<int>();
         foreach (var (name, (egress, ingress)) in state.Endpoints)
         {
@@ -227,10 +224,7 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
                 changes++;
             }
             if (applied.Attached.Add(index))
-            {
-                Tc.Attach(index, ingress: true, fromPod, Ownership.TcHandle, Ownership.TcPriority);
-                Tc.Attach(index, ingress: false, toPod, Ownership.TcHandle, Ownership.TcPriority);
-            }
+                PolicyProgramPins.Attach(index, fromPod, toPod);
         }
         // 4. Routing drops of packets from other nodes are reported by the program on the tunnel device, or by a
         // netfilter chain without one. Either replaces the nftables dataplane's table (the programs enforce by now).
@@ -421,10 +415,7 @@ public sealed class BpfPolicyDataplane : IPolicyDataplane
         PolicyProgramPins.Unpin(_pinDir);
         using (var nl = RtNetlink.Open())
             foreach (var link in nl.ListLinks().Where(l => IsPodInterface(l.Name) || l.Name == _tunnelDevice))
-            {
-                Tc.Detach(link.Index, ingress: true, Ownership.TcHandle, Ownership.TcPriority);
-                Tc.Detach(link.Index, ingress: false, Ownership.TcHandle, Ownership.TcPriority);
-            }
+                PolicyProgramPins.Detach(link.Index);
         Clear<int>("endpoints");
         Clear<IpcacheKey>("ipcache");
         Clear<PolicyKey>("policy");

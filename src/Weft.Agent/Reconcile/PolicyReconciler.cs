@@ -39,6 +39,10 @@ public sealed class PolicyReconciler(IDatastore store, DatastoreTrigger trigger,
         _dataplane?.Dispose();
     }
 
+    /// <summary>The dataplane an agent runs: the one --dataplane forces, else the Installation's, else nftables.</summary>
+    public static async Task<string> WantedDataplaneAsync(IDatastore store, string? forced, CancellationToken ct) =>
+        forced ?? await InstallationDataplaneAsync(store, ct).ConfigureAwait(false) ?? "nftables";
+
     /// <summary>The dataplane the Installation asks for ("nftables" or "bpf"), or null without one.</summary>
     public static async Task<string?> InstallationDataplaneAsync(IDatastore store, CancellationToken ct)
     {
@@ -60,7 +64,7 @@ public sealed class PolicyReconciler(IDatastore store, DatastoreTrigger trigger,
         if (drift) _dataplane?.Reset();
         // Read the revision first: everything up to it is in what we load next.
         var revision = await store.RevisionAsync(ct).ConfigureAwait(false);
-        var wanted = forcedDataplane ?? await InstallationDataplaneAsync(store, ct).ConfigureAwait(false) ?? "nftables";
+        var wanted = await WantedDataplaneAsync(store, forcedDataplane, ct).ConfigureAwait(false);
         var snapshot = await PolicyStore.LoadAsync(store, ct).ConfigureAwait(false);
         var local = snapshot.World.Endpoints.Where(e => e.Node == nodeName && e.HostInterface is not null).ToList();
 

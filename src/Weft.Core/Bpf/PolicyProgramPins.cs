@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using Microsoft.Win32.SafeHandles;
 using Weft.Model;
 using Weft.Native;
@@ -44,14 +43,26 @@ public static class PolicyProgramPins
         using var fromPod = Get(Path.Combine(pinDir, Ownership.BpfFromPodPin));
         using var toPod = Get(Path.Combine(pinDir, Ownership.BpfToPodPin));
         if (fromPod is null || toPod is null) return false;
-        Tc.Attach(ifIndex, ingress: true, (int)fromPod.DangerousGetHandle(), Ownership.TcHandle, Ownership.TcPriority);
-        Tc.Attach(ifIndex, ingress: false, (int)toPod.DangerousGetHandle(), Ownership.TcHandle, Ownership.TcPriority);
+        Attach(ifIndex, (int)fromPod.DangerousGetHandle(), (int)toPod.DangerousGetHandle());
         // The agent unpins before it takes the programs off every interface (a switch to nftables): a pin gone by now
         // means that sweep may have passed this interface already, so take them off here.
         if (Pinned(pinDir)) return true;
+        Detach(ifIndex);
+        return false;
+    }
+
+    /// <summary>Puts the programs on a pod's host interface: tc ingress decides its egress, tc egress its ingress (a replace when they are there).</summary>
+    public static void Attach(int ifIndex, int fromPodFd, int toPodFd)
+    {
+        Tc.Attach(ifIndex, ingress: true, fromPodFd, Ownership.TcHandle, Ownership.TcPriority);
+        Tc.Attach(ifIndex, ingress: false, toPodFd, Ownership.TcHandle, Ownership.TcPriority);
+    }
+
+    /// <summary>Takes Weft's programs off both sides of an interface (nothing there is fine).</summary>
+    public static void Detach(int ifIndex)
+    {
         Tc.Detach(ifIndex, ingress: true, Ownership.TcHandle, Ownership.TcPriority);
         Tc.Detach(ifIndex, ingress: false, Ownership.TcHandle, Ownership.TcPriority);
-        return false;
     }
 
     private static SafeFileHandle? Get(string path)

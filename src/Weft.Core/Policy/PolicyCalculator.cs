@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Weft.Model;
 using Weft.Policy.Ir;
 
 namespace Weft.Policy;
@@ -40,7 +41,7 @@ public static class PolicyCalculator
     public static IReadOnlyList<IPAddress> SelectorAddresses(PolicyWorld world, PeerMatch peer, AddressFamily family, bool negated = false)
     {
         var positive = peer with { NotSelector = null };
-        var addresses = new SortedSet<IPAddress>(AddressOrder.Instance);
+        var addresses = new SortedSet<IPAddress>(AddressOrder);
         foreach (var ep in world.Endpoints)
         {
             var hit = negated ? peer.NotSelector!.Matches(world.LabelsOf(ep)) : world.MatchesEndpointParts(positive, ep);
@@ -53,25 +54,13 @@ public static class PolicyCalculator
     public static IReadOnlyList<(IPAddress Address, int Port)> NamedPortAddresses(PolicyWorld world, string portName, int? protocol, AddressFamily family)
     {
         var pairs = new SortedSet<(IPAddress Address, int Port)>(Comparer<(IPAddress Address, int Port)>.Create((x, y) =>
-            AddressOrder.Instance.Compare(x.Address, y.Address) is var c && c != 0 ? c : x.Port.CompareTo(y.Port)));
+            AddressOrder.Compare(x.Address, y.Address) is var c && c != 0 ? c : x.Port.CompareTo(y.Port)));
         foreach (var ep in world.Endpoints)
             foreach (var port in ep.Ports.Where(p => p.Name == portName && (protocol is null || p.Protocol == protocol)))
                 foreach (var a in ep.Addresses.Where(a => a.AddressFamily == family)) pairs.Add((a, port.Port));
         return [.. pairs];
     }
 
-    private sealed class AddressOrder : IComparer<IPAddress>
-    {
-        public static readonly AddressOrder Instance = new();
-
-        public int Compare(IPAddress? x, IPAddress? y)
-        {
-            if (ReferenceEquals(x, y)) return 0;
-            if (x is null || y is null) return x is null ? -1 : 1;
-            Span<byte> a = stackalloc byte[16], b = stackalloc byte[16];
-            x.TryWriteBytes(a, out var la);
-            y.TryWriteBytes(b, out var lb);
-            return la != lb ? la.CompareTo(lb) : a[..la].SequenceCompareTo(b[..lb]);
-        }
-    }
+    /// <summary>Addresses in Cidr's order (family, then address).</summary>
+    private static readonly IComparer<IPAddress> AddressOrder = Comparer<IPAddress>.Create((x, y) => Cidr.Host(x).CompareTo(Cidr.Host(y)));
 }

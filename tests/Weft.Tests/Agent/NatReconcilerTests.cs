@@ -67,7 +67,7 @@ public sealed class NatReconcilerTests : IDisposable
         await using var run = new ReconcilerRun(_dir);
         var calls = new List<string>();
         await run.StartAsync(new NatReconciler(run.Trigger.Cache, run.Trigger, [new FakeNatDriver("nftables", calls)], run.State, TimeSpan.FromSeconds(30),
-            NullLogger<NatReconciler>.Instance, policyDataplane: ""));
+            NullLogger<NatReconciler>.Instance, policyOn: true, forcedDataplane: null));
         await run.ApplyAsync("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.50.0.0/16}\n");
         var revision = await run.Store.RevisionAsync();
         await run.UntilAsync(s => s.NatRevision >= revision);

@@ -195,7 +195,7 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
         {
             var labels = world.LabelsOf(ep);
             if (!namespaceKeys.TryGetValue(ep.Namespace, out var nsLabels))
-                namespaceKeys[ep.Namespace] = nsLabels = string.Join(",", world.NamespaceLabels(ep.Namespace).OrderBy(l => l.Key, StringComparer.Ordinal).Select(l => l.Key + "=" + l.Value));
+                namespaceKeys[ep.Namespace] = nsLabels = LabelText(world.NamespaceLabels(ep.Namespace));
             // The keys of an endpoint unchanged since the last compile are reused: building them (sorted labels, ports,
             // the CIDRs holding each address) for every endpoint was a quarter of a one-policy change's compile.
             if (!_endpointKeys.TryGetValue(ep.Key, out var memo) || !memo.Holds(ep, labels, nsLabels, regions))
@@ -231,7 +231,7 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
     /// </summary>
     private static string[] KeysOf(EndpointInfo ep, IReadOnlyDictionary<string, string> labels, string nsLabels, Dictionary<(AddressFamily Family, int PrefixLength), HashSet<Cidr>> byLength)
     {
-        var labelText = string.Join(",", labels.OrderBy(l => l.Key, StringComparer.Ordinal).Select(l => l.Key + "=" + l.Value));
+        var labelText = LabelText(labels);
         var ports = ep.Ports.Count == 0 ? "" : string.Join(",", ep.Ports.Select(p => $"{p.Name}/{p.Protocol}/{p.Port}").Order(StringComparer.Ordinal));
         var keys = new string[ep.Addresses.Count];
         for (var i = 0; i < keys.Length; i++)
@@ -244,6 +244,10 @@ public sealed class BpfPolicyCompiler(BpfPolicyIds? ids = null)
         }
         return keys;
     }
+
+    /// <summary>Labels as key=value in key order: equal label sets, equal text.</summary>
+    private static string LabelText(IEnumerable<KeyValuePair<string, string>> labels) =>
+        string.Join(",", labels.OrderBy(l => l.Key, StringComparer.Ordinal).Select(l => l.Key + "=" + l.Value));
 
     private uint IdFor(string key)
     {
