@@ -20,7 +20,7 @@ public static class EnforcementLatency
 {
     private const int Port = 80;
 
-    public static async Task<int> RunAsync(string weftctl, string datastore, int applies, int labs)
+    public static async Task<int> RunAsync(string weftctl, string datastore, int applies, int labs, string dataplane)
     {
         Environment.SetEnvironmentVariable("WEFT_DIST", Path.GetDirectoryName(weftctl));
         var all = new List<(double Ms, double CommitMs, string Kind)>();
@@ -28,7 +28,7 @@ public static class EnforcementLatency
         for (var l = 0; l < labs; l++)
         {
             var name = $"pel{Environment.ProcessId % 1000}{l}";
-            LabLatency.Run(weftctl, "lab", "up", "--name", name, "--nodes", "3", "--pods-per-node", "2", "--datastore", datastore);
+            LabLatency.Run(weftctl, "lab", "up", "--name", name, "--nodes", "3", "--pods-per-node", "2", "--datastore", datastore, "--dataplane", dataplane);
             try { all.AddRange(await LabRoundsAsync(LabState.LoadOrThrow(name), Math.Min(perLab, applies - l * perLab)).ConfigureAwait(false)); }
             finally { LabLatency.Run(weftctl, "lab", "down", "--name", name); }
         }
@@ -36,9 +36,9 @@ public static class EnforcementLatency
         var afterAck = all.Select(a => a.Ms - a.CommitMs).ToList();
         var commits = all.Select(a => a.CommitMs).ToList();
         Console.WriteLine();
-        Console.WriteLine($"| datastore | applies (labs) | median ms | p90 ms | p99 ms | max ms | p99 ms after the commit returned | commit itself, median / p99 ms | first after lab up (ms) | after relabel, max ms |");
+        Console.WriteLine($"| datastore, dataplane | applies (labs) | median ms | p90 ms | p99 ms | max ms | p99 ms after the commit returned | commit itself, median / p99 ms | first after lab up (ms) | after relabel, max ms |");
         Console.WriteLine("|---|---|---|---|---|---|---|---|---|---|");
-        Console.WriteLine($"| {datastore} | {ms.Count} ({labs}) | {LabLatency.Q(ms, 0.5):0.0} | {LabLatency.Q(ms, 0.9):0.0} | {LabLatency.Q(ms, 0.99):0.0} | {ms.Max():0.0} | {LabLatency.Q(afterAck, 0.99):0.0} | {LabLatency.Q(commits, 0.5):0.0} / {LabLatency.Q(commits, 0.99):0.0} | " +
+        Console.WriteLine($"| {datastore}, {dataplane} | {ms.Count} ({labs}) | {LabLatency.Q(ms, 0.5):0.0} | {LabLatency.Q(ms, 0.9):0.0} | {LabLatency.Q(ms, 0.99):0.0} | {ms.Max():0.0} | {LabLatency.Q(afterAck, 0.99):0.0} | {LabLatency.Q(commits, 0.5):0.0} / {LabLatency.Q(commits, 0.99):0.0} | " +
                           $"{string.Join(", ", all.Where(a => a.Kind == "first").Select(a => a.Ms.ToString("0.0", CultureInfo.InvariantCulture)))} | " +
                           $"{all.Where(a => a.Kind == "relabel").Select(a => a.Ms).DefaultIfEmpty().Max():0.0} |");
         return 0;

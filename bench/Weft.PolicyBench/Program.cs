@@ -17,11 +17,17 @@ using Weft.Policy.Ir;
 //   3. `lab [nodes=5] [rounds=50]`: apply → enforced on every node, and new pod → first allowed packet (LabLatency.cs).
 // Usage (as root, after ./build.sh): dotnet run -c Release --project bench/Weft.PolicyBench -- [iperf-seconds=5] [connects=2000]
 //                                    dotnet run -c Release --project bench/Weft.PolicyBench -- lab [nodes=5] [rounds=50]
-//   4. `enforce [sqlite|etcd] [applies=200] [labs=3] [dist-dir]`: commit → every node enforces, seen by real packets
+//   4. `enforce [sqlite|etcd] [applies=200] [labs=3] [dist-dir] [--dataplane nftables|bpf]`: commit → every node enforces, seen by real packets
 //      (EnforcementLatency.cs); dist-dir runs another build's binaries (an older commit's, to compare).
 if (args.Length > 0 && args[0] == "enforce")
-    return await Weft.PolicyBench.EnforcementLatency.RunAsync(Path.Combine(args.Length > 4 ? Path.GetFullPath(args[4]) : Path.Combine(FindRoot(), "dist"), "weftctl"), args.Length > 1 ? args[1] : "sqlite",
-        args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 200, args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 3);
+{
+    // `--dataplane nftables|bpf` anywhere after `enforce` (default nftables).
+    var at = Array.IndexOf(args, "--dataplane");
+    var dataplane = at > 0 && at + 1 < args.Length ? args[at + 1] : "nftables";
+    var rest = at > 0 ? args.Take(at).Concat(args.Skip(at + 2)).ToArray() : args;
+    return await Weft.PolicyBench.EnforcementLatency.RunAsync(Path.Combine(rest.Length > 4 ? Path.GetFullPath(rest[4]) : Path.Combine(FindRoot(), "dist"), "weftctl"), rest.Length > 1 ? rest[1] : "sqlite",
+        rest.Length > 2 ? int.Parse(rest[2], CultureInfo.InvariantCulture) : 200, rest.Length > 3 ? int.Parse(rest[3], CultureInfo.InvariantCulture) : 3, dataplane);
+}
 if (args.Length > 0 && args[0] == "lab")
     return await Weft.PolicyBench.LabLatency.RunAsync(Path.Combine(FindRoot(), "dist", "weftctl"),
         args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 5, args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 50);

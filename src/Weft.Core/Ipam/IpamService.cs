@@ -28,9 +28,15 @@ public sealed record AssignedAddress(IPAddress Address, Cidr Block, string PoolN
 }
 
 /// <summary>
-/// Calico-style block IPAM over the datastore. Every change is one transaction guarded by the mod revisions of
-/// the block and the handle it touches, so concurrent plugins (kubelet runs ADDs in parallel) and crashes at any
-/// point can never produce one address for two handles: a killed writer either committed both records or neither.
+/// Calico-style block IPAM over the datastore. Every write is a compare-and-swap of one record, the most the
+/// Kubernetes API offers, so the same code runs on sqlite, etcd and the API server. The block alone says who holds
+/// an address (concurrent plugins race on its revision: never one address for two handles), and the writes go in an
+/// order that keeps the other records pointing at it safely:
+///  - a handle names a block before the block records an address for it, and forgets the block after the block let
+///    go: an address is never held by a handle that does not exist (CNI GC finds every leak by its handle);
+///  - a node claims a block by its claim record (one claim at a time per node), then its affinity, then the block.
+/// A crash between two writes leaves at most a handle naming a block where it holds nothing (`ipam check`: dangling;
+/// a later release or CNI GC removes it) or a claim not yet written out, which the node's next ADD completes.
 /// </summary>
 public sealed class IpamService(IDatastore store)
 {
@@ -74,7 +80,19 @@ public sealed class IpamService(IDatastore store)
         {
             // Read before the affinities: a claim commits only if no other claim for this node landed since, so
             // parallel first ADDs on a fresh node share one block instead of each winning a block of its own.
-            var claimRevision = (await store.GetAsync(Keys.BlockClaim(request.Node), ct).ConfigureAwait(false))?.ModRevision ?? 0;
+            var claimKv = await store.GetAsync(Keys.BlockClaim(request.Node), ct).ConfigureAwait(false);
+            var claimRevision = claimKv?.ModRevision ?? 0;
+            var claimed = claimKv is null ? null : ClaimedBlock(claimKv.Value);
+            // 0. A claim of this node not written out yet (another ADD is writing it, or one was killed doing so): the
+            // block is this node's, whoever writes it first.
+            if (claimed is { } pending && pending.Family == family && pools.FirstOrDefault(p => p.Network.Contains(pending)) is { } pendingPool &&
+                FindFree(new AllocationBlock { Cidr = pending.ToString(), Pool = pendingPool.Name }, pendingPool, reservations) >= 0 &&
+                await store.GetAsync(Keys.Block(pending), ct).ConfigureAwait(false) is null)
+            {
+                var outcome = await ClaimAndAllocateAsync(request, pending, pendingPool, reservations, ct).ConfigureAwait(false);
+                if (outcome is not null) return outcome;
+                goto retry;
+            }
             // 1. Blocks this node already owns.
             var affinities = await store.ListAsync(Keys.NodeAffinities(request.Node), ct).ConfigureAwait(false);
             foreach (var kv in affinities.Items)
@@ -83,11 +101,16 @@ public sealed class IpamService(IDatastore store)
                 var pool = pools.FirstOrDefault(p => p.Network.Contains(cidr));
                 if (cidr.Family != family || pool is null) continue;
                 var blockKv = await store.GetAsync(Keys.Block(cidr), ct).ConfigureAwait(false);
-                if (blockKv is null) continue;
+                if (blockKv is null || Codec.Decode<AllocationBlock>(blockKv.Value, blockKv.Key) is { } other && other.Affinity != request.Node)
+                {
+                    // Left by a claim that lost its block to another node (or was never written out and superseded).
+                    if (cidr != claimed) await store.DeleteAsync(kv.Key, kv.ModRevision, ct).ConfigureAwait(false);
+                    continue;
+                }
                 var block = Codec.Decode<AllocationBlock>(blockKv.Value, blockKv.Key);
                 var ordinal = FindFree(block, pool, reservations);
                 if (ordinal < 0) continue;
-                var outcome = await TryAllocateAsync(request, block, blockKv.ModRevision, ordinal, pool, newAffinity: false, ct).ConfigureAwait(false);
+                var outcome = await TryAllocateAsync(request, block, blockKv.ModRevision, ordinal, pool, ct).ConfigureAwait(false);
                 if (outcome is not null) return outcome;
                 goto retry;
             }
@@ -105,16 +128,11 @@ public sealed class IpamService(IDatastore store)
                 {
                     var cidr = net.Subnet(pool.BlockSize, (start + i) % count);
                     if (taken.Contains(Keys.Block(cidr))) continue;
-                    var block = new AllocationBlock { Cidr = cidr.ToString(), Affinity = request.Node, Pool = pool.Name };
-                    IpamHandle? gatewayHandle = null;
-                    if (request.ReserveBlockGateway && FindFree(block, pool, reservations) is var gw and >= 0)
-                    {
-                        gatewayHandle = new IpamHandle { Id = GatewayHandleId(cidr), Node = request.Node, Blocks = { [cidr.ToString()] = 1 }, Created = DateTime.UtcNow.ToString("O") };
-                        block.Allocations.Add(new BlockAllocation { Ordinal = gw, Handle = gatewayHandle.Id, Attributes = { ["node"] = request.Node, ["use"] = "gateway" } });
-                    }
-                    var ordinal = FindFree(block, pool, reservations);
-                    if (ordinal < 0) continue;
-                    var outcome = await TryAllocateAsync(request, block, 0, ordinal, pool, newAffinity: true, ct, gatewayHandle, claimRevision).ConfigureAwait(false);
+                    if (FindFree(new AllocationBlock { Cidr = cidr.ToString(), Pool = pool.Name }, pool, reservations) < 0) continue;
+                    // One claim at a time per node: parallel first ADDs on a fresh node share the block this one claims.
+                    var claim = System.Text.Encoding.UTF8.GetBytes($"{{\"block\":\"{cidr}\"}}");
+                    if (!(await store.PutAsync(Keys.BlockClaim(request.Node), claim, claimRevision, ct).ConfigureAwait(false)).Succeeded) goto retry;
+                    var outcome = await ClaimAndAllocateAsync(request, cidr, pool, reservations, ct).ConfigureAwait(false);
                     if (outcome is not null) return outcome;
                     goto retry;
                 }
@@ -129,7 +147,7 @@ public sealed class IpamService(IDatastore store)
                 if (pool is null || cidr.Family != family || block.Affinity == request.Node) continue;
                 var ordinal = FindFree(block, pool, reservations);
                 if (ordinal < 0) continue;
-                var outcome = await TryAllocateAsync(request, block, kv.ModRevision, ordinal, pool, newAffinity: false, ct).ConfigureAwait(false);
+                var outcome = await TryAllocateAsync(request, block, kv.ModRevision, ordinal, pool, ct).ConfigureAwait(false);
                 if (outcome is not null) return outcome;
                 goto retry;
             }
@@ -153,57 +171,111 @@ public sealed class IpamService(IDatastore store)
         for (var attempt = 0; attempt < MaxAttempts; attempt++)
         {
             var kv = await store.GetAsync(Keys.Block(cidr), ct).ConfigureAwait(false);
-            var block = kv is null
-                ? new AllocationBlock { Cidr = cidr.ToString(), Affinity = request.Node, Pool = pool.Name }
-                : Codec.Decode<AllocationBlock>(kv.Value, kv.Key);
             var ordinal = (int)cidr.OffsetOf(ip);
-            if (block.Allocations.FirstOrDefault(a => a.Ordinal == ordinal) is { } holder)
-                throw new IpamException(IpamCodes.AddressUnavailable, $"requested address {ip} is already in use (handle {holder.Handle})");
-            var outcome = await TryAllocateAsync(request, block, kv?.ModRevision ?? 0, ordinal, pool, newAffinity: kv is null, ct).ConfigureAwait(false);
+            AssignedAddress? outcome;
+            if (kv is null)
+                outcome = await ClaimAndAllocateAsync(request, cidr, pool, reservations, ct, ordinal).ConfigureAwait(false);
+            else
+            {
+                var block = Codec.Decode<AllocationBlock>(kv.Value, kv.Key);
+                if (block.Allocations.FirstOrDefault(a => a.Ordinal == ordinal) is { } holder)
+                    throw new IpamException(IpamCodes.AddressUnavailable, $"requested address {ip} is already in use (handle {holder.Handle})");
+                outcome = await TryAllocateAsync(request, block, kv.ModRevision, ordinal, pool, ct).ConfigureAwait(false);
+            }
             if (outcome is not null) return outcome;
             await Task.Delay(Random.Shared.Next(1, 5 + attempt), ct).ConfigureAwait(false);
         }
         throw new IpamException(IpamCodes.Conflict, $"gave up allocating {ip} for {request.HandleId} after {MaxAttempts} conflicting concurrent updates; retry");
     }
 
-    /// <summary>One compare-and-swap: the block (and its affinity when new) plus the handle. Null on conflict.</summary>
-    private async Task<AssignedAddress?> TryAllocateAsync(AssignRequest request, AllocationBlock block, long blockRevision, int ordinal, IPPool pool, bool newAffinity, CancellationToken ct, IpamHandle? extraHandle = null, long claimRevision = -1)
+    /// <summary>
+    /// A block this node does not hold yet (claimed, or asked for by address): its affinity, then the block itself with
+    /// the allocation (and, in bridge mode, the gateway's). Null when another writer got there first; a block another
+    /// node wrote meanwhile makes this node's affinity stale, and it goes.
+    /// </summary>
+    private async Task<AssignedAddress?> ClaimAndAllocateAsync(AssignRequest request, Cidr cidr, IPPool pool, IReadOnlyList<Cidr> reservations, CancellationToken ct, int? ordinal = null)
+    {
+        var affinityKey = Keys.Affinity(request.Node, cidr);
+        var affinity = await store.GetAsync(affinityKey, ct).ConfigureAwait(false);
+        if (affinity is null && !(await store.PutAsync(affinityKey, "{}"u8.ToArray(), 0, ct).ConfigureAwait(false)).Succeeded) return null;
+        var block = new AllocationBlock { Cidr = cidr.ToString(), Affinity = request.Node, Pool = pool.Name };
+        IpamHandle? gateway = null;
+        if (request.ReserveBlockGateway && FindFree(block, pool, reservations) is var gw and >= 0 && gw != ordinal)
+        {
+            gateway = new IpamHandle { Id = GatewayHandleId(cidr), Node = request.Node, Blocks = { [cidr.ToString()] = 1 }, Created = DateTime.UtcNow.ToString("O") };
+            block.Allocations.Add(new BlockAllocation { Ordinal = gw, Handle = gateway.Id, Attributes = { ["node"] = request.Node, ["use"] = "gateway" } });
+            // Named before the block holds its address, like every handle. One left by an earlier try is the same.
+            await store.PutAsync(Keys.Handle(gateway.Id), Codec.Encode(gateway), 0, ct).ConfigureAwait(false);
+        }
+        var at = ordinal ?? FindFree(block, pool, reservations);
+        if (at < 0) return null;
+        var outcome = await TryAllocateAsync(request, block, 0, at, pool, ct).ConfigureAwait(false);
+        if (outcome is not null) return outcome;
+        if (await store.GetAsync(Keys.Block(cidr), ct).ConfigureAwait(false) is { } won && Codec.Decode<AllocationBlock>(won.Value, won.Key).Affinity != request.Node)
+        {
+            if (await store.GetAsync(affinityKey, ct).ConfigureAwait(false) is { } mine) await store.DeleteAsync(affinityKey, mine.ModRevision, ct).ConfigureAwait(false);
+            if (gateway is not null && await store.GetAsync(Keys.Handle(gateway.Id), ct).ConfigureAwait(false) is { } g &&
+                Codec.Decode<IpamHandle>(g.Value, g.Key).Node == request.Node)
+                await store.DeleteAsync(g.Key, g.ModRevision, ct).ConfigureAwait(false);
+        }
+        return null;
+    }
+
+    /// <summary>
+    /// The handle names the block, then the block records the address (compare-and-swap on its revision; 0 creates
+    /// it). Null on conflict, after the handle forgets a block it named for this try alone.
+    /// </summary>
+    private async Task<AssignedAddress?> TryAllocateAsync(AssignRequest request, AllocationBlock block, long blockRevision, int ordinal, IPPool pool, CancellationToken ct)
     {
         var cidr = block.Network;
-        var handleKey = Keys.Handle(request.HandleId);
-        var handleKv = await store.GetAsync(handleKey, ct).ConfigureAwait(false);
-        var handle = handleKv is null
+        var named = await NameBlockAsync(request, cidr, ct).ConfigureAwait(false);
+        if (named is null) return null;
+        var attrs = new Dictionary<string, string>(request.Attributes) { ["node"] = request.Node, ["time"] = DateTime.UtcNow.ToString("O") };
+        block.Allocations.Add(new BlockAllocation { Ordinal = ordinal, Handle = request.HandleId, Attributes = attrs });
+        block.Allocations.Sort((a, b) => a.Ordinal.CompareTo(b.Ordinal));
+        if ((await store.PutAsync(Keys.Block(cidr), Codec.Encode(block), blockRevision, ct).ConfigureAwait(false)).Succeeded)
+            return new AssignedAddress(cidr.AddressAt((UInt128)ordinal), cidr, pool.Name, pool.Network);
+        if (named.Value) await ForgetBlockAsync(request.HandleId, cidr, ct).ConfigureAwait(false);
+        return null;
+    }
+
+    /// <summary>Makes the handle name the block (creating the handle); true when this call added it, null on conflict.</summary>
+    private async Task<bool?> NameBlockAsync(AssignRequest request, Cidr cidr, CancellationToken ct)
+    {
+        var key = Keys.Handle(request.HandleId);
+        var kv = await store.GetAsync(key, ct).ConfigureAwait(false);
+        var handle = kv is null
             ? new IpamHandle
             {
                 Id = request.HandleId, Node = request.Node, Network = request.Network, ContainerId = request.ContainerId,
                 IfName = request.IfName, Created = DateTime.UtcNow.ToString("O"),
             }
-            : Codec.Decode<IpamHandle>(handleKv.Value, handleKey);
-        var attrs = new Dictionary<string, string>(request.Attributes) { ["node"] = request.Node, ["time"] = DateTime.UtcNow.ToString("O") };
-        block.Allocations.Add(new BlockAllocation { Ordinal = ordinal, Handle = request.HandleId, Attributes = attrs });
-        block.Allocations.Sort((a, b) => a.Ordinal.CompareTo(b.Ordinal));
-        handle.Blocks[cidr.ToString()] = handle.Blocks.GetValueOrDefault(cidr.ToString()) + 1;
+            : Codec.Decode<IpamHandle>(kv.Value, key);
+        if (handle.Blocks.ContainsKey(cidr.ToString())) return false;
+        handle.Blocks[cidr.ToString()] = 1;
+        return (await store.PutAsync(key, Codec.Encode(handle), kv?.ModRevision ?? 0, ct).ConfigureAwait(false)).Succeeded ? true : null;
+    }
 
-        var pre = new List<Precondition> { new(Keys.Block(cidr), blockRevision), new(handleKey, handleKv?.ModRevision ?? 0) };
-        var muts = new List<Mutation>
+    /// <summary>The handle stops naming a block where it holds nothing (deleted when it names none). Best effort: a
+    /// conflict leaves a dangling name, which only `ipam check` sees and a later release removes.</summary>
+    private async Task ForgetBlockAsync(string handleId, Cidr cidr, CancellationToken ct)
+    {
+        var kv = await store.GetAsync(Keys.Handle(handleId), ct).ConfigureAwait(false);
+        if (kv is null) return;
+        var handle = Codec.Decode<IpamHandle>(kv.Value, kv.Key);
+        if (!handle.Blocks.Remove(cidr.ToString())) return;
+        if (handle.Blocks.Count == 0) await store.DeleteAsync(kv.Key, kv.ModRevision, ct).ConfigureAwait(false);
+        else await store.PutAsync(kv.Key, Codec.Encode(handle), kv.ModRevision, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>The block a claim record names, or null when it names none readable.</summary>
+    private static Cidr? ClaimedBlock(byte[] value)
+    {
+        try
         {
-            Mutation.Put(Keys.Block(cidr), Codec.Encode(block)),
-            Mutation.Put(handleKey, Codec.Encode(handle)),
-        };
-        if (newAffinity && block.Affinity is { } owner)
-        {
-            pre.Add(Precondition.Absent(Keys.Affinity(owner, cidr)));
-            muts.Add(Mutation.Put(Keys.Affinity(owner, cidr), "{}"u8.ToArray()));
-            if (claimRevision >= 0) pre.Add(new Precondition(Keys.BlockClaim(owner), claimRevision));
-            muts.Add(Mutation.Put(Keys.BlockClaim(owner), System.Text.Encoding.UTF8.GetBytes($"{{\"block\":\"{cidr}\"}}")));
+            return System.Text.Json.JsonDocument.Parse(value).RootElement.TryGetProperty("block", out var b) && b.GetString() is { } text && Cidr.TryParse(text, out var c) ? c : null;
         }
-        if (extraHandle is not null)
-        {
-            pre.Add(Precondition.Absent(Keys.Handle(extraHandle.Id)));
-            muts.Add(Mutation.Put(Keys.Handle(extraHandle.Id), Codec.Encode(extraHandle)));
-        }
-        var txn = await store.CommitAsync(pre, muts, ct).ConfigureAwait(false);
-        return txn.Succeeded ? new AssignedAddress(cidr.AddressAt((UInt128)ordinal), cidr, pool.Name, pool.Network) : null;
+        catch (System.Text.Json.JsonException) { return null; }
     }
 
     /// <summary>The lowest free ordinal in the block, skipping reservations and the pool's own network/broadcast.</summary>
@@ -246,7 +318,7 @@ public sealed class IpamService(IDatastore store)
             var ordinal = FindFree(block, pool, reservations);
             if (ordinal < 0) throw new IpamException(IpamCodes.PoolExhausted, $"block {blockCidr} has no free address left for its bridge gateway");
             var request = new AssignRequest(id, node) { Attributes = new Dictionary<string, string> { ["use"] = "gateway" } };
-            var outcome = await TryAllocateAsync(request, block, bkv.ModRevision, ordinal, pool, newAffinity: false, ct).ConfigureAwait(false);
+            var outcome = await TryAllocateAsync(request, block, bkv.ModRevision, ordinal, pool, ct).ConfigureAwait(false);
             if (outcome is not null) return outcome.Address;
             await Task.Delay(Random.Shared.Next(1, 5 + attempt), ct).ConfigureAwait(false);
         }
@@ -288,28 +360,29 @@ public sealed class IpamService(IDatastore store)
                 await store.DeleteAsync(handleKey, hkv.ModRevision, ct).ConfigureAwait(false);
                 continue;
             }
-            // One block per transaction, each also rewriting the handle, so a crash in between leaves the handle
-            // pointing only at blocks that still hold its addresses.
+            // Block by block: the block lets go first, then the handle forgets it, so a crash in between leaves the
+            // handle naming a block where it holds nothing (never an address held by no handle).
             var blockCidr = handle.Blocks.Keys.First();
-            var cidr = Cidr.Parse(blockCidr);
-            var bkv = await store.GetAsync(Keys.Block(cidr), ct).ConfigureAwait(false);
-            handle.Blocks.Remove(blockCidr);
-            var pre = new List<Precondition> { new(handleKey, hkv.ModRevision) };
-            var muts = new List<Mutation>
-            {
-                handle.Blocks.Count == 0 ? Mutation.Delete(handleKey) : Mutation.Put(handleKey, Codec.Encode(handle)),
-            };
-            var removed = 0;
+            var bkv = await store.GetAsync(Keys.Block(Cidr.Parse(blockCidr)), ct).ConfigureAwait(false);
             if (bkv is not null)
             {
                 var block = Codec.Decode<AllocationBlock>(bkv.Value, bkv.Key);
-                removed = block.Allocations.RemoveAll(a => a.Handle == handleId);
-                pre.Add(new Precondition(bkv.Key, bkv.ModRevision));
-                muts.Add(Mutation.Put(bkv.Key, Codec.Encode(block)));
+                var removed = block.Allocations.RemoveAll(a => a.Handle == handleId);
+                if (removed > 0)
+                {
+                    if (!(await store.PutAsync(bkv.Key, Codec.Encode(block), bkv.ModRevision, ct).ConfigureAwait(false)).Succeeded)
+                    {
+                        await Task.Delay(Random.Shared.Next(1, 5 + attempt), ct).ConfigureAwait(false);
+                        continue;
+                    }
+                    released += removed;
+                }
             }
-            var txn = await store.CommitAsync(pre, muts, ct).ConfigureAwait(false);
-            if (txn.Succeeded) { released += removed; attempt = 0; }
-            else await Task.Delay(Random.Shared.Next(1, 5 + attempt), ct).ConfigureAwait(false);
+            handle.Blocks.Remove(blockCidr);
+            var forgot = handle.Blocks.Count == 0
+                ? await store.DeleteAsync(handleKey, hkv.ModRevision, ct).ConfigureAwait(false)
+                : await store.PutAsync(handleKey, Codec.Encode(handle), hkv.ModRevision, ct).ConfigureAwait(false);
+            if (forgot.Succeeded) attempt = 0;
         }
         throw new IpamException(IpamCodes.Conflict, $"gave up releasing handle {handleId} after {MaxAttempts} conflicting concurrent updates; retry");
     }
@@ -329,22 +402,23 @@ public sealed class IpamService(IDatastore store)
                 var alloc = block.Allocations.FirstOrDefault(a => a.Ordinal == ordinal);
                 if (alloc is null) return null;
                 block.Allocations.Remove(alloc);
-                var pre = new List<Precondition> { new(kv.Key, kv.ModRevision) };
-                var muts = new List<Mutation> { Mutation.Put(kv.Key, Codec.Encode(block)) };
-                var hkv = await store.GetAsync(Keys.Handle(alloc.Handle), ct).ConfigureAwait(false);
-                if (hkv is not null)
-                {
-                    var handle = Codec.Decode<IpamHandle>(hkv.Value, hkv.Key);
-                    var left = handle.Blocks.GetValueOrDefault(cidr.ToString()) - 1;
-                    if (left > 0) handle.Blocks[cidr.ToString()] = left; else handle.Blocks.Remove(cidr.ToString());
-                    pre.Add(new Precondition(hkv.Key, hkv.ModRevision));
-                    muts.Add(handle.Blocks.Count == 0 ? Mutation.Delete(hkv.Key) : Mutation.Put(hkv.Key, Codec.Encode(handle)));
-                }
-                if ((await store.CommitAsync(pre, muts, ct).ConfigureAwait(false)).Succeeded) return alloc.Handle;
-                goto retry;
+                if (!(await store.PutAsync(kv.Key, Codec.Encode(block), kv.ModRevision, ct).ConfigureAwait(false)).Succeeded) goto retry;
+                // The handle forgets the block once it holds nothing there.
+                if (!block.Allocations.Any(a => a.Handle == alloc.Handle))
+                    for (var i = 0; i < MaxAttempts && await store.GetAsync(Keys.Handle(alloc.Handle), ct).ConfigureAwait(false) is { } hkv; i++)
+                    {
+                        var handle = Codec.Decode<IpamHandle>(hkv.Value, hkv.Key);
+                        if (!handle.Blocks.Remove(cidr.ToString())) break;
+                        var done = handle.Blocks.Count == 0
+                            ? await store.DeleteAsync(hkv.Key, hkv.ModRevision, ct).ConfigureAwait(false)
+                            : await store.PutAsync(hkv.Key, Codec.Encode(handle), hkv.ModRevision, ct).ConfigureAwait(false);
+                        if (done.Succeeded) break;
+                    }
+                return alloc.Handle;
             }
             return null;
-        retry:;
+        retry:
+            await Task.Delay(Random.Shared.Next(1, 5 + attempt), ct).ConfigureAwait(false);
         }
         throw new IpamException(IpamCodes.Conflict, $"gave up releasing {ip} after {MaxAttempts} conflicting concurrent updates; retry");
     }

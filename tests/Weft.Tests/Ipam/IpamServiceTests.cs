@@ -27,12 +27,126 @@ public abstract class IpamServiceContract : IDisposable
 
     protected static AssignRequest Req(string handle, string node = "n1", bool v6 = true) => new(handle, node) { Network = "net", IPv6 = v6 };
 
+    /// <summary>IPAM over a store that refuses any write but a compare-and-swap of one record (all the Kubernetes API offers).</summary>
+    protected static IpamService Ipam(IDatastore ds) => new(new SingleObjectWrites(ds));
+
+    /// <summary>
+    /// A client killed after each of its writes in turn (every point a SIGKILL can land between two records), while
+    /// claiming blocks (plain and bridge mode), assigning in a held block, asking for an address, releasing a handle
+    /// and one address. Then other clients carry on in parallel: no address twice, none held by a missing handle;
+    /// after CNI GC of the dead client's attachments nothing is left inconsistent.
+    /// </summary>
+    [Fact]
+    public async Task A_client_killed_after_any_write_leaves_nothing_the_next_clients_and_gc_cannot_handle()
+    {
+        await Pools(Pool("v4", "10.13.0.0/16", 28));
+        using (var ds = Open()) await Ipam(ds).AssignAsync(Req("net.h0.eth0", v6: false));
+        var total = await DyingClientAsync(int.MaxValue, 0);
+        Assert.InRange(total, 12, 40);
+        for (var n = 0; n <= total; n++)
+        {
+            await DyingClientAsync(n, n + 1);
+            var round = n + 1;
+            // Two new pods on each node, the dead client's nodes included (bridge nodes reserve their gateways).
+            string[] nodes = ["n1", "n2", "n3", $"fresh{round}", $"bridge{round}"];
+            var survivors = await Task.WhenAll(Enumerable.Range(0, 2 * nodes.Length).Select(i => Task.Run(async () =>
+            {
+                using var ds = Open();
+                var node = nodes[i % nodes.Length];
+                var req = Req($"net.ok{round}-{i}.eth0", node, v6: false) with { ReserveBlockGateway = node == "n3" || node.StartsWith("bridge", StringComparison.Ordinal) };
+                return (req.HandleId, node, Assert.Single(await Ipam(ds).AssignAsync(req)).Address);
+            })));
+            Assert.Equal(2 * nodes.Length, survivors.Select(s => s.Address).Distinct().Count());
+            using var check = Open();
+            var report = await new IpamInspector(check).CheckAsync(TimeSpan.MaxValue);
+            Assert.DoesNotContain(report.Problems, p => p.Kind is IpamInspector.Duplicate or IpamInspector.MissingHandle);
+            // The runtime retries a DEL until it succeeds (the dead client may have been releasing h0), then runs CNI GC
+            // on each node with its live attachments (the survivors of every round so far).
+            await Ipam(check).ReleaseAsync("net.h0.eth0");
+            var live = new HashSet<string>(StringComparer.Ordinal);
+            for (var r = 1; r <= round; r++)
+                for (var i = 0; i < 2 * nodes.Length; i++) live.Add($"net.ok{r}-{i}.eth0");
+            foreach (var node in nodes) await Ipam(check).GarbageCollectAsync(node, "net", live);
+            var after = await new IpamInspector(check).CheckAsync(TimeSpan.MaxValue);
+            Assert.True(after.Problems.Count == 0, $"killed after write {n}: " + string.Join("; ", after.Problems.Select(p => p.Detail)));
+            foreach (var node in nodes)
+                foreach (var kv in (await check.ListAsync(Keys.NodeAffinities(node))).Items)
+                {
+                    var block = await check.GetAsync(Keys.Blocks + kv.Key[(kv.Key.LastIndexOf('/') + 1)..]);
+                    Assert.True(block is null || Codec.Decode(block.Value, ModelJson.Default.AllocationBlock, block.Key).Affinity == node, $"killed after write {n}: {kv.Key} names another node's block");
+                }
+            using (var ds = Open()) await Ipam(ds).AssignAsync(Req("net.h0.eth0", v6: false));
+        }
+    }
+
+    /// <summary>Runs the dying client's work, killed after <paramref name="writes"/> writes; returns how many it made.</summary>
+    private async Task<int> DyingClientAsync(int writes, int round)
+    {
+        using var inner = Open();
+        var dying = new DiesAfterWrites(new SingleObjectWrites(inner), writes);
+        var ipam = new IpamService(dying);
+        try
+        {
+            var node = $"fresh{round}";
+            await ipam.AssignAsync(Req($"net.d{round}-a.eth0", node, v6: false));
+            var b = Assert.Single(await ipam.AssignAsync(Req($"net.d{round}-b.eth0", node, v6: false)));
+            await ipam.AssignAsync(Req($"net.d{round}-c.eth0", $"bridge{round}", v6: false) with { ReserveBlockGateway = true });
+            await ipam.AssignAsync(Req($"net.d{round}-d.eth0", node, v6: false) with { Requested = [IPAddress.Parse($"10.13.{200 + round % 50}.{1 + round % 13}")] });
+            await ipam.ReleaseAsync("net.h0.eth0");
+            await ipam.ReleaseAddressAsync(b.Address);
+        }
+        catch (DiesAfterWrites.Killed) { }
+        return dying.Writes;
+    }
+
+    /// <summary>Refuses every write that is not a compare-and-swap of the one record it writes.</summary>
+    private sealed class SingleObjectWrites(IDatastore inner) : ForwardingStore(inner)
+    {
+        public override ValueTask<TxnResult> CommitAsync(IReadOnlyList<Precondition> preconditions, IReadOnlyList<Mutation> mutations, CancellationToken ct = default)
+        {
+            Assert.True(mutations.Count == 1 && preconditions.All(p => p.Key == mutations[0].Key),
+                $"a write of several records: {string.Join(", ", mutations.Select(m => m.Key))} guarded by {string.Join(", ", preconditions.Select(p => p.Key))}");
+            return base.CommitAsync(preconditions, mutations, ct);
+        }
+    }
+
+    /// <summary>A client that dies (every later call throws) once it has made <c>limit</c> writes.</summary>
+    private sealed class DiesAfterWrites(IDatastore inner, int limit) : ForwardingStore(inner)
+    {
+        public sealed class Killed : Exception;
+
+        public int Writes { get; private set; }
+
+        public override ValueTask<KeyValue?> GetAsync(string key, CancellationToken ct = default) => Writes >= limit ? throw new Killed() : base.GetAsync(key, ct);
+        public override ValueTask<RangeResult> ListAsync(string prefix, CancellationToken ct = default) => Writes >= limit ? throw new Killed() : base.ListAsync(prefix, ct);
+
+        public override async ValueTask<TxnResult> CommitAsync(IReadOnlyList<Precondition> preconditions, IReadOnlyList<Mutation> mutations, CancellationToken ct = default)
+        {
+            if (Writes >= limit) throw new Killed();
+            var r = await base.CommitAsync(preconditions, mutations, ct);
+            Writes++;
+            return r;
+        }
+    }
+
+    private abstract class ForwardingStore(IDatastore inner) : IDatastore
+    {
+        public string Describe => inner.Describe;
+        public virtual ValueTask<KeyValue?> GetAsync(string key, CancellationToken ct = default) => inner.GetAsync(key, ct);
+        public virtual ValueTask<RangeResult> ListAsync(string prefix, CancellationToken ct = default) => inner.ListAsync(prefix, ct);
+        public virtual ValueTask<TxnResult> CommitAsync(IReadOnlyList<Precondition> preconditions, IReadOnlyList<Mutation> mutations, CancellationToken ct = default) => inner.CommitAsync(preconditions, mutations, ct);
+        public IAsyncEnumerable<WatchEvent> WatchAsync(string prefix, long afterRevision, CancellationToken ct = default) => inner.WatchAsync(prefix, afterRevision, ct);
+        public ValueTask<long> RevisionAsync(CancellationToken ct = default) => inner.RevisionAsync(ct);
+        public ValueTask CompactAsync(long revision, CancellationToken ct = default) => inner.CompactAsync(revision, ct);
+        public void Dispose() { }
+    }
+
     [Fact]
     public async Task Assigns_from_a_block_affine_to_the_node_and_is_idempotent_per_handle()
     {
         await Pools(Pool("v4", "10.244.0.0/16", 26));
         using var ds = Open();
-        var ipam = new IpamService(ds);
+        var ipam = Ipam(ds);
         var a = Assert.Single(await ipam.AssignAsync(Req("h1")));
         Assert.True(Cidr.Parse("10.244.0.0/16").Contains(a.Address));
         Assert.Equal(26, a.Block.PrefixLength);
@@ -50,7 +164,7 @@ public abstract class IpamServiceContract : IDisposable
     {
         await Pools(Pool("v4", "10.1.0.0/24", 28));
         using var ds = Open();
-        var ipam = new IpamService(ds);
+        var ipam = Ipam(ds);
         var first = (await ipam.AssignAsync(Req("h1")))[0].Address;
         await ipam.AssignAsync(Req("h2"));
         Assert.Equal(1, await ipam.ReleaseAsync("h1"));
@@ -64,7 +178,7 @@ public abstract class IpamServiceContract : IDisposable
     public async Task No_pool_names_the_fix()
     {
         using var ds = Open();
-        var e = await Assert.ThrowsAsync<NoPoolException>(() => new IpamService(ds).AssignAsync(Req("h")));
+        var e = await Assert.ThrowsAsync<NoPoolException>(() => Ipam(ds).AssignAsync(Req("h")));
         Assert.Contains("weftctl apply -f", e.Message);
         Assert.Equal(IpamCodes.NoPool, e.CniCode);
     }
@@ -74,7 +188,7 @@ public abstract class IpamServiceContract : IDisposable
     {
         await Pools(Pool("v4", "10.2.0.0/16", 26), Pool("v6", "fd00:2::/64", 122));
         using var ds = Open();
-        var got = await new IpamService(ds).AssignAsync(Req("h"));
+        var got = await Ipam(ds).AssignAsync(Req("h"));
         Assert.Equal([AddressFamily.InterNetwork, AddressFamily.InterNetworkV6], got.Select(a => a.Family));
         Assert.Equal(122, got[1].Block.PrefixLength);
     }
@@ -84,7 +198,7 @@ public abstract class IpamServiceContract : IDisposable
     {
         await Pools(Pool("off", "10.3.0.0/24", 26, disabled: true), Pool("other", "10.4.0.0/24", 26, "kubernetes.io/hostname == 'n9'"), Pool("mine", "10.5.0.0/24", 26, "kubernetes.io/hostname == 'n1'"));
         using var ds = Open();
-        var ipam = new IpamService(ds);
+        var ipam = Ipam(ds);
         Assert.True(Cidr.Parse("10.5.0.0/24").Contains((await ipam.AssignAsync(Req("h", "n1")))[0].Address));
         Assert.True(Cidr.Parse("10.4.0.0/24").Contains((await ipam.AssignAsync(Req("h2", "n9")))[0].Address));
         await Assert.ThrowsAsync<NoPoolException>(() => ipam.AssignAsync(Req("h3", "n5")));
@@ -96,7 +210,7 @@ public abstract class IpamServiceContract : IDisposable
         await Pools(Pool("v4", "10.6.0.0/28", 28));
         using var ds = Open();
         await new ResourceService(ds).ApplyAsync([new IPReservationResource(new IPReservation { Name = "r", ReservedCIDRs = ["10.6.0.1/32", "10.6.0.4/31"] }, new DocumentSource("t", 1))]);
-        var ipam = new IpamService(ds);
+        var ipam = Ipam(ds);
         var got = new List<IPAddress>();
         for (var i = 0; i < 11; i++) got.Add((await ipam.AssignAsync(Req("h" + i)))[0].Address);
         Assert.DoesNotContain(IPAddress.Parse("10.6.0.1"), got);
@@ -114,7 +228,7 @@ public abstract class IpamServiceContract : IDisposable
     {
         await Pools(Pool("tiny", "10.7.0.0/29", 30));
         using var ds = Open();
-        var ipam = new IpamService(ds);
+        var ipam = Ipam(ds);
         for (var i = 0; i < 5; i++) await ipam.AssignAsync(Req("a" + i, "node-a"));
         var borrowed = (await ipam.AssignAsync(Req("b0", "node-b")))[0];
         var blocks = (await ds.ListAsync(Keys.Blocks)).Items.Select(kv => Codec.Decode(kv.Value, ModelJson.Default.AllocationBlock, kv.Key)).ToList();
@@ -128,7 +242,7 @@ public abstract class IpamServiceContract : IDisposable
     {
         await Pools(Pool("v4", "10.8.0.0/16", 26));
         using var ds = Open();
-        var ipam = new IpamService(ds);
+        var ipam = Ipam(ds);
         var want = IPAddress.Parse("10.8.3.77");
         Assert.Equal(want, (await ipam.AssignAsync(Req("h1") with { Requested = [want] }))[0].Address);
         Assert.Contains("already in use", (await Assert.ThrowsAsync<IpamException>(() => ipam.AssignAsync(Req("h2") with { Requested = [want] }))).Message);
@@ -140,7 +254,7 @@ public abstract class IpamServiceContract : IDisposable
     {
         await Pools(Pool("v4", "10.9.0.0/16", 26));
         using var ds = Open();
-        var ipam = new IpamService(ds);
+        var ipam = Ipam(ds);
         await ipam.AssignAsync(new AssignRequest("net.keep.eth0", "n1") { Network = "net" });
         await ipam.AssignAsync(new AssignRequest("net.gone.eth0", "n1") { Network = "net" });
         await ipam.AssignAsync(new AssignRequest("net.other-node.eth0", "n2") { Network = "net" });
@@ -157,7 +271,7 @@ public abstract class IpamServiceContract : IDisposable
     {
         await Pools(Pool("v4", "10.10.0.0/16", 26));
         using var ds = Open();
-        var ipam = new IpamService(ds);
+        var ipam = Ipam(ds);
         var a = (await ipam.AssignAsync(Req("h1") with { ReserveBlockGateway = true, IPv6 = false }))[0];
         var gw = await ipam.EnsureBlockGatewayAsync(a.Block, "n1");
         // The pool's own network address is never used, so the pool's first block starts at ordinal 1.
@@ -174,7 +288,7 @@ public abstract class IpamServiceContract : IDisposable
         var results = await Task.WhenAll(Enumerable.Range(0, 64).Select(i => Task.Run(async () =>
         {
             using var ds = Open();
-            return (await new IpamService(ds).AssignAsync(Req($"h{i}", i % 2 == 0 ? "n1" : "n2")))[0].Address;
+            return (await Ipam(ds).AssignAsync(Req($"h{i}", i % 2 == 0 ? "n1" : "n2")))[0].Address;
         })));
         Assert.Equal(64, results.Distinct().Count());
     }
@@ -194,7 +308,7 @@ public abstract class IpamServiceContract : IDisposable
             var results = await Task.WhenAll(Enumerable.Range(0, 64).Select(i => Task.Run(async () =>
             {
                 using var ds = Open();
-                return Assert.Single(await new IpamService(ds).AssignAsync(Req($"r{round}-h{i}", node, v6: false)));
+                return Assert.Single(await Ipam(ds).AssignAsync(Req($"r{round}-h{i}", node, v6: false)));
             })));
             Assert.Equal(64, results.Select(r => r.Address).Distinct().Count());
             Assert.Single(results.Select(r => r.Block).Distinct());
@@ -227,7 +341,7 @@ public sealed class IpamServiceTests : IpamServiceContract
             {
                 using var ds = DatastoreFactory.Open("sqlite://" + Path.Combine(dir, "w.db"));
                 new ResourceService(ds).ApplyAsync([new IPPoolResource(Pool("p", "10.50.0.0/26", blockSize), new DocumentSource("t", 1))]).GetAwaiter().GetResult();
-                var ipam = new IpamService(ds);
+                var ipam = Ipam(ds);
                 foreach (var (node, handle, assign) in ops)
                 {
                     try
