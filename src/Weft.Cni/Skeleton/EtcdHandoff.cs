@@ -5,17 +5,16 @@ using Weft.Native;
 namespace Weft.Cni.Skeleton;
 
 /// <summary>
-/// `weft` is published without the etcd client, so the sqlite path keeps its start-up time (NativeAOT start-up
-/// grows with code size; gRPC and protobuf added ~7 ms to every exec, measured with VERSION). For an etcd://
-/// datastore it becomes `weft-etcd` from its own directory, the same plugin published with the client, by execve:
-/// same environment, same stdout, the configuration it already read handed over as stdin.
+/// `weft` is published without the remote datastore clients (etcd, Kubernetes), so the sqlite path keeps its start-up
+/// time (NativeAOT start-up grows with code size; gRPC and protobuf added ~7 ms to every exec, measured with VERSION).
+/// For an etcd:// or kubernetes datastore it becomes `weft-etcd` from its own directory, the same plugin published
+/// with both clients, by execve: same environment, same stdout, the configuration it already read handed over as stdin.
 /// </summary>
 internal static class EtcdHandoff
 {
     public const string Binary = "weft-etcd";
 
-    public static bool Needed(NetConf conf) =>
-        !DatastoreFactory.EtcdLinked && conf.Datastore.StartsWith(EtcdOptions.Scheme, StringComparison.Ordinal);
+    public static bool Needed(NetConf conf) => !DatastoreFactory.EtcdLinked && NetConf.IsRemote(conf.Datastore);
 
     /// <summary>Does not return: the process becomes weft-etcd, or this throws a CNI error.</summary>
     public static void Run(byte[] input)
@@ -23,8 +22,8 @@ internal static class EtcdHandoff
         var dir = Path.GetDirectoryName(Environment.ProcessPath) ?? ".";
         var target = Path.Combine(dir, Binary);
         if (!File.Exists(target))
-            throw new CniException(CniCodes.InvalidNetworkConfig, $"the etcd datastore needs {Binary} in {dir} beside weft (install both from dist/)");
+            throw new CniException(CniCodes.InvalidNetworkConfig, $"the etcd or kubernetes datastore needs {Binary} in {dir} beside weft (install both from dist/)");
         try { ExecHandoff.Replace(target, input); }
-        catch (IOException e) { throw new CniException(CniCodes.Internal, $"cannot run {target} for the etcd datastore: {e.Message}"); }
+        catch (IOException e) { throw new CniException(CniCodes.Internal, $"cannot run {target} for the remote datastore: {e.Message}"); }
     }
 }

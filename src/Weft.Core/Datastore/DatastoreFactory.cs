@@ -33,8 +33,13 @@ public static class DatastoreFactory
                 throw new ArgumentException($"datastore '{uri}': this binary was built without the etcd client; use the weft-etcd plugin (dist/weft-etcd) next to it");
             return new EtcdDatastore(EtcdOptions.Parse(uri));
         }
-        if (uri.StartsWith("kubernetes", StringComparison.Ordinal))
-            throw new ArgumentException($"datastore '{uri}': this build supports sqlite:// and etcd:// so far");
-        throw new ArgumentException($"datastore '{uri}': unknown scheme; use sqlite:///path/to/weft.db or etcd://host:2379[,host:2379...]");
+        if (uri == Weft.Kubernetes.KubeConnection.Scheme || uri.StartsWith(Weft.Kubernetes.KubeConnection.Scheme + "://", StringComparison.Ordinal))
+        {
+            // The remote clients travel together: weft-etcd carries the Kubernetes one too.
+            if (!EtcdLinked)
+                throw new ArgumentException($"datastore '{uri}': this binary was built without the remote datastore clients; use the weft-etcd plugin (dist/weft-etcd) next to it");
+            return new Weft.Kubernetes.KubeDatastore(Weft.Kubernetes.KubeConnection.Open(uri));
+        }
+        throw new ArgumentException($"datastore '{uri}': unknown scheme; use sqlite:///path/to/weft.db, etcd://host:2379[,host:2379...], kubernetes (in a pod) or kubernetes:///path/to/kubeconfig");
     }
 }

@@ -8,36 +8,9 @@ namespace Weft.Ctl.Output;
 /// <summary>Renders stored records back as the Calico documents an operator would apply.</summary>
 public static class DocumentWriter
 {
-    public static JsonObject ToDocument(IPPool p)
-    {
-        var spec = new JsonObject
-        {
-            ["cidr"] = p.Cidr,
-            ["blockSize"] = p.BlockSize,
-            ["ipipMode"] = p.IpipMode,
-            ["vxlanMode"] = p.VxlanMode,
-            ["natOutgoing"] = p.NatOutgoing,
-            ["disabled"] = p.Disabled,
-            ["disableBGPExport"] = p.DisableBGPExport,
-            ["nodeSelector"] = p.NodeSelector,
-            ["allowedUses"] = new JsonArray(p.AllowedUses.Select(u => (JsonNode?)JsonValue.Create(u)).ToArray()),
-            ["assignmentMode"] = p.AssignmentMode,
-        };
-        return Envelope("IPPool", p.Name, p.CreationTimestamp, spec);
-    }
+    public static JsonObject ToDocument(IPPool p) => Weft.Resources.CalicoDocuments.ToDocument(p);
 
-    public static JsonObject ToDocument(IPReservation r) =>
-        Envelope("IPReservation", r.Name, null, new JsonObject
-        {
-            ["reservedCIDRs"] = new JsonArray(r.ReservedCIDRs.Select(c => (JsonNode?)JsonValue.Create(c)).ToArray()),
-        });
-
-    private static JsonObject Envelope(string kind, string name, string? created, JsonObject spec)
-    {
-        var meta = new JsonObject { ["name"] = name };
-        if (created is not null) meta["creationTimestamp"] = created;
-        return new JsonObject { ["apiVersion"] = "projectcalico.org/v3", ["kind"] = kind, ["metadata"] = meta, ["spec"] = spec };
-    }
+    public static JsonObject ToDocument(IPReservation r) => Weft.Resources.CalicoDocuments.ToDocument(r);
 
     /// <summary>One document as JSON, several as a v1 List (what calicoctl prints).</summary>
     public static string Json(IReadOnlyList<JsonObject> docs, bool asList)

@@ -376,3 +376,22 @@ public sealed class EtcdIpamServiceTests : IpamServiceContract, IClassFixture<Su
     protected override IDatastore Open() => DatastoreFactory.Open(_etcd.Uri);
     public override void Dispose() { }
 }
+
+/// <summary>
+/// The same IPAM behaviour on the kubernetes datastore (against the scripted API server): pools are projectcalico.org/v3
+/// IPPool objects, blocks, affinities, handles and claims objects of Weft's group, each written by compare-and-swap
+/// on its resourceVersion.
+/// </summary>
+public sealed class KubeIpamServiceTests : IpamServiceContract
+{
+    private readonly Support.ScriptedKubeApi _api = new();
+    private readonly HttpClient _http = new();
+
+    protected override IDatastore Open() => new Weft.Kubernetes.KubeDatastore(_http, _api.BaseAddress);
+
+    public override void Dispose()
+    {
+        _http.Dispose();
+        _api.DisposeAsync().AsTask().GetAwaiter().GetResult();
+    }
+}

@@ -144,11 +144,19 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
             await http.Response.WriteAsync(Status(401, "Unauthorized", "Unauthorized")).ConfigureAwait(false);
             return;
         }
-        if (!watch)
+        var target = Target(path);
+        if (http.Request.Method != "GET" || target.Name is not null)
         {
-            await ListAsync(http, path, q).ConfigureAwait(false);
+            lock (Requests) Requests[^1] = $"{http.Request.Method} {path}{http.Request.QueryString}";
+            await ObjectAsync(http, target).ConfigureAwait(false);
             return;
         }
+        if (!watch)
+        {
+            await ListAsync(http, target.Collection, q, target.Namespace).ConfigureAwait(false);
+            return;
+        }
+        path = target.Collection;
         var from = long.TryParse(q["resourceVersion"], out var rv) ? rv : 0;
         var timeout = int.TryParse(q["timeoutSeconds"], out var t) ? TimeSpan.FromSeconds(t) : TimeSpan.FromMinutes(5);
         Watcher watcher;
@@ -189,7 +197,118 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
     private readonly Dictionary<long, (long Version, List<JsonObject> Items)> _snapshots = [];
     private long _nextSnapshot;
 
-    private async Task ListAsync(HttpContext http, string path, IQueryCollection q)
+    /// <summary>
+    /// A request path as the API server reads it: the collection every object of the resource lives in (the
+    /// all-namespaces path for namespaced resources), the namespace (null: cluster-scoped or all namespaces), the name.
+    /// </summary>
+    private readonly record struct ApiTarget(string Collection, string? Namespace, string? Name);
+
+    private static ApiTarget Target(string path)
+    {
+        var parts = path.Trim('/').Split('/');
+        var prefix = parts[0] == "api" ? 2 : 3; // /api/v1/... or /apis/GROUP/VERSION/...
+        if (parts.Length <= prefix) return new ApiTarget(path, null, null);
+        var root = "/" + string.Join('/', parts[..prefix]);
+        var rest = parts[prefix..];
+        if (rest[0] == "namespaces" && rest.Length >= 3)
+            return new ApiTarget($"{root}/{rest[2]}", rest[1], rest.Length > 3 ? rest[3] : null);
+        return new ApiTarget($"{root}/{rest[0]}", null, rest.Length > 1 ? rest[1] : null);
+    }
+
+    /// <summary>
+    /// GET, POST (create: 409 AlreadyExists), PUT (update: 404 when missing, 409 Conflict when metadata.resourceVersion
+    /// is not the stored one) and DELETE (404, or 409 when preconditions.resourceVersion is stale) of one object; every
+    /// write moves the version and is a watch event, as on the API server.
+    /// </summary>
+    private async Task ObjectAsync(HttpContext http, ApiTarget target)
+    {
+        JsonObject? body = null;
+        if (http.Request.ContentLength is > 0 || http.Request.Method is "POST" or "PUT")
+        {
+            try { body = await JsonNode.ParseAsync(http.Request.Body).ConfigureAwait(false) as JsonObject; }
+            catch (System.Text.Json.JsonException e)
+            {
+                await Reply(http, 400, Status(400, "BadRequest", "the body is not JSON: " + e.Message)).ConfigureAwait(false);
+                return;
+            }
+        }
+        int code;
+        string reply;
+        lock (_lock)
+        {
+            var items = Collection(target.Collection);
+            var name = target.Name ?? body?["metadata"]?["name"]?.GetValue<string>();
+            var key = name is null ? null : target.Namespace is { } ns ? ns + "/" + name : name;
+            var exists = key is not null && items.ContainsKey(key);
+            var rv = (_version + 1).ToString(System.Globalization.CultureInfo.InvariantCulture);
+            var stored = exists ? items[key!]["metadata"]!["resourceVersion"]!.GetValue<string>() : null;
+            var putWants = body is null ? null : (body["metadata"] as JsonObject)?["resourceVersion"]?.GetValue<string>();
+            var deleteWants = body is null ? null : (body["preconditions"] as JsonObject)?["resourceVersion"]?.GetValue<string>();
+            var stalePut = putWants is { Length: > 0 } && putWants != stored;
+            var staleDelete = deleteWants is { Length: > 0 } && deleteWants != stored;
+            switch (http.Request.Method)
+            {
+                case "GET":
+                    (code, reply) = exists ? (200, items[key!].ToJsonString()) : (404, Status(404, "NotFound", $"\"{name}\" not found"));
+                    break;
+                case "POST" when body is null || key is null:
+                    (code, reply) = (400, Status(400, "BadRequest", "an object with metadata.name is required"));
+                    break;
+                case "POST" when exists:
+                    (code, reply) = (409, Status(409, "AlreadyExists", $"\"{name}\" already exists"));
+                    break;
+                case "PUT" when body is null || key is null:
+                    (code, reply) = (400, Status(400, "BadRequest", "an object is required"));
+                    break;
+                case "PUT" when !exists:
+                    (code, reply) = (404, Status(404, "NotFound", $"\"{name}\" not found"));
+                    break;
+                case "PUT" when stalePut:
+                    (code, reply) = (409, Status(409, "Conflict", $"Operation cannot be fulfilled on \"{name}\": the object has been modified; please apply your changes to the latest version and try again"));
+                    break;
+                case "POST" or "PUT":
+                    var o = (JsonObject)body!.DeepClone();
+                    var metadata = o["metadata"] as JsonObject ?? new JsonObject();
+                    o["metadata"] = metadata;
+                    metadata["name"] = name;
+                    if (target.Namespace is { } n) metadata["namespace"] = n;
+                    metadata["resourceVersion"] = rv;
+                    if (!exists) metadata["uid"] = Guid.NewGuid().ToString();
+                    else metadata["uid"] = items[key!]["metadata"]!["uid"]?.DeepClone();
+                    _version++;
+                    items[key!] = o;
+                    Record(target.Collection, exists ? "MODIFIED" : "ADDED", o);
+                    (code, reply) = (exists ? 200 : 201, o.ToJsonString());
+                    break;
+                case "DELETE" when !exists:
+                    (code, reply) = (404, Status(404, "NotFound", $"\"{name}\" not found"));
+                    break;
+                case "DELETE" when staleDelete:
+                    (code, reply) = (409, Status(409, "Conflict", $"Precondition failed: ResourceVersion in precondition: {deleteWants}"));
+                    break;
+                case "DELETE":
+                    items.Remove(key!, out var gone);
+                    gone = (JsonObject)gone!.DeepClone();
+                    gone["metadata"]!["resourceVersion"] = rv;
+                    _version++;
+                    Record(target.Collection, "DELETED", gone);
+                    (code, reply) = (200, gone.ToJsonString());
+                    break;
+                default:
+                    (code, reply) = (405, Status(405, "MethodNotAllowed", http.Request.Method + " is not supported here"));
+                    break;
+            }
+        }
+        await Reply(http, code, reply).ConfigureAwait(false);
+    }
+
+    private static async Task Reply(HttpContext http, int code, string body)
+    {
+        http.Response.StatusCode = code;
+        await http.Response.WriteAsync(body).ConfigureAwait(false);
+    }
+
+    private async Task ListAsync(HttpContext http, string path, IQueryCollection q, string? ns = null)
     {
         var limit = int.TryParse(q["limit"], out var l) && l > 0 ? l : int.MaxValue;
         string body;
@@ -210,7 +329,8 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
             else
             {
                 id = ++_nextSnapshot;
-                _snapshots[id] = (_version, Collection(path).Values.Select(o => (JsonObject)o.DeepClone()).ToList());
+                _snapshots[id] = (_version, Collection(path).Where(kv => ns is null || kv.Key.StartsWith(ns + "/", StringComparison.Ordinal))
+                    .Select(kv => (JsonObject)kv.Value.DeepClone()).ToList());
             }
             var (version, items) = _snapshots[id];
             var page = items.Skip((int)start).Take(limit).ToList();
