@@ -35,15 +35,55 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
     public bool Silent { get => Volatile.Read(ref _silent); set => Volatile.Write(ref _silent, value); }
     private bool _silent;
 
-    public ScriptedKubeApi()
+    /// <param name="netns">A network namespace to serve in (on its 127.0.0.1), for clients that run there (the plugin in a node namespace).</param>
+    public ScriptedKubeApi(string? netns = null)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
-        builder.WebHost.UseUrls("http://127.0.0.1:0");
+        if (netns is null) builder.WebHost.UseUrls("http://127.0.0.1:0");
+        else
+        {
+            // The listening socket is made inside the namespace and handed to Kestrel.
+            _listener = Weft.Netlink.NetNs.Run("/var/run/netns/" + netns, () =>
+            {
+                var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+                socket.Bind(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
+                socket.Listen(128);
+                return socket;
+            });
+            builder.WebHost.ConfigureKestrel(o => o.ListenHandle((ulong)_listener.Handle));
+        }
         _app = builder.Build();
         _app.Run(ServeAsync);
         _app.StartAsync().GetAwaiter().GetResult();
-        BaseAddress = new Uri(_app.Urls.First());
+        BaseAddress = _listener is null ? new Uri(_app.Urls.First()) : new Uri($"http://127.0.0.1:{((System.Net.IPEndPoint)_listener.LocalEndPoint!).Port}/");
+        Netns = netns;
+    }
+
+    private readonly System.Net.Sockets.Socket? _listener;
+
+    /// <summary>The namespace it serves in, or null (the test's own).</summary>
+    public string? Netns { get; }
+
+    /// <summary>An HttpClient whose connections are made in the server's namespace.</summary>
+    public HttpClient Client() => Netns is not { } ns ? new HttpClient() : new HttpClient(new SocketsHttpHandler
+    {
+        ConnectCallback = async (context, ct) =>
+        {
+            var socket = Weft.Netlink.NetNs.Run("/var/run/netns/" + ns, () => new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp));
+            try { await socket.ConnectAsync(context.DnsEndPoint, ct).ConfigureAwait(false); }
+            catch { socket.Dispose(); throw; }
+            return new System.Net.Sockets.NetworkStream(socket, ownsSocket: true);
+        },
+    });
+
+    /// <summary>A kubeconfig for this server (no credentials, or <see cref="RequiredToken"/>), written to <paramref name="path"/>.</summary>
+    public string WriteKubeconfig(string path)
+    {
+        var user = $"{{token: \"{RequiredToken ?? "any"}\"}}"; // KubernetesClient refuses a user without credentials
+        File.WriteAllText(path, $"apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"{BaseAddress.ToString().TrimEnd('/')}\"}}\n" +
+                                $"users:\n- name: weft\n  user: {user}\ncontexts:\n- name: weft@test\n  context: {{cluster: test, user: weft}}\ncurrent-context: weft@test\n");
+        return path;
     }
 
     public long Version { get { lock (_lock) return _version; } }
@@ -348,5 +388,6 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
         DropStreams();
         await _app.StopAsync().ConfigureAwait(false);
         await _app.DisposeAsync().ConfigureAwait(false);
+        _listener?.Dispose();
     }
 }
