@@ -184,6 +184,12 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
             await http.Response.WriteAsync(Status(401, "Unauthorized", "Unauthorized")).ConfigureAwait(false);
             return;
         }
+        if (http.Request.Method == "GET" && Discovery(path) is { } discovery)
+        {
+            lock (Requests) Requests[^1] = $"DISCOVER {path}";
+            await Reply(http, discovery.Length == 0 ? 404 : 200, discovery.Length == 0 ? Status(404, "NotFound", "the server could not find the requested resource") : discovery).ConfigureAwait(false);
+            return;
+        }
         var target = Target(path);
         if (http.Request.Method != "GET" || target.Name is not null)
         {
@@ -237,6 +243,185 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
     private readonly Dictionary<long, (long Version, List<JsonObject> Items)> _snapshots = [];
     private long _nextSnapshot;
 
+    /// <summary>A resource the server serves: built in, or from a CustomResourceDefinition created through it.</summary>
+    public sealed record ApiResource(string Group, string Version, string Plural, string Kind, bool Namespaced)
+    {
+        public string GroupVersion => Group.Length == 0 ? Version : Group + "/" + Version;
+    }
+
+    private readonly List<ApiResource> _resources =
+    [
+        new("", "v1", "namespaces", "Namespace", false),
+        new("", "v1", "pods", "Pod", true),
+        new("", "v1", "nodes", "Node", false),
+        new("", "v1", "configmaps", "ConfigMap", true),
+        new("", "v1", "secrets", "Secret", true),
+        new("", "v1", "serviceaccounts", "ServiceAccount", true),
+        new("", "v1", "services", "Service", true),
+        new("apps", "v1", "daemonsets", "DaemonSet", true),
+        new("apps", "v1", "deployments", "Deployment", true),
+        new("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false),
+        new("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", false),
+        new("rbac.authorization.k8s.io", "v1", "roles", "Role", true),
+        new("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true),
+        new("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", true),
+        new("scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", false),
+        new("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false),
+    ];
+
+    public IReadOnlyList<ApiResource> Resources { get { lock (_lock) return [.. _resources]; } }
+
+    /// <summary>Discovery (/api, /apis, /api/v1, /apis/G/V) as kubectl reads it; "" for a discovery path that names nothing, null for other paths.</summary>
+    private string? Discovery(string path)
+    {
+        var parts = path.Trim('/').Split('/', StringSplitOptions.RemoveEmptyEntries);
+        lock (_lock)
+        {
+            if (parts is ["api"])
+                return new JsonObject { ["kind"] = "APIVersions", ["versions"] = new JsonArray("v1"), ["serverAddressByClientCIDRs"] = new JsonArray() }.ToJsonString();
+            if (parts is ["apis"])
+            {
+                var groups = new JsonArray();
+                foreach (var g in _resources.Where(r => r.Group.Length > 0).GroupBy(r => r.Group))
+                {
+                    var versions = g.Select(r => r.Version).Distinct().ToList();
+                    groups.Add(new JsonObject
+                    {
+                        ["name"] = g.Key,
+                        ["versions"] = new JsonArray([.. versions.Select(v => (JsonNode)new JsonObject { ["groupVersion"] = g.Key + "/" + v, ["version"] = v })]),
+                        ["preferredVersion"] = new JsonObject { ["groupVersion"] = g.Key + "/" + versions[0], ["version"] = versions[0] },
+                    });
+                }
+                return new JsonObject { ["kind"] = "APIGroupList", ["apiVersion"] = "v1", ["groups"] = groups }.ToJsonString();
+            }
+            if (parts is ["openapi", "v3"])
+            {
+                var paths = new JsonObject();
+                foreach (var v in _resources.Select(r => r.GroupVersion).Distinct())
+                {
+                    var at = (v.Contains('/', StringComparison.Ordinal) ? "apis/" : "api/") + v;
+                    paths[at] = new JsonObject { ["serverRelativeURL"] = $"/openapi/v3/{at}?hash={_resources.Count}" };
+                }
+                return new JsonObject { ["paths"] = paths }.ToJsonString();
+            }
+            if (parts is ["openapi", "v3", .. var rest])
+                return OpenApi(string.Join('/', rest.Skip(1)));
+            string? gv = parts switch { ["api", var v] => v, ["apis", var g, var v] => g + "/" + v, _ => null };
+            if (gv is null) return path.StartsWith("/openapi", StringComparison.Ordinal) ? "" : null;
+            var list = _resources.Where(r => r.GroupVersion == gv).ToList();
+            if (list.Count == 0) return "";
+            return new JsonObject
+            {
+                ["kind"] = "APIResourceList", ["apiVersion"] = "v1", ["groupVersion"] = gv,
+                ["resources"] = new JsonArray([.. list.Select(r => (JsonNode)new JsonObject
+                {
+                    ["name"] = r.Plural, ["singularName"] = r.Kind.ToLowerInvariant(), ["namespaced"] = r.Namespaced, ["kind"] = r.Kind,
+                    ["verbs"] = new JsonArray("create", "delete", "get", "list", "patch", "update", "watch"),
+                })]),
+            }.ToJsonString();
+        }
+    }
+
+    /// <summary>
+    /// One group-version's OpenAPI v3 document, as much of it as kubectl reads: every resource's PATCH operation with
+    /// its group-version-kind and the fieldValidation parameter, so kubectl leaves validation to this server
+    /// (`fieldValidation=Strict`), which checks custom resources against their CRD's schema.
+    /// </summary>
+    private string OpenApi(string gv)
+    {
+        var paths = new JsonObject();
+        foreach (var r in _resources.Where(r => r.GroupVersion == gv))
+        {
+            var root = (r.Group.Length == 0 ? "/api/" : "/apis/") + gv + (r.Namespaced ? "/namespaces/{namespace}/" : "/") + r.Plural + "/{name}";
+            var gvk = new JsonObject { ["group"] = r.Group, ["version"] = r.Version, ["kind"] = r.Kind };
+            JsonObject Op() => new()
+            {
+                ["x-kubernetes-group-version-kind"] = gvk.DeepClone(),
+                ["parameters"] = new JsonArray(new JsonObject { ["name"] = "fieldValidation", ["in"] = "query", ["schema"] = new JsonObject { ["type"] = "string" } }),
+                ["responses"] = new JsonObject { ["200"] = new JsonObject { ["description"] = "OK" } },
+            };
+            paths[root] = new JsonObject { ["patch"] = Op(), ["put"] = Op() };
+        }
+        if (paths.Count == 0) return "";
+        return new JsonObject { ["openapi"] = "3.0.0", ["info"] = new JsonObject { ["title"] = "Kubernetes", ["version"] = "scripted" }, ["paths"] = paths, ["components"] = new JsonObject { ["schemas"] = new JsonObject() } }.ToJsonString();
+    }
+
+    /// <summary>The openAPIV3Schema of a custom resource's version, or null (built-in kinds are not checked here).</summary>
+    private JsonObject? SchemaOf(string collection)
+    {
+        foreach (var crd in Collection("/apis/apiextensions.k8s.io/v1/customresourcedefinitions").Values)
+        {
+            var spec = crd["spec"];
+            var group = spec?["group"]?.GetValue<string>();
+            var plural = spec?["names"]?["plural"]?.GetValue<string>();
+            foreach (var v in spec?["versions"]?.AsArray() ?? [])
+                if ($"/apis/{group}/{v?["name"]}/{plural}" == collection) return v?["schema"]?["openAPIV3Schema"] as JsonObject;
+        }
+        return null;
+    }
+
+    /// <summary>What the API server's strict validation of a custom resource says: unknown fields, types, enums, required fields.</summary>
+    private static void Validate(JsonNode? value, JsonObject schema, string at, List<string> unknown, List<string> invalid)
+    {
+        if (value is null) return;
+        var type = schema["type"]?.GetValue<string>();
+        switch (type)
+        {
+            case "object" when value is not JsonObject:
+            case "array" when value is not JsonArray:
+            case "string" when value is not JsonValue sv || sv.GetValueKind() != System.Text.Json.JsonValueKind.String:
+            case "boolean" when value is not JsonValue bv || bv.GetValueKind() is not (System.Text.Json.JsonValueKind.True or System.Text.Json.JsonValueKind.False):
+            case "integer" or "number" when value is not JsonValue nv || nv.GetValueKind() != System.Text.Json.JsonValueKind.Number:
+                invalid.Add($"{at}: Invalid value: \"{value.ToJsonString()}\": {at} in body must be of type {type}");
+                return;
+        }
+        if (schema["enum"] is JsonArray allowed && !allowed.Any(a => JsonNode.DeepEquals(a, value)))
+            invalid.Add($"{at}: Unsupported value: {value.ToJsonString()}: supported values: {string.Join(", ", allowed.Select(a => a!.ToJsonString()))}");
+        if (value is JsonObject o)
+        {
+            foreach (var req in schema["required"]?.AsArray() ?? [])
+                if (o[req!.GetValue<string>()] is null) invalid.Add($"{at}.{req}: Required value");
+            if (schema["x-kubernetes-preserve-unknown-fields"]?.GetValue<bool>() == true && schema["properties"] is null) return;
+            var props = schema["properties"] as JsonObject;
+            foreach (var (k, v) in o)
+            {
+                if (at.Length == 0 && k is "apiVersion" or "kind" or "metadata") continue;
+                if (props?[k] is JsonObject sub) Validate(v, sub, at.Length == 0 ? k : at + "." + k, unknown, invalid);
+                else if (schema["x-kubernetes-preserve-unknown-fields"]?.GetValue<bool>() != true) unknown.Add(at.Length == 0 ? k : at + "." + k);
+            }
+        }
+        else if (value is JsonArray list && schema["items"] is JsonObject items)
+            for (var i = 0; i < list.Count; i++) Validate(list[i], items, $"{at}[{i}]", unknown, invalid);
+    }
+
+    /// <summary>A created CustomResourceDefinition's served versions become resources (discovery, objects, watches).</summary>
+    private void Register(JsonObject crd)
+    {
+        var spec = crd["spec"] as JsonObject;
+        var group = spec?["group"]?.GetValue<string>();
+        var plural = spec?["names"]?["plural"]?.GetValue<string>();
+        var kind = spec?["names"]?["kind"]?.GetValue<string>();
+        if (group is null || plural is null || kind is null) return;
+        var namespaced = spec!["scope"]?.GetValue<string>() == "Namespaced";
+        foreach (var v in spec["versions"]?.AsArray() ?? [])
+            if (v?["name"]?.GetValue<string>() is { } version && v["served"]?.GetValue<bool>() != false &&
+                !_resources.Any(r => r.Group == group && r.Version == version && r.Plural == plural))
+                _resources.Add(new ApiResource(group, version, plural, kind, namespaced));
+    }
+
+    /// <summary>RFC 7386 JSON merge patch (kubectl's patch for custom resources; close enough for its strategic patches here).</summary>
+    private static JsonNode? MergePatch(JsonNode? target, JsonNode? patch)
+    {
+        if (patch is not JsonObject p) return patch?.DeepClone();
+        var result = target as JsonObject is { } t ? (JsonObject)t.DeepClone() : new JsonObject();
+        foreach (var (k, v) in p)
+        {
+            if (v is null) result.Remove(k);
+            else result[k] = MergePatch(result[k], v);
+        }
+        return result;
+    }
+
     /// <summary>
     /// A request path as the API server reads it: the collection every object of the resource lives in (the
     /// all-namespaces path for namespaced resources), the namespace (null: cluster-scoped or all namespaces), the name.
@@ -263,7 +448,7 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
     private async Task ObjectAsync(HttpContext http, ApiTarget target)
     {
         JsonObject? body = null;
-        if (http.Request.ContentLength is > 0 || http.Request.Method is "POST" or "PUT")
+        if (http.Request.ContentLength is > 0 || http.Request.Method is "POST" or "PUT" or "PATCH")
         {
             try { body = await JsonNode.ParseAsync(http.Request.Body).ConfigureAwait(false) as JsonObject; }
             catch (System.Text.Json.JsonException e)
@@ -306,8 +491,18 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
                 case "PUT" when stalePut:
                     (code, reply) = (409, Status(409, "Conflict", $"Operation cannot be fulfilled on \"{name}\": the object has been modified; please apply your changes to the latest version and try again"));
                     break;
-                case "POST" or "PUT":
-                    var o = (JsonObject)body!.DeepClone();
+                case "PATCH" when !exists:
+                    (code, reply) = (404, Status(404, "NotFound", $"\"{name}\" not found"));
+                    break;
+                case "PATCH" when body is null:
+                    (code, reply) = (400, Status(400, "BadRequest", "a patch is required"));
+                    break;
+                case "POST" or "PUT" or "PATCH" when http.Request.Query["fieldValidation"] == "Strict" && SchemaOf(target.Collection) is { } schema &&
+                                                      Problems(http.Request.Method == "PATCH" ? MergePatch(items[key!], body) : body, schema) is { } problem:
+                    (code, reply) = problem;
+                    break;
+                case "POST" or "PUT" or "PATCH":
+                    var o = http.Request.Method == "PATCH" ? (JsonObject)MergePatch(items[key!], body)! : (JsonObject)body!.DeepClone();
                     var metadata = o["metadata"] as JsonObject ?? new JsonObject();
                     o["metadata"] = metadata;
                     metadata["name"] = name;
@@ -317,6 +512,7 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
                     else metadata["uid"] = items[key!]["metadata"]!["uid"]?.DeepClone();
                     _version++;
                     items[key!] = o;
+                    if (target.Collection == "/apis/apiextensions.k8s.io/v1/customresourcedefinitions") Register(o);
                     Record(target.Collection, exists ? "MODIFIED" : "ADDED", o);
                     (code, reply) = (exists ? 200 : 201, o.ToJsonString());
                     break;
@@ -340,6 +536,19 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
             }
         }
         await Reply(http, code, reply).ConfigureAwait(false);
+    }
+
+    /// <summary>The API server's answer to an invalid custom resource (400 for unknown fields, 422 for invalid values), or null.</summary>
+    private static (int, string)? Problems(JsonNode? o, JsonObject schema)
+    {
+        var unknown = new List<string>();
+        var invalid = new List<string>();
+        Validate(o, schema, "", unknown, invalid);
+        if (unknown.Count > 0)
+            return (400, Status(400, "BadRequest", "strict decoding error: " + string.Join(", ", unknown.Select(u => $"unknown field \"{u}\""))));
+        if (invalid.Count > 0)
+            return (422, Status(422, "Invalid", $"{o?["kind"]} \"{o?["metadata"]?["name"]}\" is invalid: " + string.Join(", ", invalid)));
+        return null;
     }
 
     private static async Task Reply(HttpContext http, int code, string body)
