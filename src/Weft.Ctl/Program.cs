@@ -117,6 +117,11 @@ var serveUdp = new Option<string>("--udp") { DefaultValueFactory = _ => "" };
 var serve = new Command("serve", "(inside a lab pod) answer HTTP on TCP ports and echo on UDP ports") { serveTcp, serveUdp };
 serve.Hidden = true;
 serve.SetAction((r, ct) => Weft.Lab.PodServer.RunAsync(Ports(r.GetValue(serveTcp)!), Ports(r.GetValue(serveUdp)!), ct));
+var apiListen = new Option<string>("--listen") { Required = true };
+var apiTokenFile = new Option<string>("--token-file") { Description = "the kubeconfig whose token clients must present", Required = true };
+var apiserver = new Command("apiserver", "(inside a lab's control-plane namespace) the lab's Kubernetes API server") { apiListen, apiTokenFile };
+apiserver.Hidden = true;
+apiserver.SetAction((r, ct) => Weft.Lab.LabCommands.ApiServerAsync(r.GetValue(apiListen)!, r.GetValue(apiTokenFile)!, ct));
 var restartNode = new Option<string>("--node") { Required = true };
 var restartKill = new Option<bool>("--kill") { Description = "SIGKILL the running agent instead of a clean stop" };
 var restartStop = new Option<bool>("--stop") { Description = "only stop it" };
@@ -134,7 +139,7 @@ addPod.SetAction((r, ct) => Guard(() => Weft.Lab.LabCommands.AddPodAsync(Ctx(r),
 var delPodKey = new Argument<string>("pod") { Description = "NAMESPACE/NAME" };
 var delPod = new Command("delete-pod", "remove a pod: CNI DEL, its namespace and its Pod document") { labName, delPodKey };
 delPod.SetAction((r, ct) => Guard(() => Weft.Lab.LabCommands.DeletePodAsync(Ctx(r), r.GetValue(labName)!, r.GetValue(delPodKey)!, ct)));
-foreach (var c in new[] { up, down, status, exec, matrix, serve, restart, sync, addPod, delPod }) lab.Subcommands.Add(c);
+foreach (var c in new[] { up, down, status, exec, matrix, serve, apiserver, restart, sync, addPod, delPod }) lab.Subcommands.Add(c);
 root.Subcommands.Add(lab);
 
 // observe: hubble observe's flags and meanings

@@ -32,7 +32,8 @@ public static class LabCommands
         if (o.Flows is not ("on" or "off")) throw new ArgumentException($"--flows {o.Flows}: use on or off");
         if (o.Dataplane is not (null or "nftables" or "bpf")) throw new ArgumentException($"--dataplane {o.Dataplane}: use nftables or bpf");
         if (o.Masquerade is not ("auto" or "bpf" or "nftables")) throw new ArgumentException($"--masquerade {o.Masquerade}: use auto, bpf or nftables");
-        if (o.Datastore is not ("sqlite" or "etcd")) throw new ArgumentException($"--datastore {o.Datastore}: the lab runs sqlite or etcd (a 3-member cluster)");
+        if (o.Datastore is not ("sqlite" or "etcd" or "kubernetes"))
+            throw new ArgumentException($"--datastore {o.Datastore}: the lab runs sqlite, etcd (a 3-member cluster) or kubernetes (its own API server)");
         if (LabState.Load(o.Name) is not null || Shell.Run("ip", "netns", "list").Split('\n').Any(l => l.StartsWith(o.Name + "-", StringComparison.Ordinal)))
             throw new ArgumentException($"lab '{o.Name}' already exists; remove it with `weftctl lab down --name {o.Name}`");
         var dist = DistDir();
@@ -45,8 +46,13 @@ public static class LabCommands
         var state = new LabState
         {
             Name = o.Name, Dir = dir, Backend = backendType, Mode = o.Mode, Policy = o.Policy, Flows = o.Flows, Masquerade = o.Masquerade, Dataplane = o.Dataplane,
-            Datastore = o.Datastore == "etcd" ? "etcd://" + string.Join(",", EtcdIps.Select(ip => ip + ":2379")) : "sqlite://" + Path.Combine(dir, "weft.db"),
-            ControlPlane = o.Datastore == "etcd" ? o.Name + "-cp" : null,
+            Datastore = o.Datastore switch
+            {
+                "etcd" => "etcd://" + string.Join(",", EtcdIps.Select(ip => ip + ":2379")),
+                "kubernetes" => "kubernetes://" + Path.Combine(dir, "kubeconfig"),
+                _ => "sqlite://" + Path.Combine(dir, "weft.db"),
+            },
+            ControlPlane = o.Datastore is "etcd" or "kubernetes" ? o.Name + "-cp" : null,
             PodMtu = backendType == "vxlan" ? 1450 : 1500, Underlay = o.Name + "-ul", Gateway = o.Name + "-gw",
         };
         var total = Stopwatch.StartNew();
@@ -64,7 +70,8 @@ public static class LabCommands
             Shell.Ip("-n", state.Gateway, "link", "set", "eth0", "up");
             Shell.Ip("-n", state.Gateway, "addr", "add", "203.0.113.1/32", "dev", "lo");
 
-            if (state.ControlPlane is not null) await StartEtcdAsync(ctx, state, ct).ConfigureAwait(false);
+            if (o.Datastore == "etcd") await StartEtcdAsync(ctx, state, ct).ConfigureAwait(false);
+            if (o.Datastore == "kubernetes") await StartApiServerAsync(ctx, state, dist, ct).ConfigureAwait(false);
             Step(ctx, "datastore " + state.Datastore);
             if (o.NetConfFile is not null)
             {
@@ -129,6 +136,86 @@ public static class LabCommands
     }
 
     private static readonly string[] EtcdIps = [UnderlayPrefix + "2", UnderlayPrefix + "3", UnderlayPrefix + "4"];
+    private const int ApiServerPort = 6443;
+
+    /// <summary>The control-plane namespace `&lt;lab&gt;-cp` on the underlay bridge, holding <paramref name="ips"/>.</summary>
+    private static void AddControlPlane(LabState state, IEnumerable<string> ips)
+    {
+        var cp = state.ControlPlane!;
+        AddNetns(state, cp);
+        Shell.Ip("-n", cp, "link", "set", "lo", "up");
+        Shell.Ip("-n", state.Underlay, "link", "add", "cp0", "type", "veth", "peer", "name", "eth0", "netns", cp);
+        Shell.Ip("-n", state.Underlay, "link", "set", "cp0", "master", "br0", "up");
+        foreach (var ip in ips) Shell.Ip("-n", cp, "addr", "add", ip + "/24", "dev", "eth0");
+        Shell.Ip("-n", cp, "link", "set", "eth0", "up");
+    }
+
+    /// <summary>
+    /// The kubernetes datastore's control plane: the lab's API server (LabApiServer, run as `weftctl lab apiserver`) in
+    /// `&lt;lab&gt;-cp` at 198.51.100.2:6443, a kubeconfig with its token in the lab's directory (what agents, the plugin
+    /// and weftctl use), and Weft's CRDs created through it first, as `kubectl apply -f deploy/crds.yaml` would.
+    /// </summary>
+    private static async Task StartApiServerAsync(Terminal ctx, LabState state, string dist, CancellationToken ct)
+    {
+        var cp = state.ControlPlane!;
+        var ip = EtcdIps[0];
+        Step(ctx, $"API server in {cp} (https://{ip}:{ApiServerPort})");
+        AddControlPlane(state, [ip]);
+        var token = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16)).ToLowerInvariant();
+        var kubeconfig = Path.Combine(state.Dir, "kubeconfig");
+        var caPem = LabCertificates.Write(state.Dir, ip);
+        File.WriteAllText(kubeconfig, $"apiVersion: v1\nkind: Config\nclusters:\n- name: {state.Name}\n" +
+                                      $"  cluster: {{server: \"https://{ip}:{ApiServerPort}\", certificate-authority-data: {Convert.ToBase64String(System.Text.Encoding.ASCII.GetBytes(caPem))}}}\n" +
+                                      $"users:\n- name: weft\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: weft@{state.Name}\n  context: {{cluster: {state.Name}, user: weft}}\n" +
+                                      $"current-context: weft@{state.Name}\n");
+        state.ApiServerPid = Shell.StartDetached(cp, Path.Combine(state.Dir, "apiserver.log"), Path.Combine(dist, "weftctl"),
+            "lab", "apiserver", "--listen", $"{ip}:{ApiServerPort}", "--token-file", kubeconfig);
+        state.Save();
+        using var connection = Weft.Kubernetes.KubeConnection.Open(state.CtlDatastore);
+        var sw = Stopwatch.StartNew();
+        var last = "no answer";
+        while (true)
+        {
+            if (!Shell.IsRunning(state.ApiServerPid, "weftctl"))
+                throw new LabException("the lab's API server exited: " + string.Join("\n", File.ReadLines(Path.Combine(state.Dir, "apiserver.log")).TakeLast(5)));
+            if (sw.Elapsed > TimeSpan.FromSeconds(30)) throw new LabException($"the lab's API server in {cp} not ready after 30 s: {last}");
+            try
+            {
+                using var request = new HttpRequestMessage(HttpMethod.Get, new Uri(connection.Server, "/api"));
+                await connection.AuthorizeAsync(request, ct).ConfigureAwait(false);
+                using var response = await connection.Http.SendAsync(request, ct).ConfigureAwait(false);
+                if (response.IsSuccessStatusCode) break;
+                last = $"{(int)response.StatusCode} {response.ReasonPhrase}";
+            }
+            catch (HttpRequestException e) { last = e.Message; }
+            await Task.Delay(50, ct).ConfigureAwait(false);
+        }
+        foreach (var crd in LabApiServer.WeftCrds())
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, new Uri(connection.Server, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"))
+            {
+                Content = new StringContent(crd.ToJsonString(), System.Text.Encoding.UTF8, "application/json"),
+            };
+            await connection.AuthorizeAsync(request, ct).ConfigureAwait(false);
+            using var response = await connection.Http.SendAsync(request, ct).ConfigureAwait(false);
+            if (!response.IsSuccessStatusCode)
+                throw new LabException($"creating CRD {crd["metadata"]?["name"]}: {(int)response.StatusCode} {await response.Content.ReadAsStringAsync(ct).ConfigureAwait(false)}");
+        }
+        Step(ctx, $"API server ready with Weft's CRDs in {sw.Elapsed.TotalSeconds:0.0} s; kubeconfig {kubeconfig}");
+    }
+
+    /// <summary>`weftctl lab apiserver` (in the control-plane namespace): serves until stopped. The token is the kubeconfig's.</summary>
+    public static async Task<int> ApiServerAsync(string listen, string kubeconfig, CancellationToken ct)
+    {
+        var token = File.ReadLines(kubeconfig).Select(l => l.Trim()).Where(l => l.StartsWith("user: {token:", StringComparison.Ordinal))
+            .Select(l => l.Split('"')[1]).FirstOrDefault() ?? throw new ArgumentException($"{kubeconfig} has no token");
+        var dir = Path.GetDirectoryName(kubeconfig)!;
+        using var certificate = LabCertificates.Server(dir);
+        await using var server = new LabApiServer(listen: System.Net.IPEndPoint.Parse(listen), certificate: certificate) { RequiredToken = token };
+        try { await Task.Delay(Timeout.Infinite, ct).ConfigureAwait(false); }
+        catch (OperationCanceledException) { }
+        return 0;
+    }
 
     /// <summary>
     /// A 3-member etcd in the control-plane namespace `&lt;lab&gt;-cp`, one address each on its leg into the underlay
@@ -140,12 +227,7 @@ public static class LabCommands
         if (!File.Exists(etcd)) throw new LabException($"{etcd} is missing: run scripts/install-deps.sh (Debian package etcd-server)");
         var cp = state.ControlPlane!;
         Step(ctx, $"etcd: 3 members in {cp} ({string.Join(", ", EtcdIps)})");
-        AddNetns(state, cp);
-        Shell.Ip("-n", cp, "link", "set", "lo", "up");
-        Shell.Ip("-n", state.Underlay, "link", "add", "cp0", "type", "veth", "peer", "name", "eth0", "netns", cp);
-        Shell.Ip("-n", state.Underlay, "link", "set", "cp0", "master", "br0", "up");
-        foreach (var ip in EtcdIps) Shell.Ip("-n", cp, "addr", "add", ip + "/24", "dev", "eth0");
-        Shell.Ip("-n", cp, "link", "set", "eth0", "up");
+        AddControlPlane(state, EtcdIps);
         var cluster = string.Join(",", EtcdIps.Select((ip, i) => $"etcd-{i + 1}=http://{ip}:2380"));
         for (var i = 0; i < EtcdIps.Length; i++)
         {
@@ -447,6 +529,7 @@ public static class LabCommands
         foreach (var p in state.Pods) Shell.Stop(p.ServerPid, "weftctl", p.Netns);
         foreach (var n in state.Nodes) Shell.Stop(n.AgentPid, "weft-agent", n.Netns);
         foreach (var m in state.Etcd) Shell.Stop(m.Pid, "etcd", state.ControlPlane);
+        if (state.ApiServerPid > 0) Shell.Stop(state.ApiServerPid, "weftctl", state.ControlPlane);
         var count = 0;
         foreach (var ns in state.Namespaces.AsEnumerable().Reverse())
         {

@@ -59,11 +59,13 @@ public sealed class LabState
     public required string Dir { get; init; }
     /// <summary>The URI agents and the plugin use, from inside the lab's namespaces.</summary>
     public required string Datastore { get; init; }
-    /// <summary>The etcd members' namespace (`&lt;lab&gt;-cp`), or null with sqlite.</summary>
+    /// <summary>The etcd members' or the API server's namespace (`&lt;lab&gt;-cp`), or null with sqlite.</summary>
     public string? ControlPlane { get; init; }
     public List<LabEtcdMember> Etcd { get; init; } = [];
+    /// <summary>The lab's API server process (`weftctl lab apiserver` in the control-plane namespace) with the kubernetes datastore, else 0.</summary>
+    public int ApiServerPid { get; set; }
 
-    /// <summary>The URI for weftctl in the root namespace: etcd is reached through the control-plane namespace.</summary>
+    /// <summary>The URI for weftctl in the root namespace: etcd or the API server is reached through the control-plane namespace.</summary>
     [JsonIgnore]
     public string CtlDatastore => ControlPlane is null ? Datastore : $"{Datastore}?netns=/var/run/netns/{ControlPlane}";
     /// <summary>Each node's agent through its socket (what `lab sync` and `--lab ... --wait` ask).</summary>

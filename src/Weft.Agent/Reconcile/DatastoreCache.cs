@@ -25,30 +25,45 @@ public sealed class DatastoreCache(IDatastore inner) : IDatastore
         var items = new Dictionary<string, KeyValue>(StringComparer.Ordinal);
         foreach (var kv in list.Items) items[kv.Key] = kv;
         var keys = new SortedSet<string>(items.Keys, StringComparer.Ordinal);
-        lock (_lock) (_items, _keys, _revision) = (items, keys, list.Revision);
+        lock (_lock)
+        {
+            (_items, _keys, _revision) = (items, keys, list.Revision);
+            _listedAt = list.Revision;
+            _deleted.Clear();
+        }
         _loaded.TrySetResult();
     }
 
+    // The revision of the last list, and the keys deleted since with the revision of their deletion: a replayed event
+    // is judged by its own key, since the kubernetes datastore's watches (one per kind) interleave their revisions.
+    private long _listedAt;
+    private readonly Dictionary<string, long> _deleted = new(StringComparer.Ordinal);
+    private const int MaxTombstones = 100_000;
+
     /// <summary>
-    /// Applies one revision's events together, so no reader sees half of a transaction. Events at or below the
-    /// revision already applied (a duplicate, or history replayed after a reconnect) change nothing.
+    /// Applies one revision's events together, so no reader sees half of a transaction. An event no newer than what
+    /// the cache holds for its key (a duplicate, or history replayed after a reconnect) changes nothing. Events of
+    /// different keys may come in any order of revisions (the kubernetes datastore watches each kind apart).
     /// </summary>
     public void Apply(IReadOnlyList<WatchEvent> events)
     {
         lock (_lock)
         {
-            var applied = _revision;
             foreach (var e in events)
             {
-                if (e.Revision <= applied) continue;
+                var known = _items.TryGetValue(e.Key, out var held) ? held.ModRevision : _deleted.GetValueOrDefault(e.Key, _listedAt);
+                if (e.Revision <= known) continue;
                 if (e.Kind == WatchEventKind.Delete)
                 {
                     _items.Remove(e.Key);
                     _keys.Remove(e.Key);
+                    if (_deleted.Count >= MaxTombstones) _deleted.Clear(); // bounded: an old replay may then briefly resurrect a key
+                    _deleted[e.Key] = e.Revision;
                 }
                 else
                 {
                     _keys.Add(e.Key);
+                    _deleted.Remove(e.Key);
                     var created = _items.TryGetValue(e.Key, out var old) ? old.CreateRevision : e.Revision;
                     _items[e.Key] = new KeyValue(e.Key, e.Value ?? [], created, e.Revision);
                 }

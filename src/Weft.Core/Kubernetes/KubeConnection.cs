@@ -30,9 +30,21 @@ public sealed class KubeConnection : IDisposable
     public HttpClient Http { get; }
     public Uri Server { get; }
 
-    /// <summary>Opens a connection for a datastore URI; a clear ArgumentException when it is not one.</summary>
+    /// <summary>
+    /// Opens a connection for a datastore URI; a clear ArgumentException when it is not one. `?netns=/var/run/netns/NAME`
+    /// makes every connection from that network namespace (how weftctl reaches a lab's API server).
+    /// </summary>
     public static KubeConnection Open(string uri)
     {
+        var given = uri;
+        string? netns = null;
+        if (uri.IndexOf('?', StringComparison.Ordinal) is var q and > 0)
+        {
+            foreach (var part in uri[(q + 1)..].Split('&'))
+                netns = part.StartsWith("netns=", StringComparison.Ordinal) && part.Length > 6 ? Uri.UnescapeDataString(part[6..])
+                    : throw new ArgumentException($"'{given}': unknown option '{part}' (known: netns=/var/run/netns/NAME)");
+            uri = uri[..q];
+        }
         KubernetesClientConfiguration config;
         if (uri == Scheme)
         {
@@ -43,24 +55,33 @@ public sealed class KubeConnection : IDisposable
         else if (uri.StartsWith(Scheme + "://", StringComparison.Ordinal))
         {
             var path = uri[(Scheme.Length + 3)..];
-            if (!path.StartsWith('/')) throw new ArgumentException($"'{uri}': the kubeconfig must be an absolute path (kubernetes:///path/to/kubeconfig)");
-            if (!File.Exists(path)) throw new ArgumentException($"'{uri}': no kubeconfig at {path}");
+            if (!path.StartsWith('/')) throw new ArgumentException($"'{given}': the kubeconfig must be an absolute path (kubernetes:///path/to/kubeconfig)");
+            if (!File.Exists(path)) throw new ArgumentException($"'{given}': no kubeconfig at {path}");
             try { config = KubernetesClientConfiguration.BuildConfigFromConfigFile(path); }
             catch (Exception e) when (e is k8s.Exceptions.KubeConfigException or IOException or YamlDotNet.Core.YamlException)
             {
-                throw new ArgumentException($"'{uri}': {e.Message}", e);
+                throw new ArgumentException($"'{given}': {e.Message}", e);
             }
         }
-        else throw new ArgumentException($"'{uri}' is not a kubernetes datastore URI; use kubernetes or kubernetes:///path/to/kubeconfig");
+        else throw new ArgumentException($"'{given}' is not a kubernetes datastore URI; use kubernetes or kubernetes:///path/to/kubeconfig");
         if (string.IsNullOrEmpty(config.Host) || !Uri.TryCreate(config.Host, UriKind.Absolute, out var server))
-            throw new ArgumentException($"'{uri}': no API server address (the kubeconfig's cluster.server)");
-        return new KubeConnection(new HttpClient(Handler(config), disposeHandler: true) { Timeout = Timeout.InfiniteTimeSpan }, server, Credentials(config));
+            throw new ArgumentException($"'{given}': no API server address (the kubeconfig's cluster.server)");
+        if (netns is not null && !File.Exists(netns)) throw new ArgumentException($"'{given}': no network namespace at {netns}");
+        return new KubeConnection(new HttpClient(Handler(config, netns), disposeHandler: true) { Timeout = Timeout.InfiniteTimeSpan }, server, Credentials(config));
     }
 
     /// <summary>TLS as the kubeconfig says: its CA (or none checked when it says insecure), its client certificate, its server name.</summary>
-    private static SocketsHttpHandler Handler(KubernetesClientConfiguration config)
+    private static SocketsHttpHandler Handler(KubernetesClientConfiguration config, string? netns)
     {
         var handler = new SocketsHttpHandler { PooledConnectionIdleTimeout = TimeSpan.FromMinutes(2) };
+        if (netns is not null)
+            handler.ConnectCallback = async (context, ct) =>
+            {
+                var socket = Weft.Netlink.NetNs.Run(netns, () => new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp));
+                try { await socket.ConnectAsync(context.DnsEndPoint, ct).ConfigureAwait(false); }
+                catch { socket.Dispose(); throw; }
+                return new System.Net.Sockets.NetworkStream(socket, ownsSocket: true);
+            };
         if (config.SkipTlsVerify)
 #pragma warning disable CA5359 // the kubeconfig says insecure-skip-tls-verify: what kubectl does with it too
             handler.SslOptions.RemoteCertificateValidationCallback = (_, _, _, _) => true;

@@ -21,7 +21,7 @@ public sealed class KubePluginTests
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
         using var ns = new Netns("kubecni");
-        await using var api = new ScriptedKubeApi(ns.Node) { RequiredToken = "node-token" };
+        await using var api = new Weft.Lab.LabApiServer(ns.Node) { RequiredToken = "node-token" }.WithWeftCrds();
         var dir = TestEnv.TempDir("kubecni");
         try
         {

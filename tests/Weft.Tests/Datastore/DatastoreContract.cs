@@ -186,12 +186,12 @@ public sealed class SqliteDatastoreTests : DatastoreContract
 }
 
 /// <summary>
-/// The kubernetes backend against the scripted API server (tests/Weft.Tests/Support/ScriptedKubeApi.cs): objects,
+/// The kubernetes backend against the scripted API server (tests/Weft.Tests/Support/Weft.Lab.LabApiServer.cs): objects,
 /// resourceVersions, 409s, watches and 410 Gone as the API server has them. No real kube-apiserver runs here.
 /// </summary>
 public sealed class KubeDatastoreTests : DatastoreContract
 {
-    private readonly Support.ScriptedKubeApi _api = new();
+    private readonly Weft.Lab.LabApiServer _api = new Weft.Lab.LabApiServer().WithWeftCrds();
     private readonly HttpClient _http = new();
 
     protected override IDatastore Open() => new Weft.Kubernetes.KubeDatastore(_http, _api.BaseAddress);

@@ -384,7 +384,7 @@ public sealed class EtcdIpamServiceTests : IpamServiceContract, IClassFixture<Su
 /// </summary>
 public sealed class KubeIpamServiceTests : IpamServiceContract
 {
-    private readonly Support.ScriptedKubeApi _api = new();
+    private readonly Weft.Lab.LabApiServer _api = new Weft.Lab.LabApiServer().WithWeftCrds();
     private readonly HttpClient _http = new();
 
     protected override IDatastore Open() => new Weft.Kubernetes.KubeDatastore(_http, _api.BaseAddress);

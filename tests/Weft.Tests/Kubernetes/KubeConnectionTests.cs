@@ -33,7 +33,7 @@ public sealed class KubeConnectionTests : IDisposable
     [Fact]
     public async Task A_kubeconfig_connection_lists_and_watches_with_its_token()
     {
-        await using var api = new ScriptedKubeApi { RequiredToken = "sekrit" };
+        await using var api = new Weft.Lab.LabApiServer { RequiredToken = "sekrit" };
         api.Put("/api/v1/namespaces", "", "default");
         using var connection = KubeConnection.Open("kubernetes://" + Kubeconfig(api.BaseAddress, "sekrit"));
         var watch = connection.ListWatch("/api/v1/namespaces");
@@ -52,7 +52,7 @@ public sealed class KubeConnectionTests : IDisposable
     [Fact]
     public async Task A_wrong_token_is_refused_and_retried_never_synced()
     {
-        await using var api = new ScriptedKubeApi { RequiredToken = "sekrit" };
+        await using var api = new Weft.Lab.LabApiServer { RequiredToken = "sekrit" };
         using var connection = KubeConnection.Open("kubernetes://" + Kubeconfig(api.BaseAddress, "wrong"));
         var watch = connection.ListWatch("/api/v1/namespaces", new KubeWatchOptions(MaxBackoff: TimeSpan.FromMilliseconds(100)));
         using var stop = new CancellationTokenSource();

@@ -23,7 +23,7 @@ public sealed class KubeListWatchTests
         }
     }
 
-    private static (KubeListWatch Watch, CancellationTokenSource Stop, Task Run, List<KubeChange> Changes) Start(ScriptedKubeApi api, KubeWatchOptions? options = null)
+    private static (KubeListWatch Watch, CancellationTokenSource Stop, Task Run, List<KubeChange> Changes) Start(Weft.Lab.LabApiServer api, KubeWatchOptions? options = null)
     {
         var http = new HttpClient { BaseAddress = api.BaseAddress, Timeout = Timeout.InfiniteTimeSpan };
         var watch = new KubeListWatch(http, Pods, options ?? new KubeWatchOptions(PageSize: 100, MaxBackoff: TimeSpan.FromMilliseconds(200)));
@@ -33,7 +33,7 @@ public sealed class KubeListWatchTests
         return (watch, stop, Task.Run(() => watch.RunAsync(stop.Token)), changes);
     }
 
-    private static void SameAsServer(ScriptedKubeApi api, KubeListWatch watch)
+    private static void SameAsServer(Weft.Lab.LabApiServer api, KubeListWatch watch)
     {
         var server = api.Items(Pods);
         var mine = watch.Snapshot();
@@ -44,7 +44,7 @@ public sealed class KubeListWatchTests
     [Fact]
     public async Task A_paged_list_syncs_then_the_watch_follows_adds_changes_and_deletes_in_order()
     {
-        await using var api = new ScriptedKubeApi();
+        await using var api = new Weft.Lab.LabApiServer();
         for (var i = 0; i < 250; i++) api.Put(Pods, "default", $"pod-{i:000}");
         var (watch, stop, run, changes) = Start(api);
         await Until(() => watch.Synced, "the first list");
@@ -66,7 +66,7 @@ public sealed class KubeListWatchTests
     [Fact]
     public async Task A_bookmark_moves_the_version_without_a_change()
     {
-        await using var api = new ScriptedKubeApi();
+        await using var api = new Weft.Lab.LabApiServer();
         api.Put(Pods, "default", "a");
         var (watch, stop, run, changes) = Start(api);
         await Until(() => watch.Synced, "the first list");
@@ -81,7 +81,7 @@ public sealed class KubeListWatchTests
     [Fact]
     public async Task Gone_after_a_compaction_lists_again_and_reports_what_vanished_meanwhile()
     {
-        await using var api = new ScriptedKubeApi();
+        await using var api = new Weft.Lab.LabApiServer();
         api.Put(Pods, "default", "stays");
         api.Put(Pods, "default", "goes");
         var (watch, stop, run, changes) = Start(api);
@@ -110,7 +110,7 @@ public sealed class KubeListWatchTests
     [Fact]
     public async Task A_dropped_stream_resumes_from_the_last_version_and_loses_nothing()
     {
-        await using var api = new ScriptedKubeApi();
+        await using var api = new Weft.Lab.LabApiServer();
         var (watch, stop, run, changes) = Start(api);
         await Until(() => watch.Synced, "the first list");
         for (var round = 0; round < 5; round++)
@@ -132,7 +132,7 @@ public sealed class KubeListWatchTests
     [Fact]
     public async Task A_silent_stream_is_given_up_after_the_idle_limit_and_resumed()
     {
-        await using var api = new ScriptedKubeApi();
+        await using var api = new Weft.Lab.LabApiServer();
         var (watch, stop, run, _) = Start(api, new KubeWatchOptions(IdleTimeout: TimeSpan.FromMilliseconds(500), MaxBackoff: TimeSpan.FromMilliseconds(100)));
         await Until(() => watch.Synced, "the first list");
         var watches = api.Requests.Count(r => r.StartsWith("WATCH", StringComparison.Ordinal));
@@ -148,7 +148,7 @@ public sealed class KubeListWatchTests
     [Fact]
     public async Task A_server_that_ends_the_watch_is_watched_again_from_where_it_ended()
     {
-        await using var api = new ScriptedKubeApi();
+        await using var api = new Weft.Lab.LabApiServer();
         var (watch, stop, run, _) = Start(api, new KubeWatchOptions(WatchTimeout: TimeSpan.FromSeconds(1)));
         await Until(() => watch.Synced, "the first list");
         await Until(() => api.Requests.Count(r => r.StartsWith("WATCH", StringComparison.Ordinal)) >= 2, "a second watch after timeoutSeconds");
@@ -168,7 +168,7 @@ public sealed class KubeListWatchTests
     [InlineData("{\"type\":\"ERROR\",\"object\":{\"code\":500,\"message\":\"etcd is sad\"}}")]
     public async Task A_malformed_watch_event_is_refused_and_the_watch_resumes_without_losing_events(string line)
     {
-        await using var api = new ScriptedKubeApi();
+        await using var api = new Weft.Lab.LabApiServer();
         api.Put(Pods, "default", "a");
         var (watch, stop, run, _) = Start(api);
         await Until(() => watch.Synced, "the first list");

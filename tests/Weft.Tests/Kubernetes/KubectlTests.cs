@@ -8,7 +8,7 @@ namespace Weft.Tests.Kubernetes;
 /// </summary>
 public sealed class KubectlTests : IAsyncDisposable
 {
-    private readonly ScriptedKubeApi _api = new();
+    private readonly Weft.Lab.LabApiServer _api = new();
     private readonly string _dir = TestEnv.TempDir("kubectl");
     private readonly string _kubeconfig;
 

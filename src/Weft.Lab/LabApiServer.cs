@@ -6,15 +6,20 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
 
-namespace Weft.Tests.Support;
+namespace Weft.Lab;
 
 /// <summary>
-/// A scripted Kubernetes API server on 127.0.0.1 (Kestrel) with the wire behaviour list/watch clients meet: lists
-/// paged with limit/continue at one consistent version, watches as JSON lines from a resourceVersion (replayed from
-/// its event log, then live), bookmarks, 410 Gone for versions older than a compaction (as an ERROR event on a watch,
-/// as HTTP 410 for a stale continue token), and streams it can drop or leave silent. Tests change objects through it.
+/// A small Kubernetes API server (Kestrel, objects in memory) with the wire behaviour clients meet: discovery, OpenAPI
+/// v3 naming fieldValidation, CRDs served once created (and custom resources checked against their schemas), objects
+/// with resourceVersions (404, 409 AlreadyExists/Conflict, merge PATCH), lists paged with limit/continue at one
+/// consistent version, watches as JSON lines from a resourceVersion (replayed from its event log, then live),
+/// bookmarks, 410 Gone for versions older than a compaction. It is the control plane of `lab up --datastore
+/// kubernetes` and what the tests drive the kubernetes datastore, kubectl and list/watch against; tests can also
+/// script it (put and delete objects directly, compact, drop or silence streams, inject bad lines).
+/// No real kube-apiserver runs on the machine Weft is built on; this is not one (no admission, no RBAC, no
+/// strategic merge for built-in kinds, no garbage collection).
 /// </summary>
-public sealed class ScriptedKubeApi : IAsyncDisposable
+public sealed class LabApiServer : IAsyncDisposable
 {
     private readonly WebApplication _app;
     private readonly Lock _lock = new();
@@ -36,11 +41,16 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
     private bool _silent;
 
     /// <param name="netns">A network namespace to serve in (on its 127.0.0.1), for clients that run there (the plugin in a node namespace).</param>
-    public ScriptedKubeApi(string? netns = null)
+    /// <param name="listen">Where to listen (the lab's control plane address); default 127.0.0.1 on a free port.</param>
+    /// <param name="certificate">Serve HTTPS with this certificate (kubectl sends no bearer token over plain HTTP).</param>
+    public LabApiServer(string? netns = null, System.Net.IPEndPoint? listen = null, System.Security.Cryptography.X509Certificates.X509Certificate2? certificate = null)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.Logging.ClearProviders();
-        if (netns is null) builder.WebHost.UseUrls("http://127.0.0.1:0");
+        if (listen is not null && certificate is not null)
+            builder.WebHost.ConfigureKestrel(o => o.Listen(listen, l => l.UseHttps(certificate)));
+        else if (listen is not null) builder.WebHost.UseUrls($"http://{listen}");
+        else if (netns is null) builder.WebHost.UseUrls("http://127.0.0.1:0");
         else
         {
             // The listening socket is made inside the namespace and handed to Kestrel.
@@ -56,7 +66,8 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
         _app = builder.Build();
         _app.Run(ServeAsync);
         _app.StartAsync().GetAwaiter().GetResult();
-        BaseAddress = _listener is null ? new Uri(_app.Urls.First()) : new Uri($"http://127.0.0.1:{((System.Net.IPEndPoint)_listener.LocalEndPoint!).Port}/");
+        BaseAddress = listen is not null && certificate is not null ? new Uri($"https://{listen}/")
+            : _listener is null ? new Uri(_app.Urls.First()) : new Uri($"http://127.0.0.1:{((System.Net.IPEndPoint)_listener.LocalEndPoint!).Port}/");
         Netns = netns;
     }
 
@@ -98,8 +109,9 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
             var metadata = new JsonObject { ["name"] = name, ["resourceVersion"] = (++_version).ToString(System.Globalization.CultureInfo.InvariantCulture) };
             if (ns.Length > 0) metadata["namespace"] = ns;
             var o = new JsonObject { ["metadata"] = metadata };
-            foreach (var (k, v) in extra ?? []) o[k] = v?.DeepClone();
+            foreach (var (k, v) in extra ?? []) if (k != "metadata") o[k] = v?.DeepClone();
             items[key] = o;
+            if (path == "/apis/apiextensions.k8s.io/v1/customresourcedefinitions") Register(o);
             Record(path, type, o);
         }
     }
@@ -191,6 +203,11 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
             return;
         }
         var target = Target(path);
+        if (!Serves(target.Collection))
+        {
+            await Reply(http, 404, Status(404, "NotFound", "the server could not find the requested resource")).ConfigureAwait(false);
+            return;
+        }
         if (http.Request.Method != "GET" || target.Name is not null)
         {
             lock (Requests) Requests[^1] = $"{http.Request.Method} {path}{http.Request.QueryString}";
@@ -270,6 +287,12 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
     ];
 
     public IReadOnlyList<ApiResource> Resources { get { lock (_lock) return [.. _resources]; } }
+
+    /// <summary>Whether a collection path names a resource this server serves (built in, or a CRD created through it).</summary>
+    private bool Serves(string collection)
+    {
+        lock (_lock) return _resources.Any(r => (r.Group.Length == 0 ? "/api/" : "/apis/") + r.GroupVersion + "/" + r.Plural == collection);
+    }
 
     /// <summary>Discovery (/api, /apis, /api/v1, /apis/G/V) as kubectl reads it; "" for a discovery path that names nothing, null for other paths.</summary>
     private string? Discovery(string path)
@@ -392,6 +415,21 @@ public sealed class ScriptedKubeApi : IAsyncDisposable
         }
         else if (value is JsonArray list && schema["items"] is JsonObject items)
             for (var i = 0; i < list.Count; i++) Validate(list[i], items, $"{at}[{i}]", unknown, invalid);
+    }
+
+    /// <summary>Weft's CustomResourceDefinitions (deploy/crds.yaml), as the first thing applied to a cluster.</summary>
+    public static IReadOnlyList<JsonObject> WeftCrds()
+    {
+        using var stream = typeof(LabApiServer).Assembly.GetManifestResourceStream("crds.yaml") ?? throw new InvalidOperationException("crds.yaml is not embedded");
+        using var reader = new StreamReader(stream);
+        return [.. Weft.Client.Documents.YamlDocuments.Load(reader.ReadToEnd(), "deploy/crds.yaml").Select(d => d.Doc)];
+    }
+
+    /// <summary>Creates Weft's CRDs (what `kubectl apply -f deploy/crds.yaml` does); returns this server.</summary>
+    public LabApiServer WithWeftCrds()
+    {
+        foreach (var crd in WeftCrds()) Put("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "", crd["metadata"]!["name"]!.GetValue<string>(), crd);
+        return this;
     }
 
     /// <summary>A created CustomResourceDefinition's served versions become resources (discovery, objects, watches).</summary>
