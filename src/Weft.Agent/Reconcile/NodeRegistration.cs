@@ -84,7 +84,7 @@ public static class NodeRegistration
         {
             try
             {
-                var got = await ipam.AssignAsync(new AssignRequest("weft-tunnel." + node, node) { IPv6 = false, Network = "" }, ct).ConfigureAwait(false);
+                var got = await ipam.AssignAsync(new AssignRequest(IpamService.TunnelHandleId(node), node) { IPv6 = false, Network = "" }, ct).ConfigureAwait(false);
                 return got[0].Address;
             }
             catch (NoPoolException e)

@@ -67,6 +67,7 @@ public sealed class IpamInspector(IDatastore store)
         var handles = (await store.ListRecordsAsync(Keys.Handles, ModelJson.Default.IpamHandle, ct).ConfigureAwait(false)).ToDictionary(h => h.Id, StringComparer.Ordinal);
         var endpoints = (await store.ListRecordsAsync(Keys.Endpoints, ModelJson.Default.WorkloadEndpoint, ct).ConfigureAwait(false))
             .ToDictionary(e => Keys.HandleId(e.Network, e.ContainerId, e.IfName), StringComparer.Ordinal);
+        var nodes = (await store.ListRecordsAsync(Keys.Nodes, ModelJson.Default.NodeRecord, ct).ConfigureAwait(false)).Select(n => n.Name).ToHashSet(StringComparer.Ordinal);
         var problems = new List<IpamProblem>();
         var seen = new Dictionary<IPAddress, string>();
         var held = new Dictionary<string, List<IPAddress>>(StringComparer.Ordinal);
@@ -88,6 +89,8 @@ public sealed class IpamInspector(IDatastore store)
                 if (!handles.ContainsKey(a.Handle))
                     problems.Add(new IpamProblem(MissingHandle, $"{ip} is held by handle {a.Handle}, which does not exist", a.Handle, ip, node));
                 if (a.Handle.StartsWith("weft-gateway.", StringComparison.Ordinal)) continue;
+                // A node's tunnel address belongs to the node while it is registered, not to a pod.
+                if (a.Handle.StartsWith(IpamService.TunnelHandlePrefix, StringComparison.Ordinal) && nodes.Contains(a.Handle[IpamService.TunnelHandlePrefix.Length..])) continue;
                 var age = a.Attributes.TryGetValue("time", out var t) && DateTime.TryParse(t, null, System.Globalization.DateTimeStyles.RoundtripKind, out var when)
                     ? now - when : TimeSpan.MaxValue;
                 if (!endpoints.ContainsKey(a.Handle) && age >= grace)

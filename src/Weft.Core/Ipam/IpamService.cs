@@ -300,6 +300,11 @@ public sealed class IpamService(IDatastore store)
     /// <summary>The handle that holds a block's bridge gateway address.</summary>
     public static string GatewayHandleId(Cidr block) => "weft-gateway." + block.ToKey();
 
+    public const string TunnelHandlePrefix = "weft-tunnel.";
+
+    /// <summary>The handle that holds a node's VXLAN tunnel address.</summary>
+    public static string TunnelHandleId(string node) => TunnelHandlePrefix + node;
+
     /// <summary>Bridge mode: the block's gateway address, allocating the lowest free one when the block has none yet.</summary>
     public async Task<IPAddress> EnsureBlockGatewayAsync(Cidr blockCidr, string node, CancellationToken ct = default)
     {

@@ -159,6 +159,20 @@ public abstract class IpamServiceContract : IDisposable
         Assert.Single(affinities.Items);
     }
 
+    /// <summary>A node's tunnel address is the node's while it is registered (ipam check used to call it leaked); a gone node's is a leak.</summary>
+    [Fact]
+    public async Task A_registered_nodes_tunnel_address_is_not_a_leak_and_a_gone_nodes_is()
+    {
+        await Pools(Pool("v4", "10.14.0.0/16", 26));
+        using var ds = Open();
+        await ds.PutAsync(Keys.Node("n1"), Codec.Encode(new NodeRecord { Name = "n1" }, ModelJson.Default.NodeRecord), 0);
+        await Ipam(ds).AssignAsync(new AssignRequest(IpamService.TunnelHandleId("n1"), "n1") { IPv6 = false });
+        await Ipam(ds).AssignAsync(new AssignRequest(IpamService.TunnelHandleId("gone"), "gone") { IPv6 = false });
+        var report = await new IpamInspector(ds).CheckAsync(TimeSpan.Zero);
+        var leak = Assert.Single(report.Leaks);
+        Assert.Equal(IpamService.TunnelHandleId("gone"), leak.Handle);
+    }
+
     [Fact]
     public async Task Released_addresses_are_reused_and_unknown_handles_release_nothing()
     {
