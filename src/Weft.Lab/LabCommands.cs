@@ -271,9 +271,10 @@ public static class LabCommands
         AddNetns(state, pod.Netns);
         Shell.Ip("-n", pod.Netns, "link", "set", "lo", "up");
         var node = state.Nodes.First(n => n.Name == pod.Node);
-        var pinned = Topology.PinnedAddresses(pod);
+        Topology.PinnedAddresses(pod); // a malformed pin is the lab's error, named before any ADD
+        // What kubelet passes: the pod's name. A pinned address (Calico's ipAddrs annotation) the plugin reads from the
+        // Pod document, applied before any ADD, as Calico's plugin reads it from the API.
         var args = $"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.Namespace};K8S_POD_NAME={pod.Name};K8S_POD_INFRA_CONTAINER_ID={pod.ContainerId}";
-        if (pinned.Count > 0) args += ";IP=" + string.Join(",", pinned);
         var result = Cni(state, node, "ADD", pod, args, dist);
         pod.AddReturnedAt = Stopwatch.GetTimestamp();
         var doc = JsonNode.Parse(result)!;

@@ -31,7 +31,7 @@ public sealed class Plugin(CniEnvironment env, NetConf conf)
         {
             var addresses = delegated is not null
                 ? delegated.Add()
-                : await AssignAsync(ipam, args, ct).ConfigureAwait(false);
+                : await AssignAsync(ipam, store, args, ct).ConfigureAwait(false);
             var result = interfaces.Build(addresses);
             if (delegated is not null)
             {
@@ -61,7 +61,7 @@ public sealed class Plugin(CniEnvironment env, NetConf conf)
         }
     }
 
-    private async Task<IReadOnlyList<PodAddress>> AssignAsync(IpamService ipam, CniArgs args, CancellationToken ct)
+    private async Task<IReadOnlyList<PodAddress>> AssignAsync(IpamService ipam, IDatastore store, CniArgs args, CancellationToken ct)
     {
         // A loop, not Concat/Select: a LINQ chain on an iterator is a generic virtual call, resolved at run time under
         // NativeAOT (~0.3 ms the first time, in a process that lives for one ADD).
@@ -69,9 +69,19 @@ public sealed class Plugin(CniEnvironment env, NetConf conf)
         foreach (var list in new[] { args.Ips, conf.RuntimeIps })
             foreach (var r in list)
                 if (!requested.Contains(r.Address)) requested.Add(r.Address);
+        // The Pod's own requests, as Calico reads them: kubelet passes only the pod's name, the annotations are on the Pod.
+        var pod = args.PodNamespace is { Length: > 0 } ns && args.PodName is { Length: > 0 } name
+            ? PodAnnotations.Read(await store.GetAsync(Keys.K8sPod(ns, name), ct).ConfigureAwait(false))
+            : PodAnnotations.None;
+        if (pod.IpAddrs.Count > 0)
+        {
+            if (requested.Count > 0)
+                throw new CniException(CniCodes.InvalidNetworkConfig, $"pod {args.PodNamespace}/{args.PodName}: {PodAnnotations.IpAddrsKey} and addresses from the runtime (IP=, the ips capability) cannot be used together");
+            requested.AddRange(pod.IpAddrs);
+        }
         var assigned = await ipam.AssignAsync(new AssignRequest(HandleId, Node)
         {
-            Network = conf.Name, ContainerId = env.ContainerId, IfName = env.IfName, Requested = requested,
+            Network = conf.Name, ContainerId = env.ContainerId, IfName = env.IfName, Requested = requested, Pools = pod.Pools,
             ReserveBlockGateway = conf.Mode == NetworkMode.Bridge,
             Attributes = new Dictionary<string, string>
             {

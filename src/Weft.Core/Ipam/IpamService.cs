@@ -19,6 +19,8 @@ public sealed record AssignRequest(string HandleId, string Node)
     public IReadOnlyDictionary<string, string> Attributes { get; init; } = new Dictionary<string, string>();
     /// <summary>Bridge mode: a block claimed for this request also reserves its first free address as the gateway.</summary>
     public bool ReserveBlockGateway { get; init; }
+    /// <summary>Pools to assign from, by name or CIDR (Calico's cni.projectcalico.org/ipv4pools and ipv6pools annotations); null: any.</summary>
+    public IReadOnlyList<string>? Pools { get; init; }
 }
 
 /// <summary>One address given to a handle, with the block and pool it came from.</summary>
@@ -61,6 +63,16 @@ public sealed class IpamService(IDatastore store)
         if (request.IPv4) families.Add(AddressFamily.InterNetwork);
         if (request.IPv6) families.Add(AddressFamily.InterNetworkV6);
         var usable = pools.Where(p => p.UsableForWorkloads && SelectsNode(p, nodeLabels)).ToList();
+        if (request.Pools is { } wantedPools)
+        {
+            // Only the pools asked for, each of which must exist and be usable on this node (as Calico refuses).
+            foreach (var w in wantedPools)
+                if (!usable.Any(p => Names(p, w)))
+                    throw new IpamException(IpamCodes.AddressUnavailable, pools.Any(p => Names(p, w))
+                        ? $"pool {w} (asked for by the pod) is disabled, not for workloads or does not select node {request.Node}"
+                        : $"pool {w} (asked for by the pod) does not exist; pools: {string.Join(", ", pools.Select(p => $"{p.Name} ({p.Cidr})"))}");
+            usable = [.. usable.Where(p => wantedPools.Any(w => Names(p, w)) || !wantedPools.Any(w => pools.Any(q => Names(q, w) && q.Network.Family == p.Network.Family)))];
+        }
         var wanted = families.Where(f => usable.Any(p => p.Network.Family == f)).ToList();
         if (wanted.Count == 0)
             throw new NoPoolException(families.Count == 1 ? families[0] : AddressFamily.InterNetwork, request.Node);
@@ -489,6 +501,10 @@ public sealed class IpamService(IDatastore store)
         labels.TryAdd("kubernetes.io/hostname", node);
         return labels;
     }
+
+    /// <summary>Whether a pool is the one named by <paramref name="nameOrCidr"/> (its name, or its CIDR as written or normalised).</summary>
+    private static bool Names(IPPool pool, string nameOrCidr) =>
+        pool.Name == nameOrCidr || pool.Cidr == nameOrCidr || (Cidr.TryParse(nameOrCidr, out var c) && c == pool.Network);
 
     private static bool SelectsNode(IPPool pool, IReadOnlyDictionary<string, string> labels) =>
         string.IsNullOrWhiteSpace(pool.NodeSelector) || Selector.Parse(pool.NodeSelector).Matches(labels);
