@@ -10,6 +10,21 @@ using Weft.Datastore;
 
 // weft-agent: one per node. Start-up registers the node, then a reconciler keeps the kernel in step with the
 // datastore, and a small API answers on a unix socket (health, status) and on TCP (Prometheus metrics).
+if (args is ["install-cni", .. var installArgs])
+{
+    // The DaemonSet's init container: the plugin, its kubeconfig and the conflist onto the host (see CniInstaller).
+    try
+    {
+        foreach (var f in Weft.Agent.Install.CniInstaller.Run(Weft.Agent.Install.CniInstaller.Parse(installArgs))) Console.WriteLine("installed " + f);
+        return 0;
+    }
+    catch (Exception e) when (e is ArgumentException or IOException or UnauthorizedAccessException)
+    {
+        await Console.Error.WriteLineAsync("weft-agent install-cni: " + e.Message);
+        return 2;
+    }
+}
+
 AgentOptions options;
 try { options = AgentOptions.Parse(args); }
 catch (HelpRequestedException) { Console.WriteLine(AgentOptions.Help); return 0; }

@@ -417,15 +417,16 @@ public sealed class LabApiServer : IAsyncDisposable
             for (var i = 0; i < list.Count; i++) Validate(list[i], items, $"{at}[{i}]", unknown, invalid);
     }
 
-    /// <summary>Weft's CustomResourceDefinitions (deploy/crds.yaml), as the first thing applied to a cluster.</summary>
+    /// <summary>Weft's CustomResourceDefinitions (those of deploy/weft.yaml), as the first thing applied to a cluster.</summary>
     public static IReadOnlyList<JsonObject> WeftCrds()
     {
-        using var stream = typeof(LabApiServer).Assembly.GetManifestResourceStream("crds.yaml") ?? throw new InvalidOperationException("crds.yaml is not embedded");
+        using var stream = typeof(LabApiServer).Assembly.GetManifestResourceStream("weft.yaml") ?? throw new InvalidOperationException("weft.yaml is not embedded");
         using var reader = new StreamReader(stream);
-        return [.. Weft.Client.Documents.YamlDocuments.Load(reader.ReadToEnd(), "deploy/crds.yaml").Select(d => d.Doc)];
+        return [.. Weft.Client.Documents.YamlDocuments.Load(reader.ReadToEnd(), "deploy/weft.yaml").Select(d => d.Doc)
+            .Where(d => d["kind"]?.GetValue<string>() == "CustomResourceDefinition")];
     }
 
-    /// <summary>Creates Weft's CRDs (what `kubectl apply -f deploy/crds.yaml` does); returns this server.</summary>
+    /// <summary>Creates Weft's CRDs (what `kubectl apply -f deploy/weft.yaml` does first); returns this server.</summary>
     public LabApiServer WithWeftCrds()
     {
         foreach (var crd in WeftCrds()) Put("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "", crd["metadata"]!["name"]!.GetValue<string>(), crd);

@@ -153,7 +153,7 @@ public static class LabCommands
     /// <summary>
     /// The kubernetes datastore's control plane: the lab's API server (LabApiServer, run as `weftctl lab apiserver`) in
     /// `&lt;lab&gt;-cp` at 198.51.100.2:6443, a kubeconfig with its token in the lab's directory (what agents, the plugin
-    /// and weftctl use), and Weft's CRDs created through it first, as `kubectl apply -f deploy/crds.yaml` would.
+    /// and weftctl use), and Weft's CRDs created through it first, as `kubectl apply -f deploy/weft.yaml` does.
     /// </summary>
     private static async Task StartApiServerAsync(Terminal ctx, LabState state, string dist, CancellationToken ct)
     {

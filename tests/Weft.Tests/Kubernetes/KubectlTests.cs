@@ -3,8 +3,9 @@ using Weft.Tests.Support;
 namespace Weft.Tests.Kubernetes;
 
 /// <summary>
-/// The real kubectl (a client nobody here wrote) against the scripted API server: it applies deploy/crds.yaml, then
-/// the seed's Calico documents exactly as written, and weftctl on the kubernetes datastore reads what kubectl wrote.
+/// The real kubectl (a client nobody here wrote) against the lab's API server: it applies deploy/weft.yaml (the whole
+/// install: namespace, RBAC, ConfigMap, DaemonSet, CRDs), then the seed's Calico documents exactly as written, and
+/// weftctl on the kubernetes datastore reads what kubectl wrote.
 /// </summary>
 public sealed class KubectlTests : IAsyncDisposable
 {
@@ -26,12 +27,15 @@ public sealed class KubectlTests : IAsyncDisposable
         TestEnv.Run(Kubectl!, ["--kubeconfig", _kubeconfig, .. args], timeout: TimeSpan.FromSeconds(60));
 
     [Fact]
-    public void Kubectl_applies_the_crds_and_the_seed_documents_as_written_and_weftctl_reads_them()
+    public void Kubectl_applies_the_install_manifest_and_the_seed_documents_as_written_and_weftctl_reads_them()
     {
         Assert.SkipWhen(Kubectl is null, "kubectl is not installed");
-        var crds = Run("apply", "-f", Path.Combine(TestEnv.RepoRoot, "deploy", "crds.yaml"));
-        Assert.True(crds.ExitCode == 0, crds.Stdout + crds.Stderr);
-        Assert.Contains("customresourcedefinition.apiextensions.k8s.io/ippools.projectcalico.org created", crds.Stdout);
+        var install = Run("apply", "-f", Path.Combine(TestEnv.RepoRoot, "deploy", "weft.yaml"));
+        Assert.True(install.ExitCode == 0, install.Stdout + install.Stderr);
+        foreach (var made in new[] { "namespace/weft-system created", "serviceaccount/weft-agent created", "clusterrole.rbac.authorization.k8s.io/weft-agent created",
+                                     "clusterrolebinding.rbac.authorization.k8s.io/weft-agent created", "configmap/weft-config created", "daemonset.apps/weft-node created",
+                                     "customresourcedefinition.apiextensions.k8s.io/ippools.projectcalico.org created" })
+            Assert.Contains(made, install.Stdout);
         foreach (var seed in new[] { "calico-ippool.yaml", "calico-globalnetworkpolicy.yaml", "calico-installation-bpf.yaml" })
         {
             var r = Run("apply", "-f", TestEnv.SeedDocument(seed));
@@ -54,7 +58,7 @@ public sealed class KubectlTests : IAsyncDisposable
         Assert.Contains("10.244.0.0/16", pools.Stdout);
         Assert.Contains("VXLAN", pools.Stdout);
         // kubectl left validation to the server (its OpenAPI says PATCH takes fieldValidation), which checks custom
-        // resources against deploy/crds.yaml's schemas: the seed's `encapsulation` is in them; a typo is not.
+        // resources against deploy/weft.yaml's CRD schemas: the seed's `encapsulation` is in them; a typo is not.
         Assert.Contains(_api.Requests, r => r.StartsWith("POST /apis/projectcalico.org/v3/ippools", StringComparison.Ordinal) && r.Contains("fieldValidation=Strict", StringComparison.Ordinal));
         var typo = Path.Combine(_dir, "typo.yaml");
         File.WriteAllText(typo, "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: typo}\nspec: {cidr: 10.9.0.0/16, vxlanMod: Always}\n");
