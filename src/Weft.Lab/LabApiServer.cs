@@ -88,10 +88,10 @@ public sealed class LabApiServer : IAsyncDisposable
         },
     });
 
-    /// <summary>A kubeconfig for this server (no credentials, or <see cref="RequiredToken"/>), written to <paramref name="path"/>.</summary>
-    public string WriteKubeconfig(string path)
+    /// <summary>A kubeconfig for this server with <paramref name="token"/> (default <see cref="RequiredToken"/>), written to <paramref name="path"/>.</summary>
+    public string WriteKubeconfig(string path, string? token = null)
     {
-        var user = $"{{token: \"{RequiredToken ?? "any"}\"}}"; // KubernetesClient refuses a user without credentials
+        var user = $"{{token: \"{token ?? RequiredToken ?? "any"}\"}}"; // KubernetesClient refuses a user without credentials
         File.WriteAllText(path, $"apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster: {{server: \"{BaseAddress.ToString().TrimEnd('/')}\"}}\n" +
                                 $"users:\n- name: weft\n  user: {user}\ncontexts:\n- name: weft@test\n  context: {{cluster: test, user: weft}}\ncurrent-context: weft@test\n");
         return path;
@@ -190,7 +190,9 @@ public sealed class LabApiServer : IAsyncDisposable
         var watch = q["watch"] is var wv && (wv == "1" || wv == "true");
         lock (Requests) Requests.Add($"{(watch ? "WATCH" : "LIST")} {path}{http.Request.QueryString}");
         http.Response.ContentType = "application/json";
-        if (RequiredToken is { } token && http.Request.Headers.Authorization.ToString() != "Bearer " + token)
+        var bearer = http.Request.Headers.Authorization.ToString();
+        var limited = _roles.FirstOrDefault(r => bearer == "Bearer " + r.Token);
+        if (RequiredToken is { } token && bearer != "Bearer " + token && limited is null)
         {
             http.Response.StatusCode = 401;
             await http.Response.WriteAsync(Status(401, "Unauthorized", "Unauthorized")).ConfigureAwait(false);
@@ -206,6 +208,14 @@ public sealed class LabApiServer : IAsyncDisposable
         if (!Serves(target.Collection))
         {
             await Reply(http, 404, Status(404, "NotFound", "the server could not find the requested resource")).ConfigureAwait(false);
+            return;
+        }
+        if (limited is not null && Forbidden(limited, http.Request.Method, target, watch) is { } forbidden)
+        {
+            lock (Requests) Requests[^1] = $"FORBIDDEN {http.Request.Method} {path}";
+            lock (_lock) _forbidden.Add(forbidden);
+            OnForbidden?.Invoke(forbidden);
+            await Reply(http, 403, Status(403, "Forbidden", forbidden)).ConfigureAwait(false);
             return;
         }
         if (http.Request.Method != "GET" || target.Name is not null)
@@ -259,6 +269,50 @@ public sealed class LabApiServer : IAsyncDisposable
     /// <summary>Lists in progress: a continue token names the snapshot its first page was cut from (one version).</summary>
     private readonly Dictionary<long, (long Version, List<JsonObject> Items)> _snapshots = [];
     private long _nextSnapshot;
+
+    /// <summary>A token whose requests are limited to a ClusterRole's rules (RBAC as the API server applies it, cluster scope).</summary>
+    public sealed record RoleBinding(string Token, string User, IReadOnlyList<JsonObject> Rules);
+
+    private readonly List<RoleBinding> _roles = [];
+    private readonly List<string> _forbidden = [];
+
+    /// <summary>Called with every refusal (the lab's server logs them).</summary>
+    public Action<string>? OnForbidden { get; set; }
+
+    /// <summary>Requests refused so far, as the API server words them.</summary>
+    public IReadOnlyList<string> Forbidden() { lock (_lock) return [.. _forbidden]; }
+
+    /// <summary>Requests with <paramref name="token"/> may do what <paramref name="clusterRole"/>'s rules allow, nothing more (403 otherwise).</summary>
+    public void Bind(string token, string user, JsonObject clusterRole)
+    {
+        lock (_lock) _roles.Add(new RoleBinding(token, user, [.. clusterRole["rules"]!.AsArray().OfType<JsonObject>()]));
+    }
+
+    /// <summary>The ClusterRole deploy/weft.yaml gives the agent and the plugin.</summary>
+    public static JsonObject WeftAgentRole()
+    {
+        using var stream = typeof(LabApiServer).Assembly.GetManifestResourceStream("weft.yaml") ?? throw new InvalidOperationException("weft.yaml is not embedded");
+        using var reader = new StreamReader(stream);
+        return Weft.Client.Documents.YamlDocuments.Load(reader.ReadToEnd(), "deploy/weft.yaml").Select(d => d.Doc)
+            .Single(d => d["kind"]?.GetValue<string>() == "ClusterRole" && d["metadata"]?["name"]?.GetValue<string>() == "weft-agent");
+    }
+
+    /// <summary>Why RBAC refuses the request (the API server's message), or null when a rule allows it.</summary>
+    private string? Forbidden(RoleBinding role, string method, ApiTarget target, bool watch)
+    {
+        var verb = method switch
+        {
+            "GET" => target.Name is not null ? "get" : watch ? "watch" : "list",
+            "POST" => "create", "PUT" => "update", "PATCH" => "patch", "DELETE" => "delete", _ => method.ToLowerInvariant(),
+        };
+        var parts = target.Collection.Trim('/').Split('/');
+        var (group, plural) = parts[0] == "api" ? ("", parts[^1]) : (parts[1], parts[^1]);
+        static bool Has(JsonObject rule, string field, string value) =>
+            rule[field]?.AsArray().Any(v => v?.GetValue<string>() is { } x && (x == value || x == "*")) == true;
+        if (role.Rules.Any(r => Has(r, "apiGroups", group) && Has(r, "resources", plural) && Has(r, "verbs", verb))) return null;
+        var scope = target.Namespace is { } ns ? $"in the namespace \"{ns}\"" : "at the cluster scope";
+        return $"{plural}{(group.Length == 0 ? "" : "." + group)} is forbidden: User \"{role.User}\" cannot {verb} resource \"{plural}\" in API group \"{group}\" {scope}";
+    }
 
     /// <summary>A resource the server serves: built in, or from a CustomResourceDefinition created through it.</summary>
     public sealed record ApiResource(string Group, string Version, string Plural, string Kind, bool Namespaced)

@@ -49,10 +49,11 @@ public static class LabCommands
             Datastore = o.Datastore switch
             {
                 "etcd" => "etcd://" + string.Join(",", EtcdIps.Select(ip => ip + ":2379")),
-                "kubernetes" => "kubernetes://" + Path.Combine(dir, "kubeconfig"),
+                "kubernetes" => "kubernetes://" + Path.Combine(dir, "agent-kubeconfig"),
                 _ => "sqlite://" + Path.Combine(dir, "weft.db"),
             },
             ControlPlane = o.Datastore is "etcd" or "kubernetes" ? o.Name + "-cp" : null,
+            AdminDatastore = o.Datastore == "kubernetes" ? "kubernetes://" + Path.Combine(dir, "kubeconfig") : null,
             PodMtu = backendType == "vxlan" ? 1450 : 1500, Underlay = o.Name + "-ul", Gateway = o.Name + "-gw",
         };
         var total = Stopwatch.StartNew();
@@ -161,15 +162,21 @@ public static class LabCommands
         var ip = EtcdIps[0];
         Step(ctx, $"API server in {cp} (https://{ip}:{ApiServerPort})");
         AddControlPlane(state, [ip]);
-        var token = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16)).ToLowerInvariant();
         var kubeconfig = Path.Combine(state.Dir, "kubeconfig");
+        var agentKubeconfig = Path.Combine(state.Dir, "agent-kubeconfig");
         var caPem = LabCertificates.Write(state.Dir, ip);
-        File.WriteAllText(kubeconfig, $"apiVersion: v1\nkind: Config\nclusters:\n- name: {state.Name}\n" +
-                                      $"  cluster: {{server: \"https://{ip}:{ApiServerPort}\", certificate-authority-data: {Convert.ToBase64String(System.Text.Encoding.ASCII.GetBytes(caPem))}}}\n" +
-                                      $"users:\n- name: weft\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: weft@{state.Name}\n  context: {{cluster: {state.Name}, user: weft}}\n" +
-                                      $"current-context: weft@{state.Name}\n");
+        // Two users: the lab's admin (weftctl, kubectl) and the weft-agent service account (agents, the plugin),
+        // which the server limits to deploy/weft.yaml's ClusterRole: a call the role lacks fails the lab.
+        foreach (var (file, user) in new[] { (kubeconfig, "admin"), (agentKubeconfig, "weft-agent") })
+        {
+            var token = Convert.ToHexString(System.Security.Cryptography.RandomNumberGenerator.GetBytes(16)).ToLowerInvariant();
+            File.WriteAllText(file, $"apiVersion: v1\nkind: Config\nclusters:\n- name: {state.Name}\n" +
+                                    $"  cluster: {{server: \"https://{ip}:{ApiServerPort}\", certificate-authority-data: {Convert.ToBase64String(System.Text.Encoding.ASCII.GetBytes(caPem))}}}\n" +
+                                    $"users:\n- name: {user}\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: {user}@{state.Name}\n  context: {{cluster: {state.Name}, user: {user}}}\n" +
+                                    $"current-context: {user}@{state.Name}\n");
+        }
         state.ApiServerPid = Shell.StartDetached(cp, Path.Combine(state.Dir, "apiserver.log"), Path.Combine(dist, "weftctl"),
-            "lab", "apiserver", "--listen", $"{ip}:{ApiServerPort}", "--token-file", kubeconfig);
+            "lab", "apiserver", "--listen", $"{ip}:{ApiServerPort}", "--token-file", kubeconfig, "--agent-token-file", agentKubeconfig);
         state.Save();
         using var connection = Weft.Kubernetes.KubeConnection.Open(state.CtlDatastore);
         var sw = Stopwatch.StartNew();
@@ -204,14 +211,19 @@ public static class LabCommands
         Step(ctx, $"API server ready with Weft's CRDs in {sw.Elapsed.TotalSeconds:0.0} s; kubeconfig {kubeconfig}");
     }
 
-    /// <summary>`weftctl lab apiserver` (in the control-plane namespace): serves until stopped. The token is the kubeconfig's.</summary>
-    public static async Task<int> ApiServerAsync(string listen, string kubeconfig, CancellationToken ct)
+    /// <summary>
+    /// `weftctl lab apiserver` (in the control-plane namespace): serves until stopped. The admin kubeconfig's token may
+    /// do anything; the agent kubeconfig's only what deploy/weft.yaml's weft-agent ClusterRole allows.
+    /// </summary>
+    public static async Task<int> ApiServerAsync(string listen, string kubeconfig, string? agentKubeconfig, CancellationToken ct)
     {
-        var token = File.ReadLines(kubeconfig).Select(l => l.Trim()).Where(l => l.StartsWith("user: {token:", StringComparison.Ordinal))
-            .Select(l => l.Split('"')[1]).FirstOrDefault() ?? throw new ArgumentException($"{kubeconfig} has no token");
+        static string TokenOf(string file) => File.ReadLines(file).Select(l => l.Trim()).Where(l => l.StartsWith("user: {token:", StringComparison.Ordinal))
+            .Select(l => l.Split('"')[1]).FirstOrDefault() ?? throw new ArgumentException($"{file} has no token");
         var dir = Path.GetDirectoryName(kubeconfig)!;
         using var certificate = LabCertificates.Server(dir);
-        await using var server = new LabApiServer(listen: System.Net.IPEndPoint.Parse(listen), certificate: certificate) { RequiredToken = token };
+        await using var server = new LabApiServer(listen: System.Net.IPEndPoint.Parse(listen), certificate: certificate) { RequiredToken = TokenOf(kubeconfig) };
+        if (agentKubeconfig is not null) server.Bind(TokenOf(agentKubeconfig), "system:serviceaccount:weft-system:weft-agent", LabApiServer.WeftAgentRole());
+        server.OnForbidden = m => Console.Error.WriteLine("403 " + m);
         try { await Task.Delay(Timeout.Infinite, ct).ConfigureAwait(false); }
         catch (OperationCanceledException) { }
         return 0;

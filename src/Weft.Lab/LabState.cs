@@ -65,9 +65,12 @@ public sealed class LabState
     /// <summary>The lab's API server process (`weftctl lab apiserver` in the control-plane namespace) with the kubernetes datastore, else 0.</summary>
     public int ApiServerPid { get; set; }
 
+    /// <summary>The URI weftctl uses when it differs from the agents' (kubernetes: the admin's kubeconfig; agents and the plugin have the weft-agent role's).</summary>
+    public string? AdminDatastore { get; init; }
+
     /// <summary>The URI for weftctl in the root namespace: etcd or the API server is reached through the control-plane namespace.</summary>
     [JsonIgnore]
-    public string CtlDatastore => ControlPlane is null ? Datastore : $"{Datastore}?netns=/var/run/netns/{ControlPlane}";
+    public string CtlDatastore => ControlPlane is null ? Datastore : $"{AdminDatastore ?? Datastore}?netns=/var/run/netns/{ControlPlane}";
     /// <summary>Each node's agent through its socket (what `lab sync` and `--lab ... --wait` ask).</summary>
     public List<Weft.Client.AgentEndpoint> AgentEndpoints() => Nodes.Select(n => Weft.Client.AgentEndpoint.ForSocket(n.Name, n.Socket)).ToList();
 

@@ -500,7 +500,11 @@ public sealed class KubeDatastore : IDatastore
             using (response)
             {
                 var text = await response.Content.ReadAsStringAsync(ct).ConfigureAwait(false);
-                throw new UnauthorizedAccessException($"kubernetes API server: {(int)response.StatusCode} on {method} {pathAndQuery}: {text} (the ClusterRole in deploy/weft.yaml grants what Weft needs)");
+                // The API server's Status message says who may not do what; the raw body when it is not one.
+                string message;
+                try { message = (JsonNode.Parse(text) as JsonObject)?["message"]?.GetValue<string>() ?? text; }
+                catch (JsonException) { message = text; }
+                throw new UnauthorizedAccessException($"kubernetes API server: {(int)response.StatusCode} on {method} {pathAndQuery}: {message} (the ClusterRole in deploy/weft.yaml grants what Weft needs)");
             }
         }
         if ((int)response.StatusCode >= 500)

@@ -21,13 +21,15 @@ public sealed class KubePluginTests
     {
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
         using var ns = new Netns("kubecni");
-        await using var api = new Weft.Lab.LabApiServer(ns.Node) { RequiredToken = "node-token" }.WithWeftCrds();
+        // The admin applies the pool and inspects; the plugin has the weft-agent ClusterRole of deploy/weft.yaml, no more.
+        await using var api = new Weft.Lab.LabApiServer(ns.Node) { RequiredToken = "admin-token" }.WithWeftCrds();
+        api.Bind("node-token", "system:serviceaccount:weft-system:weft-agent", Weft.Lab.LabApiServer.WeftAgentRole());
         var dir = TestEnv.TempDir("kubecni");
         try
         {
-            var kubeconfig = api.WriteKubeconfig(Path.Combine(dir, "weft-kubeconfig"));
+            var kubeconfig = api.WriteKubeconfig(Path.Combine(dir, "weft-kubeconfig"), "node-token");
             using var http = api.Client();
-            using var store = new KubeDatastore(http, api.BaseAddress, (r, _) => { r.Headers.Authorization = new("Bearer", "node-token"); return Task.CompletedTask; });
+            using var store = new KubeDatastore(http, api.BaseAddress, (r, _) => { r.Headers.Authorization = new("Bearer", "admin-token"); return Task.CompletedTask; });
             // The pool as a user's document: a projectcalico.org/v3 IPPool object in the API.
             await new ResourceService(store).ApplyAsync(Weft.Client.Documents.YamlDocuments.Resources(Pools.SeedV4, "seed"));
             Assert.Single(api.Items("/apis/projectcalico.org/v3/ippools"));
@@ -61,7 +63,11 @@ public sealed class KubePluginTests
             Assert.Single(api.Items("/apis/weft.dev/v1/ipamhandles"));
             var check = await new IpamInspector(store).CheckAsync(TimeSpan.Zero);
             Assert.True(check.Problems.Count == 0, string.Join("; ", check.Problems.Select(p => p.Detail)));
-            Assert.All(api.Requests.Where(r => r.Contains("/apis/weft.dev/", StringComparison.Ordinal)), r => Assert.DoesNotContain("401", r));
+            // Everything the plugin did, the ClusterRole allows; and what it does not allow is refused (403, clearly).
+            Assert.Empty(api.Forbidden());
+            using var asPlugin = new KubeDatastore(http, api.BaseAddress, (r, _) => { r.Headers.Authorization = new("Bearer", "node-token"); return Task.CompletedTask; });
+            var refused = await Assert.ThrowsAsync<UnauthorizedAccessException>(async () => await asPlugin.DeleteAsync(Weft.Model.Keys.Pool("default-ipv4-ippool"), -1));
+            Assert.Contains("cannot delete resource \"ippools\" in API group \"projectcalico.org\"", refused.Message);
         }
         finally { Directory.Delete(dir, true); }
     }

@@ -28,7 +28,7 @@ public sealed class KubernetesLabTests
         lab.Up("--datastore", "kubernetes", "--nodes", "2", "--pods-per-node", "2");
         var status = lab.Status();
         var kubeconfig = $"/var/lib/weft/labs/{lab.Name}/kubeconfig";
-        Assert.Equal("kubernetes://" + kubeconfig, status["datastore"]!.GetValue<string>());
+        Assert.Equal($"kubernetes:///var/lib/weft/labs/{lab.Name}/agent-kubeconfig", status["datastore"]!.GetValue<string>());
         var before = lab.Matrix();
         Assert.True(LabRun.AllTrue(before), before.ToJsonString());
 
@@ -57,6 +57,8 @@ public sealed class KubernetesLabTests
         TestEnv.Ok(lab.Ctl("lab", "sync", "--name", lab.Name));
         var after = lab.Matrix();
         Assert.True(LabRun.AllTrue(after), after.ToJsonString());
+        // Agents and the plugin ran as the weft-agent service account, limited to deploy/weft.yaml's ClusterRole: never refused.
+        Assert.DoesNotContain("403 ", File.ReadAllText($"/var/lib/weft/labs/{lab.Name}/apiserver.log"));
         var check = lab.Ctl("--lab", lab.Name, "ipam", "check", "--grace", "0s");
         Assert.True(check.ExitCode == 0 && check.Stdout.Contains("No problems", StringComparison.Ordinal), check.Stdout + check.Stderr);
     }
