@@ -77,7 +77,10 @@ public static class PolicyDocuments
                     else ports.Add(new NamedPort("", number, proto));
                 }
         var addresses = new List<IPAddress>();
-        if (doc["status"] is JsonObject st)
+        // A pod that ended (Succeeded, Failed) keeps its status.podIP in the API while the address goes to another pod;
+        // a host-network pod's podIP is its node's. Neither is a pod peer at that address (Calico and Cilium skip both).
+        var ended = doc["status"]?["phase"]?.GetValue<string>() is "Succeeded" or "Failed";
+        if (doc["status"] is JsonObject st && !ended && spec?.Bool("hostNetwork") != true)
         {
             var status = new Fields(st, where, "status");
             if (status.String("podIP") is { } ip) addresses.Add(ParseIp(status, "podIP", ip));
