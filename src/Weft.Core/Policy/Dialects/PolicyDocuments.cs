@@ -79,7 +79,7 @@ public static class PolicyDocuments
         var addresses = new List<IPAddress>();
         // A pod that ended (Succeeded, Failed) keeps its status.podIP in the API while the address goes to another pod;
         // a host-network pod's podIP is its node's. Neither is a pod peer at that address (Calico and Cilium skip both).
-        var ended = doc["status"]?["phase"]?.GetValue<string>() is "Succeeded" or "Failed";
+        var ended = doc["status"] is JsonObject so && so["phase"] is JsonValue pv && pv.TryGetValue<string>(out var phase) && phase is "Succeeded" or "Failed";
         if (doc["status"] is JsonObject st && !ended && spec?.Bool("hostNetwork") != true)
         {
             var status = new Fields(st, where, "status");
