@@ -113,10 +113,13 @@ public sealed class IpamService(IDatastore store)
                 var pool = pools.FirstOrDefault(p => p.Network.Contains(cidr));
                 if (cidr.Family != family || pool is null) continue;
                 var blockKv = await store.GetAsync(Keys.Block(cidr), ct).ConfigureAwait(false);
-                if (blockKv is null || Codec.Decode<AllocationBlock>(blockKv.Value, blockKv.Key) is { } other && other.Affinity != request.Node)
+                // No block yet: a claim being written out (by an ADD whose claim record this read may predate), or one a
+                // killed client left; either way not this node's to use or to remove here.
+                if (blockKv is null) continue;
+                if (Codec.Decode<AllocationBlock>(blockKv.Value, blockKv.Key).Affinity != request.Node)
                 {
-                    // Left by a claim that lost its block to another node (or was never written out and superseded).
-                    if (cidr != claimed) await store.DeleteAsync(kv.Key, kv.ModRevision, ct).ConfigureAwait(false);
+                    // Left by a claim that lost its block to another node.
+                    await store.DeleteAsync(kv.Key, kv.ModRevision, ct).ConfigureAwait(false);
                     continue;
                 }
                 var block = Codec.Decode<AllocationBlock>(blockKv.Value, blockKv.Key);
