@@ -289,13 +289,8 @@ public sealed class LabApiServer : IAsyncDisposable
     }
 
     /// <summary>The ClusterRole deploy/weft.yaml gives the agent and the plugin.</summary>
-    public static JsonObject WeftAgentRole()
-    {
-        using var stream = typeof(LabApiServer).Assembly.GetManifestResourceStream("weft.yaml") ?? throw new InvalidOperationException("weft.yaml is not embedded");
-        using var reader = new StreamReader(stream);
-        return Weft.Client.Documents.YamlDocuments.Load(reader.ReadToEnd(), "deploy/weft.yaml").Select(d => d.Doc)
-            .Single(d => d["kind"]?.GetValue<string>() == "ClusterRole" && d["metadata"]?["name"]?.GetValue<string>() == "weft-agent");
-    }
+    public static JsonObject WeftAgentRole() =>
+        Manifest().Single(d => d["kind"]?.GetValue<string>() == "ClusterRole" && d["metadata"]?["name"]?.GetValue<string>() == "weft-agent");
 
     /// <summary>Why RBAC refuses the request (the API server's message), or null when a rule allows it.</summary>
     private string? Forbidden(RoleBinding role, string method, ApiTarget target, bool watch)
@@ -472,12 +467,14 @@ public sealed class LabApiServer : IAsyncDisposable
     }
 
     /// <summary>Weft's CustomResourceDefinitions (those of deploy/weft.yaml), as the first thing applied to a cluster.</summary>
-    public static IReadOnlyList<JsonObject> WeftCrds()
+    public static IReadOnlyList<JsonObject> WeftCrds() => [.. Manifest().Where(d => d["kind"]?.GetValue<string>() == "CustomResourceDefinition")];
+
+    /// <summary>The documents of deploy/weft.yaml, embedded in this assembly.</summary>
+    private static IEnumerable<JsonObject> Manifest()
     {
         using var stream = typeof(LabApiServer).Assembly.GetManifestResourceStream("weft.yaml") ?? throw new InvalidOperationException("weft.yaml is not embedded");
         using var reader = new StreamReader(stream);
-        return [.. Weft.Client.Documents.YamlDocuments.Load(reader.ReadToEnd(), "deploy/weft.yaml").Select(d => d.Doc)
-            .Where(d => d["kind"]?.GetValue<string>() == "CustomResourceDefinition")];
+        return Weft.Client.Documents.YamlDocuments.Load(reader.ReadToEnd(), "deploy/weft.yaml").Select(d => d.Doc).ToList();
     }
 
     /// <summary>Creates Weft's CRDs (what `kubectl apply -f deploy/weft.yaml` does first); returns this server.</summary>

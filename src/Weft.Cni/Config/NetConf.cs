@@ -13,10 +13,6 @@ public enum NetworkMode { Routed, Bridge }
 /// <summary>The weft plugin's network configuration (one conflist element or a single .conf), validated.</summary>
 public sealed class NetConf
 {
-    /// <summary>A datastore over the network (etcd, the Kubernetes API): network waits are bounded, weft-etcd carries the clients.</summary>
-    public static bool IsRemote(string datastore) =>
-        datastore.StartsWith("etcd://", StringComparison.Ordinal) || datastore == "kubernetes" || datastore.StartsWith("kubernetes:///", StringComparison.Ordinal);
-
     public required string CniVersion { get; init; }
     public required string Name { get; init; }
     public string Datastore { get; init; } = DatastoreFactory.DefaultUri;
@@ -83,7 +79,7 @@ public sealed class NetConf
             if (!Path.IsPathFullyQualified(pinDir))
                 throw new CniException(CniCodes.InvalidNetworkConfig, $"\"bpfPinDir\": '{pinDir}' must be an absolute path");
             var datastore = Str(root, "datastore") ?? DatastoreFactory.DefaultUri;
-            if (!datastore.StartsWith("sqlite:///", StringComparison.Ordinal) && !IsRemote(datastore))
+            if (!datastore.StartsWith("sqlite:///", StringComparison.Ordinal) && !DatastoreFactory.IsRemote(datastore))
                 throw new CniException(CniCodes.InvalidNetworkConfig, $"\"datastore\": '{datastore}' is not a datastore URI; use sqlite:///path, etcd://host:port or kubernetes:///path/to/kubeconfig");
 
             var ipamType = WeftIpamType;

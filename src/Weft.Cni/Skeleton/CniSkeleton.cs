@@ -36,7 +36,7 @@ public static class CniSkeleton
             var plugin = new Plugin(env, conf);
             // A bound on network waits (etcd, the API server). With sqlite every wait is already bounded (busy timeout, IPAM retry
             // limit), and a timed CancellationTokenSource starts the runtime's timer thread: ~1.5 ms per exec.
-            using var cts = NetConf.IsRemote(conf.Datastore) ? new CancellationTokenSource(TimeSpan.FromMinutes(2)) : null;
+            using var cts = DatastoreFactory.IsRemote(conf.Datastore) ? new CancellationTokenSource(TimeSpan.FromMinutes(2)) : null;
             var ct = cts?.Token ?? CancellationToken.None;
             switch (env.Command)
             {

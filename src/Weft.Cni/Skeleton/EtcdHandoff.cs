@@ -14,7 +14,7 @@ internal static class EtcdHandoff
 {
     public const string Binary = "weft-etcd";
 
-    public static bool Needed(NetConf conf) => !DatastoreFactory.EtcdLinked && NetConf.IsRemote(conf.Datastore);
+    public static bool Needed(NetConf conf) => !DatastoreFactory.EtcdLinked && DatastoreFactory.IsRemote(conf.Datastore);
 
     /// <summary>Does not return: the process becomes weft-etcd, or this throws a CNI error.</summary>
     public static void Run(byte[] input)

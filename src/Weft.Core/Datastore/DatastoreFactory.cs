@@ -16,6 +16,11 @@ public static class DatastoreFactory
     [FeatureSwitchDefinition(EtcdSwitch)]
     public static bool EtcdLinked => !AppContext.TryGetSwitch(EtcdSwitch, out var linked) || linked;
 
+    /// <summary>A datastore over the network (etcd, the Kubernetes API): its waits are network waits, and it needs the remote clients.</summary>
+    public static bool IsRemote(string uri) =>
+        uri.StartsWith(EtcdOptions.Scheme, StringComparison.Ordinal) || uri == Weft.Kubernetes.KubeConnection.Scheme ||
+        uri.StartsWith(Weft.Kubernetes.KubeConnection.Scheme + ":///", StringComparison.Ordinal);
+
     public static IDatastore Open(string uri)
     {
         if (string.IsNullOrWhiteSpace(uri)) uri = DefaultUri;

@@ -250,7 +250,7 @@ public sealed class IpamService(IDatastore store)
         block.Allocations.Sort((a, b) => a.Ordinal.CompareTo(b.Ordinal));
         if ((await store.PutAsync(Keys.Block(cidr), Codec.Encode(block), blockRevision, ct).ConfigureAwait(false)).Succeeded)
             return new AssignedAddress(cidr.AddressAt((UInt128)ordinal), cidr, pool.Name, pool.Network);
-        if (named.Value) await ForgetBlockAsync(request.HandleId, cidr, ct).ConfigureAwait(false);
+        if (named.Value) await ForgetBlockAsync(request.HandleId, cidr, attempts: 1, ct).ConfigureAwait(false);
         return null;
     }
 
@@ -271,17 +271,24 @@ public sealed class IpamService(IDatastore store)
         return (await store.PutAsync(key, Codec.Encode(handle), kv?.ModRevision ?? 0, ct).ConfigureAwait(false)).Succeeded ? true : null;
     }
 
-    /// <summary>The handle stops naming a block where it holds nothing (deleted when it names none). Best effort: a
-    /// conflict leaves a dangling name, which only `ipam check` sees and a later release removes.</summary>
-    private async Task ForgetBlockAsync(string handleId, Cidr cidr, CancellationToken ct)
+    /// <summary>
+    /// The handle stops naming a block where it holds nothing, trying up to <paramref name="attempts"/> times. A
+    /// conflict every time leaves a dangling name, which only `ipam check` sees and a later release removes.
+    /// </summary>
+    private async Task ForgetBlockAsync(string handleId, Cidr cidr, int attempts, CancellationToken ct)
     {
-        var kv = await store.GetAsync(Keys.Handle(handleId), ct).ConfigureAwait(false);
-        if (kv is null) return;
-        var handle = Codec.Decode<IpamHandle>(kv.Value, kv.Key);
-        if (!handle.Blocks.Remove(cidr.ToString())) return;
-        if (handle.Blocks.Count == 0) await store.DeleteAsync(kv.Key, kv.ModRevision, ct).ConfigureAwait(false);
-        else await store.PutAsync(kv.Key, Codec.Encode(handle), kv.ModRevision, ct).ConfigureAwait(false);
+        for (var i = 0; i < attempts && await store.GetAsync(Keys.Handle(handleId), ct).ConfigureAwait(false) is { } kv; i++)
+        {
+            var handle = Codec.Decode<IpamHandle>(kv.Value, kv.Key);
+            if (!handle.Blocks.Remove(cidr.ToString()) || await SaveHandleAsync(kv, handle, ct).ConfigureAwait(false)) return;
+        }
     }
+
+    /// <summary>A handle written back over <paramref name="kv"/>'s revision, deleted when it names no block any more.</summary>
+    private async Task<bool> SaveHandleAsync(KeyValue kv, IpamHandle handle, CancellationToken ct) =>
+        (handle.Blocks.Count == 0
+            ? await store.DeleteAsync(kv.Key, kv.ModRevision, ct).ConfigureAwait(false)
+            : await store.PutAsync(kv.Key, Codec.Encode(handle), kv.ModRevision, ct).ConfigureAwait(false)).Succeeded;
 
     /// <summary>The block a claim record names, or null when it names none readable.</summary>
     private static Cidr? ClaimedBlock(byte[] value)
@@ -377,7 +384,7 @@ public sealed class IpamService(IDatastore store)
             var handle = Codec.Decode<IpamHandle>(hkv.Value, handleKey);
             if (handle.Blocks.Count == 0)
             {
-                await store.DeleteAsync(handleKey, hkv.ModRevision, ct).ConfigureAwait(false);
+                await SaveHandleAsync(hkv, handle, ct).ConfigureAwait(false);
                 continue;
             }
             // Block by block: the block lets go first, then the handle forgets it, so a crash in between leaves the
@@ -399,10 +406,7 @@ public sealed class IpamService(IDatastore store)
                 }
             }
             handle.Blocks.Remove(blockCidr);
-            var forgot = handle.Blocks.Count == 0
-                ? await store.DeleteAsync(handleKey, hkv.ModRevision, ct).ConfigureAwait(false)
-                : await store.PutAsync(handleKey, Codec.Encode(handle), hkv.ModRevision, ct).ConfigureAwait(false);
-            if (forgot.Succeeded) attempt = 0;
+            if (await SaveHandleAsync(hkv, handle, ct).ConfigureAwait(false)) attempt = 0;
         }
         throw new IpamException(IpamCodes.Conflict, $"gave up releasing handle {handleId} after {MaxAttempts} conflicting concurrent updates; retry");
     }
@@ -425,15 +429,7 @@ public sealed class IpamService(IDatastore store)
                 if (!(await store.PutAsync(kv.Key, Codec.Encode(block), kv.ModRevision, ct).ConfigureAwait(false)).Succeeded) goto retry;
                 // The handle forgets the block once it holds nothing there.
                 if (!block.Allocations.Any(a => a.Handle == alloc.Handle))
-                    for (var i = 0; i < MaxAttempts && await store.GetAsync(Keys.Handle(alloc.Handle), ct).ConfigureAwait(false) is { } hkv; i++)
-                    {
-                        var handle = Codec.Decode<IpamHandle>(hkv.Value, hkv.Key);
-                        if (!handle.Blocks.Remove(cidr.ToString())) break;
-                        var done = handle.Blocks.Count == 0
-                            ? await store.DeleteAsync(hkv.Key, hkv.ModRevision, ct).ConfigureAwait(false)
-                            : await store.PutAsync(hkv.Key, Codec.Encode(handle), hkv.ModRevision, ct).ConfigureAwait(false);
-                        if (done.Succeeded) break;
-                    }
+                    await ForgetBlockAsync(alloc.Handle, cidr, MaxAttempts, ct).ConfigureAwait(false);
                 return alloc.Handle;
             }
             return null;
