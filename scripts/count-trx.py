@@ -5,6 +5,7 @@ import sys, pathlib, xml.etree.ElementTree as ET
 
 ns = {"t": "http://microsoft.com/schemas/VisualStudio/TeamTest/2010"}
 passed = failed = skipped = 0
+failures = []
 files = list(pathlib.Path(sys.argv[1]).rglob("*.trx")) if len(sys.argv) > 1 else []
 for f in files:
     for r in ET.parse(f).getroot().iterfind(".//t:UnitTestResult", ns):
@@ -15,8 +16,16 @@ for f in files:
             skipped += 1
         else:
             failed += 1
+            message = r.find(".//t:ErrorInfo/t:Message", ns)
+            text = (message.text or "").strip().splitlines() if message is not None else []
+            failures.append((r.get("testName"), text[:6]))
 if not files:
     failed += 1
+# The failures again, just above the summary, so a log's tail names them.
+for name, text in failures:
+    print(f"FAILED {name}")
+    for t in text:
+        print(f"    {t[:300]}")
 line = f"tests: {passed} passed, {failed} failed"
 if skipped:
     line += f", {skipped} skipped"

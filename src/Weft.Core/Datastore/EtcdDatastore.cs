@@ -325,6 +325,10 @@ public sealed class EtcdDatastore : IDatastore
                         DisposeHttpClient = true,
                         ThrowOperationCanceledOnCancellation = true,
                         MaxReceiveMessageSize = 256 << 20,
+                        // gRPC's default reconnect backoff grows to 120 s: a member back from a restart would sit
+                        // unused for minutes. Retrying a refused connection each second costs next to nothing.
+                        InitialReconnectBackoff = TimeSpan.FromMilliseconds(100),
+                        MaxReconnectBackoff = TimeSpan.FromSeconds(1),
                     });
                     return _client = new EtcdClient(_channel.CreateCallInvoker());
                 }

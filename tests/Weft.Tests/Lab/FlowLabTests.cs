@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
 using Weft.Tests.Support;
 
 namespace Weft.Tests.Lab;
@@ -442,15 +443,32 @@ public sealed class FlowLabTests(FlowLabFixture fixture) : FlowVerdictTests(fixt
             var pid = node1["agentPid"]!.GetValue<int>();
             string Metrics() => TestEnv.Ok(TestEnv.Run("ip", ["netns", "exec", node1["netns"]!.ToString(), "curl", "-s", "http://127.0.0.1:9962/metrics"])).Stdout;
             const string udpDrops = "{verdict=\"DROPPED\",traffic_direction=\"INGRESS\",protocol=\"UDP\"}";
+            string Memory() => TestEnv.Ok(TestEnv.Run("ip", ["netns", "exec", node1["netns"]!.ToString(), "curl", "-s", "http://127.0.0.1:9962/debug/memory"])).Stdout;
+            long Stat(string name) => long.Parse(Regex.Match(Memory(), name + @" (\d+)").Groups[1].Value, CultureInfo.InvariantCulture);
+            // What the agent keeps after a burst, not the burst's garbage: RSS once allocations have settled and the
+            // agent's trimmer has run its full collection after them (it does within one 5 s period).
+            long SettledRssKiB()
+            {
+                var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+                var allocated = Stat("total allocated");
+                while (DateTime.UtcNow < deadline)
+                {
+                    Thread.Sleep(1000);
+                    var now = Stat("total allocated");
+                    if (now - allocated < 256) break;
+                    allocated = now;
+                }
+                var collections = Stat("gen2");
+                while (Stat("gen2") <= collections && DateTime.UtcNow < deadline) Thread.Sleep(250);
+                return RssKiB(pid);
+            }
             var before = Metric(Metrics(), "weft_flows_processed_total", udpDrops);
             var rssBefore = RssKiB(pid);
 
             Flood("default/pod-3", PodIp("default/pod-1"), 30_000);
-            Thread.Sleep(500);
-            var rssAfterFirst = RssKiB(pid);
+            var rssAfterFirst = SettledRssKiB();
             Flood("default/pod-3", PodIp("default/pod-1"), 30_000);
-            Thread.Sleep(500);
-            var rssAfterSecond = RssKiB(pid);
+            var rssAfterSecond = SettledRssKiB();
 
             var metrics = Metrics();
             var lost = Metric(metrics, "weft_flows_lost_total", "");
