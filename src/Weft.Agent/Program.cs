@@ -104,6 +104,11 @@ if (flowsOn)
     builder.Services.AddHostedService(sp => new FlowCollector(ring, flowIds, flowCounters,
         [new NflogVerdictSource(FlowLogGroup, flowIds, me.Name), new ConntrackEndSource(flowIds, me.Name), bpfVerdicts],
         sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), refreshIdentities: !options.Policy, sp.GetRequiredService<ILogger<FlowCollector>>()));
+if (store is Weft.Kubernetes.KubeDatastore kube && options.CniConfDir is { } cniConfDir)
+    builder.Services.AddHostedService(sp => new Weft.Agent.Install.CniKeeper(new Weft.Agent.Install.CniInstaller.Options { CniConfDir = cniConfDir, CniBinDir = options.CniBinDir },
+        kube, Weft.Agent.Install.CniKeeper.DaemonSetPath(), sp.GetRequiredService<ILogger<Weft.Agent.Install.CniKeeper>>()));
+if (store is Weft.Kubernetes.KubeDatastore)
+    builder.Services.AddHostedService(sp => new NodeReleaser(store, sp.GetRequiredService<DatastoreTrigger>(), me.Name, options.NodeReleaseGrace, sp.GetRequiredService<ILogger<NodeReleaser>>()));
 builder.Services.AddHostedService(sp => new RouteReconciler(sp.GetRequiredService<DatastoreTrigger>().Cache, sp.GetRequiredService<DatastoreTrigger>(), backend, me, state, options.Resync, sp.GetRequiredService<ILogger<RouteReconciler>>()));
 // natOutgoing drivers in order: BPF (when loaded) masquerades; nftables then keeps only the tunnel's notrack (or
 // nothing with policy off), else it masquerades itself.

@@ -95,8 +95,9 @@ var labMasquerade = new Option<string>("--masquerade") { Description = "how agen
 var labPool = new Option<string?>("--pool") { Description = "IPPool documents (Calico v3, as written) to use instead of the lab's default pool" };
 var labDataplane = new Option<string?>("--dataplane") { Description = "the agents' policy dataplane: nftables or bpf (default: what an applied Installation says, else nftables)" };
 var labNetConf = new Option<string?>("--net-conf") { Description = "Flannel's net-conf.json: agents run from it (its Backend.Type picks the backend; its Network becomes the pool unless --pool)" };
-var up = new Command("up", "build the lab") { labName, nodes, podsPerNode, backend, mode, topology, labPolicy, labFlows, labMasquerade, labPool, labNetConf, labDataplane };
-up.SetAction((r, ct) => Guard(() => Weft.Lab.LabCommands.UpAsync(Ctx(r), new(r.GetValue(labName)!, r.GetValue(nodes), r.GetValue(podsPerNode), r.GetValue(backend)!, r.GetValue(mode)!, r.GetValue(datastore) ?? "sqlite", r.GetValue(topology), r.GetValue(labPolicy)!, r.GetValue(labFlows)!, r.GetValue(labMasquerade)!, r.GetValue(labPool), r.GetValue(labNetConf), r.GetValue(labDataplane)), ct)));
+var labNodeGrace = new Option<int>("--node-release-grace") { Description = "kubernetes datastore: seconds after a Node's deletion before its addresses and blocks are released (default 60)", DefaultValueFactory = _ => 60 };
+var up = new Command("up", "build the lab") { labName, nodes, podsPerNode, backend, mode, topology, labPolicy, labFlows, labMasquerade, labPool, labNetConf, labDataplane, labNodeGrace };
+up.SetAction((r, ct) => Guard(() => Weft.Lab.LabCommands.UpAsync(Ctx(r), new(r.GetValue(labName)!, r.GetValue(nodes), r.GetValue(podsPerNode), r.GetValue(backend)!, r.GetValue(mode)!, r.GetValue(datastore) ?? "sqlite", r.GetValue(topology), r.GetValue(labPolicy)!, r.GetValue(labFlows)!, r.GetValue(labMasquerade)!, r.GetValue(labPool), r.GetValue(labNetConf), r.GetValue(labDataplane), r.GetValue(labNodeGrace)), ct)));
 var down = new Command("down", "remove every namespace, process and file of the lab") { labName };
 down.SetAction((r, ct) => Guard(() => Weft.Lab.LabCommands.DownAsync(Ctx(r), r.GetValue(labName)!)));
 var labOut = new Option<string>("--output", "-o") { DefaultValueFactory = _ => "table" };

@@ -304,7 +304,9 @@ public sealed class LabApiServer : IAsyncDisposable
         var (group, plural) = parts[0] == "api" ? ("", parts[^1]) : (parts[1], parts[^1]);
         static bool Has(JsonObject rule, string field, string value) =>
             rule[field]?.AsArray().Any(v => v?.GetValue<string>() is { } x && (x == value || x == "*")) == true;
-        if (role.Rules.Any(r => Has(r, "apiGroups", group) && Has(r, "resources", plural) && Has(r, "verbs", verb))) return null;
+        // resourceNames narrows a rule to the objects it names (never matching a list or watch, as in Kubernetes).
+        bool Named(JsonObject rule) => rule["resourceNames"] is not JsonArray names || target.Name is { } n && names.Any(v => v?.GetValue<string>() == n);
+        if (role.Rules.Any(r => Has(r, "apiGroups", group) && Has(r, "resources", plural) && Has(r, "verbs", verb) && Named(r))) return null;
         var scope = target.Namespace is { } ns ? $"in the namespace \"{ns}\"" : "at the cluster scope";
         return $"{plural}{(group.Length == 0 ? "" : "." + group)} is forbidden: User \"{role.User}\" cannot {verb} resource \"{plural}\" in API group \"{group}\" {scope}";
     }

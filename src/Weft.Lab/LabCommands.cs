@@ -10,7 +10,7 @@ using Weft.Resources;
 namespace Weft.Lab;
 
 public sealed record LabUpOptions(string Name, int Nodes, int PodsPerNode, string Backend, string Mode, string Datastore, string? TopologyFile, string Policy = "on", string Flows = "on", string Masquerade = "auto",
-    string? PoolFile = null, string? NetConfFile = null, string? Dataplane = null);
+    string? PoolFile = null, string? NetConfFile = null, string? Dataplane = null, int NodeReleaseGrace = 60);
 
 /// <summary>
 /// `weftctl lab`: a real multi-node cluster on one machine. An underlay namespace with a bridge joins one
@@ -32,6 +32,7 @@ public static class LabCommands
         if (o.Flows is not ("on" or "off")) throw new ArgumentException($"--flows {o.Flows}: use on or off");
         if (o.Dataplane is not (null or "nftables" or "bpf")) throw new ArgumentException($"--dataplane {o.Dataplane}: use nftables or bpf");
         if (o.Masquerade is not ("auto" or "bpf" or "nftables")) throw new ArgumentException($"--masquerade {o.Masquerade}: use auto, bpf or nftables");
+        if (o.NodeReleaseGrace < 0) throw new ArgumentException($"--node-release-grace {o.NodeReleaseGrace}: use 0 or more seconds");
         if (o.Datastore is not ("sqlite" or "etcd" or "kubernetes"))
             throw new ArgumentException($"--datastore {o.Datastore}: the lab runs sqlite, etcd (a 3-member cluster) or kubernetes (its own API server)");
         if (LabState.Load(o.Name) is not null || Shell.Run("ip", "netns", "list").Split('\n').Any(l => l.StartsWith(o.Name + "-", StringComparison.Ordinal)))
@@ -55,6 +56,7 @@ public static class LabCommands
             ControlPlane = o.Datastore is "etcd" or "kubernetes" ? o.Name + "-cp" : null,
             AdminDatastore = o.Datastore == "kubernetes" ? "kubernetes://" + Path.Combine(dir, "kubeconfig") : null,
             PodMtu = backendType == "vxlan" ? 1450 : 1500, Underlay = o.Name + "-ul", Gateway = o.Name + "-gw",
+            NodeReleaseGrace = o.NodeReleaseGrace,
         };
         var total = Stopwatch.StartNew();
         try
@@ -97,6 +99,7 @@ public static class LabCommands
                 state.Nodes.Add(node);
                 state.Save();
             }
+            if (state.AdminDatastore is not null) await RegisterKubeNodesAsync(state, ct).ConfigureAwait(false);
             Step(ctx, $"{o.Nodes} node(s); starting weft-agent ({backendType}{(o.NetConfFile is null ? "" : ", from net-conf.json")}) in each");
             // A private bpffs instance: the agents' pinned BPF state belongs to this lab and goes with `lab down`.
             try { Weft.Bpf.BpfFs.Mount(state.BpfDir); }
@@ -496,6 +499,25 @@ public static class LabCommands
     /// <summary>The agent's socket speaks HTTP/2 only (it also carries the gRPC flow API).</summary>
     public static HttpClient AgentClient(string socket) => AgentEndpoint.UnixClient(socket);
 
+    /// <summary>What kubelet does when a node joins: a v1 Node with its hostname label and addresses.</summary>
+    private static async Task RegisterKubeNodesAsync(LabState state, CancellationToken ct)
+    {
+        using var api = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore);
+        foreach (var node in state.Nodes)
+        {
+            var doc = new JsonObject
+            {
+                ["apiVersion"] = "v1", ["kind"] = "Node",
+                ["metadata"] = new JsonObject { ["name"] = node.Name, ["labels"] = new JsonObject { ["kubernetes.io/hostname"] = node.Name, ["kubernetes.io/os"] = "linux" } },
+                ["status"] = new JsonObject
+                {
+                    ["addresses"] = new JsonArray(new JsonObject { ["type"] = "InternalIP", ["address"] = node.UnderlayIp }, new JsonObject { ["type"] = "Hostname", ["address"] = node.Name }),
+                },
+            };
+            await Weft.Datastore.DatastoreExtensions.PutAsync(api, Weft.Model.Keys.K8sNode(node.Name), System.Text.Encoding.UTF8.GetBytes(doc.ToJsonString()), 0, ct).ConfigureAwait(false);
+        }
+    }
+
     private static int StartAgent(LabState state, LabNode node, string dist) =>
         Shell.StartDetached(node.Netns, Path.Combine(state.Dir, node.Name + ".log"), Path.Combine(dist, "weft-agent"),
         [
@@ -504,6 +526,7 @@ public static class LabCommands
             "--underlay-interface", "eth0", "--socket", node.Socket,
             "--policy", state.Policy, "--flows", state.Flows, "--masquerade", state.Masquerade, "--bpf-pin-dir", state.BpfPinDir(node.Name),
             .. state.Dataplane is null ? Array.Empty<string>() : ["--dataplane", state.Dataplane],
+            "--node-release-grace", state.NodeReleaseGrace.ToString(System.Globalization.CultureInfo.InvariantCulture),
         ]);
 
     /// <summary>Backend.Type of a Flannel net-conf.json (vxlan when absent, as flanneld defaults); the agent validates the rest.</summary>

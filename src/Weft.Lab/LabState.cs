@@ -84,6 +84,8 @@ public sealed class LabState
     public string Flows { get; init; } = "on";
     /// <summary>How agents masquerade natOutgoing traffic: auto, bpf or nftables.</summary>
     public string Masquerade { get; init; } = "auto";
+    /// <summary>Kubernetes datastore: seconds a deleted Node waits before the agents release its addresses (--node-release-grace).</summary>
+    public int NodeReleaseGrace { get; init; } = 60;
     /// <summary>--dataplane given to every agent; null: they follow the Installation.</summary>
     public string? Dataplane { get; init; }
     /// <summary>The lab's own bpffs mount: agents pin their BPF state under it, and `lab down` unmounts it.</summary>

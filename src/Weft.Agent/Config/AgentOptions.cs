@@ -34,6 +34,11 @@ public sealed class AgentOptions
     public string Masquerade { get; set; } = "auto";
     /// <summary>Where the BPF masquerade pins its translation state (a bpffs directory; mounted when missing).</summary>
     public string BpfPinDir { get; set; } = Weft.Model.Ownership.BpfPinDir;
+    /// <summary>Kubernetes mode: how long a node's Kubernetes Node must be gone before its addresses and blocks are released.</summary>
+    public TimeSpan NodeReleaseGrace { get; set; } = TimeSpan.FromMinutes(5);
+    /// <summary>In the DaemonSet: the host's CNI directories as mounted (install-cni wrote them; the agent keeps them).</summary>
+    public string? CniConfDir { get; set; }
+    public string CniBinDir { get; set; } = "/host/opt/cni/bin";
     /// <summary>From net-conf.json: the pool to create when none covers it.</summary>
     public FlannelNetConf? NetConf { get; private set; }
 
@@ -72,6 +77,9 @@ public sealed class AgentOptions
                     break;
                 case "--bpf-pin-dir": o.BpfPinDir = Value(); break;
                 case "--resync-seconds": o.Resync = TimeSpan.FromSeconds(Int(a, Value())); break;
+                case "--node-release-grace": o.NodeReleaseGrace = TimeSpan.FromSeconds(Int(a, Value())); break;
+                case "--cni-conf-dir": o.CniConfDir = Value(); break;
+                case "--cni-bin-dir": o.CniBinDir = Value(); break;
                 case "--label":
                     var kv = Value().Split('=', 2);
                     if (kv.Length != 2 || kv[0].Length == 0) throw new ArgumentException($"--label wants key=value, got '{string.Join('=', kv)}'");
@@ -120,6 +128,9 @@ public sealed class AgentOptions
                     case "masquerade": Masquerade = S(); break;
                     case "dataplane": Dataplane = S() switch { var v and ("nftables" or "bpf") => v, _ => throw new ArgumentException($"{path}: dataplane must be nftables or bpf") }; break;
                     case "bpfPinDir": BpfPinDir = S(); break;
+                    case "nodeReleaseGrace": NodeReleaseGrace = TimeSpan.FromSeconds(N()); break;
+                    case "cniConfDir": CniConfDir = S(); break;
+                    case "cniBinDir": CniBinDir = S(); break;
                     default: throw new ArgumentException($"{path}: unknown key '{p.Name}'");
                 }
             }
@@ -133,6 +144,7 @@ public sealed class AgentOptions
         if (Port is < 1 or > 65535) throw new ArgumentException($"port {Port} is out of range");
         if (!MasqueradeModes.Contains(Masquerade)) throw new ArgumentException($"masquerade '{Masquerade}' is unknown; use auto, bpf or nftables");
         if (!Path.IsPathFullyQualified(BpfPinDir)) throw new ArgumentException($"BPF pin directory '{BpfPinDir}' must be an absolute path");
+        if (NodeReleaseGrace < TimeSpan.Zero) throw new ArgumentException($"node release grace {NodeReleaseGrace.TotalSeconds} s is negative");
         if (FlowBuffer is < 0 or > 1 << 20) throw new ArgumentException($"flow buffer {FlowBuffer} is out of range (0-1048576)");
         if (FlowAddress.Length > 0 && !System.Net.IPEndPoint.TryParse(FlowAddress, out _)) throw new ArgumentException($"flow address '{FlowAddress}' is not IP:PORT");
         if (string.IsNullOrWhiteSpace(NodeName) || NodeName.Contains('/', StringComparison.Ordinal))
@@ -165,6 +177,13 @@ public sealed class AgentOptions
                                       how natOutgoing pools masquerade: tc BPF programs on the uplink (no
                                       conntrack), or nftables; auto picks bpf when the kernel allows (default auto)
           --bpf-pin-dir DIR           bpffs directory for the BPF masquerade's state (default /sys/fs/bpf/weft)
+          --node-release-grace SECONDS
+                                      kubernetes datastore: release a node's addresses and blocks once its
+                                      Kubernetes Node has been deleted this long (default 300)
+          --cni-conf-dir DIR --cni-bin-dir DIR
+                                      kubernetes datastore, in the DaemonSet: the host's CNI directories as
+                                      mounted; the plugin's kubeconfig follows token rotation, and the conflist
+                                      and binaries are removed when the DaemonSet is deleted
         """;
 }
 

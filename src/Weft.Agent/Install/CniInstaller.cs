@@ -61,10 +61,7 @@ public static class CniInstaller
     /// <summary>Installs; returns the files written (for the log).</summary>
     public static IReadOnlyList<string> Run(Options o)
     {
-        var host = Environment.GetEnvironmentVariable("KUBERNETES_SERVICE_HOST");
-        var port = Environment.GetEnvironmentVariable("KUBERNETES_SERVICE_PORT");
-        if (string.IsNullOrEmpty(host) || string.IsNullOrEmpty(port))
-            throw new ArgumentException("KUBERNETES_SERVICE_HOST/PORT are not set: install-cni runs in a pod");
+        var server = ApiServer();
         var token = Path.Combine(o.ServiceAccountDir, "token");
         var ca = Path.Combine(o.ServiceAccountDir, "ca.crt");
         if (!File.Exists(token) || !File.Exists(ca)) throw new ArgumentException($"no service account token and ca.crt in {o.ServiceAccountDir}");
@@ -78,34 +75,12 @@ public static class CniInstaller
                 UnixFileMode.GroupRead | UnixFileMode.GroupExecute | UnixFileMode.OtherRead | UnixFileMode.OtherExecute);
             written.Add(to);
         }
-        var server = host.Contains(':', StringComparison.Ordinal) ? $"https://[{host}]:{port}" : $"https://{host}:{port}";
-        var kubeconfigName = "weft-kubeconfig";
-        var kubeconfig = $"""
-            # Written by weft-agent install-cni for the weft CNI plugin: the weft-agent service account's credentials.
-            apiVersion: v1
-            kind: Config
-            clusters:
-            - name: local
-              cluster:
-                server: {server}
-                certificate-authority-data: {Convert.ToBase64String(File.ReadAllBytes(ca))}
-            users:
-            - name: weft-cni
-              user:
-                token: {File.ReadAllText(token).Trim()}
-            contexts:
-            - name: weft-cni@local
-              context: {"{"}cluster: local, user: weft-cni{"}"}
-            current-context: weft-cni@local
-
-            """;
-        var kubeconfigPath = Path.Combine(o.CniConfDir, kubeconfigName);
-        WriteAtomically(kubeconfigPath, Encoding.UTF8.GetBytes(kubeconfig), UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        var kubeconfigPath = WriteKubeconfig(o, server);
         written.Add(kubeconfigPath);
         var plugin = new JsonObject
         {
             ["type"] = "weft",
-            ["datastore"] = "kubernetes://" + Path.Combine(o.HostCniConfDir, kubeconfigName),
+            ["datastore"] = "kubernetes://" + Path.Combine(o.HostCniConfDir, KubeconfigName),
             ["mode"] = o.Mode,
         };
         if (o.NodeName is { Length: > 0 } node) plugin["nodename"] = node;
@@ -116,6 +91,77 @@ public static class CniInstaller
             UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
         written.Add(conflistPath);
         return written;
+    }
+
+    public const string KubeconfigName = "weft-kubeconfig";
+
+    /// <summary>The API server as a pod sees it (KUBERNETES_SERVICE_HOST/PORT).</summary>
+    public static string ApiServer()
+    {
+        var host = Environment.GetEnvironmentVariable("KUBERNETES_SERVICE_HOST");
+        var port = Environment.GetEnvironmentVariable("KUBERNETES_SERVICE_PORT");
+        if (string.IsNullOrEmpty(host) || string.IsNullOrEmpty(port))
+            throw new ArgumentException("KUBERNETES_SERVICE_HOST/PORT are not set: install-cni runs in a pod");
+        return host.Contains(':', StringComparison.Ordinal) ? $"https://[{host}]:{port}" : $"https://{host}:{port}";
+    }
+
+    /// <summary>The plugin's kubeconfig: the service account's current token and CA. Returns its path.</summary>
+    public static string WriteKubeconfig(Options o, string server)
+    {
+        var kubeconfig = $"""
+            # Written by weft-agent for the weft CNI plugin: the weft-agent service account's credentials.
+            apiVersion: v1
+            kind: Config
+            clusters:
+            - name: local
+              cluster:
+                server: {server}
+                certificate-authority-data: {Convert.ToBase64String(File.ReadAllBytes(Path.Combine(o.ServiceAccountDir, "ca.crt")))}
+            users:
+            - name: weft-cni
+              user:
+                token: {ServiceAccountToken(o)}
+            contexts:
+            - name: weft-cni@local
+              context: {"{"}cluster: local, user: weft-cni{"}"}
+            current-context: weft-cni@local
+
+            """;
+        var path = Path.Combine(o.CniConfDir, KubeconfigName);
+        WriteAtomically(path, Encoding.UTF8.GetBytes(kubeconfig), UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        return path;
+    }
+
+    private static string ServiceAccountToken(Options o) => File.ReadAllText(Path.Combine(o.ServiceAccountDir, "token")).Trim();
+
+    /// <summary>
+    /// Rewrites the plugin's kubeconfig when kubelet has rotated the projected token (it lasts about an hour; a plugin
+    /// left with the old one is refused on every ADD). True when it was rewritten.
+    /// </summary>
+    public static bool RefreshKubeconfig(Options o)
+    {
+        var path = Path.Combine(o.CniConfDir, KubeconfigName);
+        if (!File.Exists(path)) return false;
+        var token = ServiceAccountToken(o);
+        var lines = File.ReadAllLines(path).Select(l => l.Trim()).ToList();
+        if (lines.Contains("token: " + token)) return false;
+        // The server install-cni wrote stays (the agent's own environment may name it differently).
+        var server = lines.FirstOrDefault(l => l.StartsWith("server: ", StringComparison.Ordinal))?["server: ".Length..] ?? ApiServer();
+        WriteKubeconfig(o, server);
+        return true;
+    }
+
+    /// <summary>Removes what <see cref="Run"/> installed: the conflist first (the runtime stops calling Weft), then the rest.</summary>
+    public static IReadOnlyList<string> Uninstall(Options o)
+    {
+        var removed = new List<string>();
+        foreach (var path in new[] { Path.Combine(o.CniConfDir, o.ConfName), Path.Combine(o.CniConfDir, KubeconfigName), Path.Combine(o.CniBinDir, "weft"), Path.Combine(o.CniBinDir, "weft-etcd") })
+        {
+            if (!File.Exists(path)) continue;
+            File.Delete(path);
+            removed.Add(path);
+        }
+        return removed;
     }
 
     /// <summary>A temporary file in the same directory, then a rename over the target: readers see the old file or the new one.</summary>

@@ -88,7 +88,7 @@ public sealed class IpamInspector(IDatastore store)
                 var node = a.Attributes.GetValueOrDefault("node") ?? b.Affinity;
                 if (!handles.ContainsKey(a.Handle))
                     problems.Add(new IpamProblem(MissingHandle, $"{ip} is held by handle {a.Handle}, which does not exist", a.Handle, ip, node));
-                if (a.Handle.StartsWith("weft-gateway.", StringComparison.Ordinal)) continue;
+                if (a.Handle.StartsWith(IpamService.GatewayHandlePrefix, StringComparison.Ordinal)) continue;
                 // A node's tunnel address belongs to the node while it is registered, not to a pod.
                 if (a.Handle.StartsWith(IpamService.TunnelHandlePrefix, StringComparison.Ordinal) && nodes.Contains(a.Handle[IpamService.TunnelHandlePrefix.Length..])) continue;
                 var age = a.Attributes.TryGetValue("time", out var t) && DateTime.TryParse(t, null, System.Globalization.DateTimeStyles.RoundtripKind, out var when)

@@ -24,6 +24,9 @@ public sealed record AssignRequest(string HandleId, string Node)
 }
 
 /// <summary>One address given to a handle, with the block and pool it came from.</summary>
+/// <summary>What releasing a departed node's IPAM did: addresses and blocks given back, handles kept for pods still running.</summary>
+public sealed record NodeRelease(int Addresses, int Blocks, IReadOnlyList<string> Kept);
+
 public sealed record AssignedAddress(IPAddress Address, Cidr Block, string PoolName, Cidr Pool)
 {
     public AddressFamily Family => Address.AddressFamily;
@@ -320,7 +323,9 @@ public sealed class IpamService(IDatastore store)
     }
 
     /// <summary>The handle that holds a block's bridge gateway address.</summary>
-    public static string GatewayHandleId(Cidr block) => "weft-gateway." + block.ToKey();
+    public const string GatewayHandlePrefix = "weft-gateway.";
+
+    public static string GatewayHandleId(Cidr block) => GatewayHandlePrefix + block.ToKey();
 
     public const string TunnelHandlePrefix = "weft-tunnel.";
 
@@ -397,7 +402,11 @@ public sealed class IpamService(IDatastore store)
                 var removed = block.Allocations.RemoveAll(a => a.Handle == handleId);
                 if (removed > 0)
                 {
-                    if (!(await store.PutAsync(bkv.Key, Codec.Encode(block), bkv.ModRevision, ct).ConfigureAwait(false)).Succeeded)
+                    // A block no node holds (its node was released) goes when its last address does.
+                    var written = block.Affinity is null && block.Allocations.Count == 0
+                        ? await store.DeleteAsync(bkv.Key, bkv.ModRevision, ct).ConfigureAwait(false)
+                        : await store.PutAsync(bkv.Key, Codec.Encode(block), bkv.ModRevision, ct).ConfigureAwait(false);
+                    if (!written.Succeeded)
                     {
                         await Task.Delay(Random.Shared.Next(1, 5 + attempt), ct).ConfigureAwait(false);
                         continue;
@@ -437,6 +446,69 @@ public sealed class IpamService(IDatastore store)
             await Task.Delay(Random.Shared.Next(1, 5 + attempt), ct).ConfigureAwait(false);
         }
         throw new IpamException(IpamCodes.Conflict, $"gave up releasing {ip} after {MaxAttempts} conflicting concurrent updates; retry");
+    }
+
+    /// <summary>
+    /// A node gone for good (`weftctl delete node`, or its Kubernetes Node deleted): what its pods held, its tunnel
+    /// address, its blocks' gateways, its blocks and affinities and its pending claim are released, so its addresses
+    /// do not stay stranded (calico#8643, weave#2797). A pod address <paramref name="inUse"/> keeps is left, and its
+    /// block stays without an affinity: other nodes may borrow from it, none claims it whole. Idempotent, so a release
+    /// cut short is finished by running it again; every write is one compare-and-swap.
+    /// </summary>
+    public async Task<NodeRelease> ReleaseNodeAsync(string node, Func<IpamHandle, CancellationToken, ValueTask<bool>> inUse, CancellationToken ct = default)
+    {
+        var addresses = 0;
+        var kept = new List<string>();
+        foreach (var kv in (await store.ListAsync(Keys.Handles, ct).ConfigureAwait(false)).Items)
+        {
+            var handle = Codec.Decode<IpamHandle>(kv.Value, kv.Key);
+            if (handle.Node != node || handle.Id.StartsWith(GatewayHandlePrefix, StringComparison.Ordinal)) continue;
+            if (!handle.Id.StartsWith(TunnelHandlePrefix, StringComparison.Ordinal) && await inUse(handle, ct).ConfigureAwait(false))
+            {
+                kept.Add(handle.Id);
+                continue;
+            }
+            addresses += await ReleaseAsync(handle.Id, ct).ConfigureAwait(false);
+        }
+        var blocks = 0;
+        foreach (var kv in (await store.ListAsync(Keys.Blocks, ct).ConfigureAwait(false)).Items)
+        {
+            var block = Codec.Decode<AllocationBlock>(kv.Value, kv.Key);
+            if (block.Affinity == node && await ReleaseBlockAsync(block.Network, node, ct).ConfigureAwait(false)) blocks++;
+        }
+        // Affinities whose block never got written (a claim cut short), and the claim record itself.
+        foreach (var kv in (await store.ListAsync(Keys.NodeAffinities(node), ct).ConfigureAwait(false)).Items)
+            await store.DeleteAsync(kv.Key, kv.ModRevision, ct).ConfigureAwait(false);
+        if (await store.GetAsync(Keys.BlockClaim(node), ct).ConfigureAwait(false) is { } claim)
+            await store.DeleteAsync(claim.Key, claim.ModRevision, ct).ConfigureAwait(false);
+        return new NodeRelease(addresses, blocks, kept);
+    }
+
+    /// <summary>A departed node's block: deleted when nothing is left in it, else kept without an affinity. True when deleted.</summary>
+    private async Task<bool> ReleaseBlockAsync(Cidr cidr, string node, CancellationToken ct)
+    {
+        await ReleaseAsync(GatewayHandleId(cidr), ct).ConfigureAwait(false);
+        var deleted = false;
+        for (var attempt = 0; attempt < MaxAttempts; attempt++)
+        {
+            var kv = await store.GetAsync(Keys.Block(cidr), ct).ConfigureAwait(false);
+            if (kv is null) break;
+            var block = Codec.Decode<AllocationBlock>(kv.Value, kv.Key);
+            if (block.Affinity != node) break;
+            block.Affinity = null;
+            var done = block.Allocations.Count == 0
+                ? await store.DeleteAsync(kv.Key, kv.ModRevision, ct).ConfigureAwait(false)
+                : await store.PutAsync(kv.Key, Codec.Encode(block), kv.ModRevision, ct).ConfigureAwait(false);
+            if (done.Succeeded)
+            {
+                deleted = block.Allocations.Count == 0;
+                break;
+            }
+            await Task.Delay(Random.Shared.Next(1, 5 + attempt), ct).ConfigureAwait(false);
+        }
+        if (await store.GetAsync(Keys.Affinity(node, cidr), ct).ConfigureAwait(false) is { } affinity)
+            await store.DeleteAsync(affinity.Key, affinity.ModRevision, ct).ConfigureAwait(false);
+        return deleted;
     }
 
     /// <summary>Handles of this node and network whose attachment the runtime no longer lists (CNI GC's candidates).</summary>

@@ -65,6 +65,7 @@ public sealed class KubeDatastore : IDatastore
         new(Keys.Installations, "operator.tigera.io/v1", "Installation", "installations", false, KubeForm.Document),
         new(Keys.K8sNamespaces, "v1", "Namespace", "namespaces", false, KubeForm.Document),
         new(Keys.K8sPods, "v1", "Pod", "pods", true, KubeForm.Document),
+        new(Keys.K8sNodes, "v1", "Node", "nodes", false, KubeForm.Document),
         new(Keys.Blocks, GroupVersion, "IPAMBlock", "ipamblocks", false, KubeForm.Record),
         new(Keys.Affinities, GroupVersion, "BlockAffinity", "blockaffinities", false, KubeForm.Record),
         new(Keys.Handles, GroupVersion, "IPAMHandle", "ipamhandles", false, KubeForm.Record),
@@ -485,6 +486,14 @@ public sealed class KubeDatastore : IDatastore
             ? v : throw new InvalidDataException("an object or list without a numeric metadata.resourceVersion");
 
     // ---- HTTP ----
+
+    /// <summary>Any API object by path (`/apis/apps/v1/namespaces/NS/daemonsets/NAME`); null when it does not exist.</summary>
+    public async Task<JsonObject?> GetObjectAsync(string path, CancellationToken ct = default)
+    {
+        using var response = await SendAsync(HttpMethod.Get, path, null, ct).ConfigureAwait(false);
+        if (response.StatusCode == HttpStatusCode.NotFound) return null;
+        return await ReadObjectAsync(response, ct).ConfigureAwait(false);
+    }
 
     private async Task<HttpResponseMessage> SendAsync(HttpMethod method, string pathAndQuery, JsonObject? body, CancellationToken ct, HttpCompletionOption completion = HttpCompletionOption.ResponseContentRead)
     {

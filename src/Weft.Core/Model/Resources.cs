@@ -134,6 +134,8 @@ public static class Keys
     /// <summary>v1 Namespace and Pod documents (labels, named ports) when no Kubernetes API server provides them.</summary>
     public const string K8sNamespaces = "/weft/k8s/namespaces/";
     public const string K8sPods = "/weft/k8s/pods/";
+    /// <summary>Kubernetes Nodes (in Kubernetes mode, the API's own; kubelet registers them).</summary>
+    public const string K8sNodes = "/weft/k8s/nodes/";
 
     public static string Pool(string name) => Pools + name;
     public static string Reservation(string name) => Reservations + name;
@@ -149,6 +151,7 @@ public static class Keys
     public static string Tier(string name) => Tiers + name;
     public static string K8sNamespace(string name) => K8sNamespaces + name;
     public static string K8sPod(string ns, string name) => K8sPods + ns + "/" + name;
+    public static string K8sNode(string name) => K8sNodes + name;
 
     /// <summary>The handle of one pod interface: network + container id + interface name.</summary>
     public static string HandleId(string network, string containerId, string ifName) => $"{network}.{containerId}.{ifName}";

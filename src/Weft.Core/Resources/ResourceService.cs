@@ -1,4 +1,5 @@
 using Weft.Datastore;
+using Weft.Ipam;
 using Weft.Model;
 
 namespace Weft.Resources;
@@ -111,6 +112,9 @@ public sealed class ResourceService(IDatastore store)
     public async Task<IReadOnlyList<IPReservation>> ListReservationsAsync(CancellationToken ct = default) =>
         await store.ListRecordsAsync(Keys.Reservations, ModelJson.Default.IPReservation, ct).ConfigureAwait(false);
 
+    /// <summary>What the last Node deleted here gave back.</summary>
+    public NodeRelease? LastNodeRelease { get; private set; }
+
     /// <summary>Deletes one resource. A pool still holding addresses is refused unless forced.</summary>
     public async Task<bool> DeleteAsync(string kind, string name, bool force, CancellationToken ct = default)
     {
@@ -138,13 +142,15 @@ public sealed class ResourceService(IDatastore store)
             var pool = Codec.Decode(kv.Value, ModelJson.Default.IPPool, kv.Key);
             var inUse = (await store.ListRecordsAsync(Keys.Blocks, ModelJson.Default.AllocationBlock, ct).ConfigureAwait(false))
                 .Where(b => pool.Network.Contains(b.Network))
-                .Sum(b => b.Allocations.Count(a => !a.Handle.StartsWith("weft-gateway.", StringComparison.Ordinal)));
+                .Sum(b => b.Allocations.Count(a => !a.Handle.StartsWith(IpamService.GatewayHandlePrefix, StringComparison.Ordinal)));
             if (inUse > 0)
                 throw new ResourceException($"IPPool {name} still has {inUse} address(es) in use; set spec.disabled: true, move the pods, then delete (or pass --force)");
         }
         var txn = await store.DeleteAsync(key, kv.ModRevision, ct).ConfigureAwait(false);
         if (!txn.Succeeded) throw new ResourceConflictException($"{kind} {name} changed while deleting; try again");
         LastRevision = txn.Revision;
+        // As calicoctl: a deleted node's pods went with it, so its addresses, blocks and endpoints go too.
+        if (NormaliseKind(kind) == "Node") LastNodeRelease = await NodeCleanup.RemoveAsync(store, name, NodeCleanup.NothingInUse, ct).ConfigureAwait(false);
         return true;
     }
 

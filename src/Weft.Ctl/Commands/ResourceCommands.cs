@@ -71,7 +71,11 @@ public static class ResourceCommands
         foreach (var (k, n) in targets)
         {
             if (await service.DeleteAsync(k, n, force, ct).ConfigureAwait(false))
+            {
                 await ctx.Out.WriteLineAsync($"Successfully deleted 1 '{k}' resource(s): {n}").ConfigureAwait(false);
+                if (k == "Node" && service.LastNodeRelease is { } released)
+                    await ctx.Out.WriteLineAsync($"Released node {n}'s IPAM: {released.Addresses} address(es), {released.Blocks} block(s)").ConfigureAwait(false);
+            }
             else
             {
                 failed++;

@@ -173,6 +173,67 @@ public abstract class IpamServiceContract : IDisposable
         Assert.Equal(IpamService.TunnelHandleId("gone"), leak.Handle);
     }
 
+    /// <summary>
+    /// A node gone for good (calico#8643): its tunnel address, pods' addresses, gateway, block, affinity and claim are
+    /// released; a pod still running keeps its address in a block nobody owns, which goes with that last address.
+    /// </summary>
+    [Fact]
+    public async Task A_departed_nodes_ipam_is_released_and_a_running_pod_keeps_its_address_until_it_goes()
+    {
+        await Pools(Pool("v4", "10.15.0.0/16", 28));
+        using var ds = Open();
+        var ipam = Ipam(ds);
+        await ipam.AssignAsync(new AssignRequest(IpamService.TunnelHandleId("gone"), "gone") { IPv6 = false });
+        await ipam.AssignAsync(Req("net.p1.eth0", "gone", v6: false) with { ReserveBlockGateway = true });
+        var p2 = Assert.Single(await ipam.AssignAsync(Req("net.p2.eth0", "gone", v6: false) with { ReserveBlockGateway = true })).Address;
+        var mine = Assert.Single(await ipam.AssignAsync(Req("net.m1.eth0", "n1", v6: false))).Address;
+        var goneBlock = Cidr.Enclosing(p2, 28);
+
+        var first = await ipam.ReleaseNodeAsync("gone", (h, _) => ValueTask.FromResult(h.Id == "net.p2.eth0"));
+        Assert.Equal(2, first.Addresses); // the tunnel address and p1
+        Assert.Equal(["net.p2.eth0"], first.Kept);
+        Assert.Equal(0, first.Blocks);
+        var kept = Codec.Decode((await ds.GetAsync(Keys.Block(goneBlock)))!.Value, ModelJson.Default.AllocationBlock, "block");
+        Assert.Null(kept.Affinity);
+        Assert.Equal(["net.p2.eth0"], kept.Allocations.Select(a => a.Handle)); // the gateway went too
+        Assert.Empty((await ds.ListAsync(Keys.NodeAffinities("gone"))).Items);
+        Assert.Equal(p2, Assert.Single(await ipam.GetByHandleAsync("net.p2.eth0")).Address);
+
+        // Another node borrows from the unowned block only once its own is full; it never claims it whole.
+        var other = Assert.Single(await ipam.AssignAsync(Req("net.o1.eth0", "n2", v6: false))).Address;
+        Assert.False(goneBlock.Contains(other));
+
+        var second = await ipam.ReleaseNodeAsync("gone", NodeCleanup.NothingInUse);
+        Assert.Equal(1, second.Addresses);
+        Assert.Null(await ds.GetAsync(Keys.Block(goneBlock)));
+        Assert.Equal(mine, Assert.Single(await ipam.GetByHandleAsync("net.m1.eth0")).Address);
+        var report = await new IpamInspector(ds).CheckAsync(TimeSpan.MaxValue);
+        Assert.True(report.Problems.Count == 0, string.Join("; ", report.Problems.Select(p => p.Detail)));
+        Assert.Equal(0, (await ipam.ReleaseNodeAsync("gone", NodeCleanup.NothingInUse)).Addresses);
+    }
+
+    /// <summary>`weftctl delete node`, as `calicoctl delete node`: the record, its endpoints and its IPAM go together.</summary>
+    [Fact]
+    public async Task Deleting_a_node_releases_its_addresses_and_endpoints()
+    {
+        await Pools(Pool("v4", "10.16.0.0/16", 26));
+        using var ds = Open();
+        await ds.PutAsync(Keys.Node("gone"), Codec.Encode(new NodeRecord { Name = "gone" }, ModelJson.Default.NodeRecord), 0);
+        await Ipam(ds).AssignAsync(new AssignRequest(IpamService.TunnelHandleId("gone"), "gone") { IPv6 = false });
+        await Ipam(ds).AssignAsync(Req("net.p1.eth0", "gone", v6: false));
+        var endpoint = new WorkloadEndpoint { Node = "gone", Network = "net", ContainerId = "p1", IfName = "eth0", HostInterface = "weft123" };
+        await ds.PutAsync(Keys.Endpoint("gone", "net.p1.eth0"), Codec.Encode(endpoint, ModelJson.Default.WorkloadEndpoint), 0);
+
+        var service = new ResourceService(ds);
+        Assert.True(await service.DeleteAsync("node", "gone", force: false));
+        Assert.Equal(2, service.LastNodeRelease!.Addresses);
+        Assert.Equal(1, service.LastNodeRelease.Blocks);
+        Assert.Empty((await ds.ListAsync(Keys.NodeEndpoints("gone"))).Items);
+        Assert.Empty((await ds.ListAsync(Keys.Blocks)).Items);
+        Assert.Empty((await ds.ListAsync(Keys.Handles)).Items);
+        Assert.False(await service.DeleteAsync("node", "gone", force: false));
+    }
+
     [Fact]
     public async Task Released_addresses_are_reused_and_unknown_handles_release_nothing()
     {

@@ -60,4 +60,61 @@ public sealed class InstallCniTests : IDisposable
         Assert.False(Directory.Exists(Path.Combine(_dir, "none")));
         Assert.Equal(2, TestEnv.Run(Path.Combine(TestEnv.Dist, "weft-agent"), ["install-cni", "--mode", "mesh"], env: env).ExitCode);
     }
+
+    /// <summary>
+    /// The agent keeps what install-cni wrote: the plugin's kubeconfig follows token rotation, and the files go only
+    /// when the DaemonSet is deleted (`kubectl delete -f`), never on an ordinary stop or when the API cannot say.
+    /// </summary>
+    [Fact]
+    public async Task The_agent_follows_token_rotation_and_removes_the_cni_files_only_when_its_daemonset_is_deleted()
+    {
+        var sa = Directory.CreateDirectory(Path.Combine(_dir, "sa")).FullName;
+        File.WriteAllText(Path.Combine(sa, "token"), "sa-token-1\n");
+        File.WriteAllText(Path.Combine(sa, "ca.crt"), "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+        var o = new Weft.Agent.Install.CniInstaller.Options
+        {
+            CniBinDir = Directory.CreateDirectory(Path.Combine(_dir, "bin")).FullName, CniConfDir = Directory.CreateDirectory(Path.Combine(_dir, "net.d")).FullName, ServiceAccountDir = sa,
+        };
+        var kubeconfig = Weft.Agent.Install.CniInstaller.WriteKubeconfig(o, "https://10.96.0.1:443");
+        string[] files = [Path.Combine(o.CniConfDir, o.ConfName), Path.Combine(o.CniBinDir, "weft"), Path.Combine(o.CniBinDir, "weft-etcd")];
+        foreach (var f in files) File.WriteAllText(f, "installed");
+        var other = Path.Combine(o.CniConfDir, "05-other.conflist");
+        File.WriteAllText(other, "{}");
+
+        Assert.False(Weft.Agent.Install.CniInstaller.RefreshKubeconfig(o));
+        File.WriteAllText(Path.Combine(sa, "token"), "sa-token-2\n"); // kubelet rotated the projected token
+        Assert.True(Weft.Agent.Install.CniInstaller.RefreshKubeconfig(o));
+        var text = File.ReadAllText(kubeconfig);
+        Assert.Contains("token: sa-token-2", text);
+        Assert.DoesNotContain("sa-token-1", text);
+        Assert.Contains("server: https://10.96.0.1:443", text);
+        Assert.False(Weft.Agent.Install.CniInstaller.RefreshKubeconfig(o));
+
+        await using var api = new Weft.Lab.LabApiServer();
+        api.RequiredToken = "admin";
+        api.Bind("agent", "system:serviceaccount:weft-system:weft-agent", Weft.Lab.LabApiServer.WeftAgentRole());
+        using var http = new HttpClient { BaseAddress = api.BaseAddress };
+        http.DefaultRequestHeaders.Authorization = new("Bearer", "admin");
+        const string path = "/apis/apps/v1/namespaces/weft-system/daemonsets/weft-node";
+        var created = await http.PostAsync("/apis/apps/v1/namespaces/weft-system/daemonsets",
+            new StringContent("""{"apiVersion":"apps/v1","kind":"DaemonSet","metadata":{"name":"weft-node","namespace":"weft-system"}}""", System.Text.Encoding.UTF8, "application/json"));
+        Assert.True(created.IsSuccessStatusCode, await created.Content.ReadAsStringAsync());
+        using var agentHttp = new HttpClient();
+        using var agentApi = new KubeDatastore(agentHttp, api.BaseAddress, (r, _) => { r.Headers.Authorization = new("Bearer", "agent"); return Task.CompletedTask; });
+
+        async Task StopAgentAsync()
+        {
+            var keeper = new Weft.Agent.Install.CniKeeper(o, agentApi, path, Microsoft.Extensions.Logging.Abstractions.NullLogger<Weft.Agent.Install.CniKeeper>.Instance);
+            await keeper.StartAsync(CancellationToken.None);
+            await keeper.StopAsync(CancellationToken.None);
+        }
+        await StopAgentAsync(); // a restart or rolling update: the DaemonSet is still there
+        Assert.All(files.Append(kubeconfig), f => Assert.True(File.Exists(f), f));
+
+        Assert.True((await http.DeleteAsync(path)).IsSuccessStatusCode);
+        await StopAgentAsync();
+        Assert.All(files.Append(kubeconfig), f => Assert.False(File.Exists(f), f));
+        Assert.True(File.Exists(other)); // another CNI's file is not Weft's to remove
+        Assert.Empty(api.Forbidden()); // the ClusterRole allows exactly this get
+    }
 }

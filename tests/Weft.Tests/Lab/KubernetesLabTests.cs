@@ -25,7 +25,7 @@ public sealed class KubernetesLabTests
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
         Assert.SkipUnless(File.Exists("/usr/bin/kubectl"), "kubectl is not installed");
         using var lab = new LabRun();
-        lab.Up("--datastore", "kubernetes", "--nodes", "2", "--pods-per-node", "2");
+        lab.Up("--datastore", "kubernetes", "--nodes", "2", "--pods-per-node", "2", "--node-release-grace", "2");
         var status = lab.Status();
         var kubeconfig = $"/var/lib/weft/labs/{lab.Name}/kubeconfig";
         Assert.Equal($"kubernetes:///var/lib/weft/labs/{lab.Name}/agent-kubeconfig", status["datastore"]!.GetValue<string>());
@@ -61,6 +61,41 @@ public sealed class KubernetesLabTests
         Assert.DoesNotContain("403 ", File.ReadAllText($"/var/lib/weft/labs/{lab.Name}/apiserver.log"));
         var check = lab.Ctl("--lab", lab.Name, "ipam", "check", "--grace", "0s");
         Assert.True(check.ExitCode == 0 && check.Stdout.Contains("No problems", StringComparison.Ordinal), check.Stdout + check.Stderr);
+
+        // node-2 leaves the cluster: its machine is gone (agent stopped) and its Node deleted. Its pods are still in
+        // the API (the pod garbage collector has not run yet), so their addresses stay; the node's tunnel address goes
+        // and its block loses its affinity. Once the pods are deleted too, nothing of node-2 is left (calico#8643).
+        Assert.Equal(2, Kubectl("", "get", "nodes", "-o", "name").Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+        var node2Pods = status["pods"]!.AsArray().Where(p => p!["node"]!.GetValue<string>() == "node-2").Select(p => p!["name"]!.GetValue<string>()).ToArray();
+        TestEnv.Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-2", "--stop"));
+        var gone = Kubectl("", "delete", "node", "node-2");
+        Assert.True(gone.ExitCode == 0, gone.Stdout + gone.Stderr);
+        JsonArray Items(string plural) => JsonNode.Parse(TestEnv.Ok(Kubectl("", "get", plural, "-o", "json")).Stdout)!["items"]!.AsArray();
+        bool Node2Holds(string plural, string field, string value) => Items(plural).Any(i => i!["spec"]?[field]?.GetValue<string>() == value);
+        WaitUntil(() => !Node2Holds("ipamhandles", "id", "weft-tunnel.node-2") && !Node2Holds("ipamblocks", "affinity", "node-2"), "node-2's tunnel address and block affinity released");
+        Assert.Equal(2, Items("ipamhandles").Count(h => h!["spec"]!["node"]!.GetValue<string>() == "node-2")); // its two pods' addresses stay
+        Assert.Single(Items("weftnodes"), n => n!["spec"]!["name"]!.GetValue<string>() == "node-2");
+
+        var podsGone = Kubectl("", ["delete", "pod", "-n", "default", .. node2Pods]);
+        Assert.True(podsGone.ExitCode == 0, podsGone.Stdout + podsGone.Stderr);
+        WaitUntil(() => !Items("ipamhandles").Any(h => h!["spec"]!["node"]!.GetValue<string>() == "node-2") && Items("weftnodes").Count == 1, "node-2's pod addresses and node record released");
+        // The emptied block is deleted, not left unowned; node-1's own block and pods are untouched.
+        Assert.All(Items("ipamblocks"), b => Assert.Equal("node-1", b!["spec"]!["affinity"]?.GetValue<string>()));
+        Assert.Contains("released", File.ReadAllText($"/var/lib/weft/labs/{lab.Name}/node-1.log"));
+        var node1Pods = status["pods"]!.AsArray().Where(p => p!["node"]!.GetValue<string>() == "node-1").ToArray();
+        Assert.Equal(2, node1Pods.Length);
+        TestEnv.Ok(lab.Ctl("lab", "exec", "--name", lab.Name, node1Pods[0]!["pod"]!.GetValue<string>(), "--", "ping", "-c1", "-W2", node1Pods[1]!["ip"]!.GetValue<string>()));
+    }
+
+    /// <summary>Polls what the agents do on their own after a grace period (the wait is the feature under test).</summary>
+    private static void WaitUntil(Func<bool> done, string what)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (!done())
+        {
+            Assert.True(DateTime.UtcNow < deadline, "not within 30 s: " + what);
+            Thread.Sleep(500);
+        }
     }
 
     private static void AssertOnlyPod3ReachesPod1(JsonObject matrix)

@@ -1,0 +1,26 @@
+using Weft.Datastore;
+using Weft.Model;
+
+namespace Weft.Ipam;
+
+/// <summary>
+/// What a departed node leaves behind: its IPAM (see <see cref="IpamService.ReleaseNodeAsync"/>), the endpoint records
+/// of its pods, and its node record. `weftctl delete node` runs it (as `calicoctl delete node` does), and in Kubernetes
+/// mode the agents run it once a Node object has been gone for the grace period.
+/// </summary>
+public static class NodeCleanup
+{
+    public static readonly Func<IpamHandle, CancellationToken, ValueTask<bool>> NothingInUse = (_, _) => ValueTask.FromResult(false);
+
+    public static async Task<NodeRelease> RemoveAsync(IDatastore store, string node, Func<IpamHandle, CancellationToken, ValueTask<bool>> inUse, CancellationToken ct = default)
+    {
+        var release = await new IpamService(store).ReleaseNodeAsync(node, inUse, ct).ConfigureAwait(false);
+        var prefix = Keys.NodeEndpoints(node);
+        foreach (var kv in (await store.ListAsync(prefix, ct).ConfigureAwait(false)).Items)
+            if (!release.Kept.Contains(kv.Key[prefix.Length..]))
+                await store.DeleteAsync(kv.Key, kv.ModRevision, ct).ConfigureAwait(false);
+        if (release.Kept.Count == 0 && await store.GetAsync(Keys.Node(node), ct).ConfigureAwait(false) is { } record)
+            await store.DeleteAsync(record.Key, record.ModRevision, ct).ConfigureAwait(false);
+        return release;
+    }
+}
