@@ -19,6 +19,8 @@ using Weft.Policy.Ir;
 //                                    dotnet run -c Release --project bench/Weft.PolicyBench -- lab [nodes=5] [rounds=50]
 //   4. `enforce [sqlite|etcd] [applies=200] [labs=3] [dist-dir] [--dataplane nftables|bpf]`: commit → every node enforces, seen by real packets
 //      (EnforcementLatency.cs); dist-dir runs another build's binaries (an older commit's, to compare).
+//   5. `kube-scale [nodes=1000] [pods=50000] [policies=10000]`: one agent's first sync, memory and CPU per watch event
+//      against the lab's API server holding that cluster (KubeScale.cs).
 if (args.Length > 0 && args[0] == "enforce")
 {
     // `--dataplane nftables|bpf` anywhere after `enforce` (default nftables).
@@ -28,6 +30,9 @@ if (args.Length > 0 && args[0] == "enforce")
     return await Weft.PolicyBench.EnforcementLatency.RunAsync(Path.Combine(rest.Length > 4 ? Path.GetFullPath(rest[4]) : Path.Combine(FindRoot(), "dist"), "weftctl"), rest.Length > 1 ? rest[1] : "sqlite",
         rest.Length > 2 ? int.Parse(rest[2], CultureInfo.InvariantCulture) : 200, rest.Length > 3 ? int.Parse(rest[3], CultureInfo.InvariantCulture) : 3, dataplane);
 }
+if (args.Length > 0 && args[0] == "kube-scale")
+    return await Weft.PolicyBench.KubeScale.RunAsync(Path.Combine(FindRoot(), "dist"), args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 1000,
+        args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 50_000, args.Length > 3 ? int.Parse(args[3], CultureInfo.InvariantCulture) : 10_000);
 if (args.Length > 0 && args[0] == "lab")
     return await Weft.PolicyBench.LabLatency.RunAsync(Path.Combine(FindRoot(), "dist", "weftctl"),
         args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 5, args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 50);

@@ -133,11 +133,12 @@ public sealed class KubeDatastore : IDatastore
         long? revision = null;
         foreach (var r in ResourcesUnder(prefix))
         {
-            var (list, version) = await ListObjectsAsync(r, ct).ConfigureAwait(false);
+            var version = await ListObjectsAsync(r, o =>
+            {
+                if (ToKeyValue(r, o) is { } kv && kv.Key.StartsWith(prefix, StringComparison.Ordinal)) items.Add(kv);
+            }, ct).ConfigureAwait(false);
             // The lowest: a watch from it replays what a later list already holds (harmless) and misses nothing.
             revision = revision is null ? version : Math.Min(revision.Value, version);
-            foreach (var o in list)
-                if (ToKeyValue(r, o) is { } kv && kv.Key.StartsWith(prefix, StringComparison.Ordinal)) items.Add(kv);
         }
         items.Sort((a, b) => string.CompareOrdinal(a.Key, b.Key));
         return new RangeResult(items, revision ?? 0);
@@ -305,9 +306,12 @@ public sealed class KubeDatastore : IDatastore
     /// <summary>The API server compacts its own history (every 5 minutes by default); nothing to do here.</summary>
     public ValueTask CompactAsync(long revision, CancellationToken ct = default) => ValueTask.CompletedTask;
 
-    private async Task<(List<JsonObject> Items, long Version)> ListObjectsAsync(KubeResource r, CancellationToken ct)
+    /// <summary>
+    /// Every object of a kind, page by page, each handed to <paramref name="each"/> as its page arrives: only one page
+    /// is ever held as a JSON tree (50,000 pods as one tree cost the agent hundreds of MB). Returns the list's version.
+    /// </summary>
+    private async Task<long> ListObjectsAsync(KubeResource r, Action<JsonObject> each, CancellationToken ct)
     {
-        var items = new List<JsonObject>();
         string? token = null;
         long? version = null;
         do
@@ -317,9 +321,9 @@ public sealed class KubeDatastore : IDatastore
             var list = await ReadObjectAsync(response, ct).ConfigureAwait(false);
             version ??= VersionOf(list);
             token = list["metadata"]?["continue"]?.GetValue<string>() is { Length: > 0 } next ? next : null;
-            foreach (var item in list["items"]?.AsArray() ?? []) if (item is JsonObject o) items.Add(o);
+            foreach (var item in list["items"]?.AsArray() ?? []) if (item is JsonObject o) each(o);
         } while (token is not null);
-        return (items, version ?? 0);
+        return version ?? 0;
     }
 
     // ---- keys, names and values ----
