@@ -136,6 +136,7 @@ public static class KubeScale
             // What it keeps once the start-up burst is collected (the agent's trimmer runs after 5 s of quiet).
             await Task.Delay(TimeSpan.FromSeconds(12));
             var settled = Status(agentPid, "VmRSS");
+            var memory = Capture($"ip netns exec {netns} curl -s http://127.0.0.1:19962/debug/memory").Trim();
 
             // A burst of relabels: every one changes which policies select the pod, somewhere in the cluster.
             const int relabels = 1000;
@@ -160,7 +161,7 @@ public static class KubeScale
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"| {nodes} nodes, {pods} pods, {policies} policies | {firstSync.TotalSeconds:0.00} s | {syncCpu / 1000.0:0.00} s | {rss / 1024.0:0.0} MiB | {settled / 1024.0:0.0} MiB | {hwm / 1024.0:0.0} MiB | {perEvent:0.00} ms | {burstTime.TotalSeconds:0.00} s |"));
             Console.WriteLine();
-            Console.WriteLine($"agent: {status["policy"]?["endpoints"]} local endpoints, {status["routes"]} routes, {status["peers"]?.AsArray().Count} peers");
+            Console.WriteLine($"agent: {status["policy"]?["endpoints"]} local endpoints, {status["routes"]} routes, {status["peers"]?.AsArray().Count} peers; settled: {memory}");
             return 0;
         }
         finally
@@ -246,6 +247,14 @@ public static class KubeScale
 
     private static long Status(int pid, string field) =>
         long.Parse(File.ReadAllLines($"/proc/{pid}/status").Single(l => l.StartsWith(field + ":", StringComparison.Ordinal)).Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
+
+    private static string Capture(string command)
+    {
+        using var p = Process.Start(new ProcessStartInfo("sh", ["-c", command]) { RedirectStandardOutput = true })!;
+        var output = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        return output;
+    }
 
     private static void Sh(string command)
     {
