@@ -450,10 +450,10 @@ public sealed class IpamService(IDatastore store)
 
     /// <summary>
     /// A node gone for good (`weftctl delete node`, or its Kubernetes Node deleted): what its pods held, its tunnel
-    /// address, its blocks' gateways, its blocks and affinities and its pending claim are released, so its addresses
-    /// do not stay stranded (calico#8643, weave#2797). A pod address <paramref name="inUse"/> keeps is left, and its
-    /// block stays without an affinity: other nodes may borrow from it, none claims it whole. Idempotent, so a release
-    /// cut short is finished by running it again; every write is one compare-and-swap.
+    /// address, and its blocks with their gateways, affinities and its pending claim are released, so its addresses do
+    /// not stay stranded (calico#8643, weave#2797). An address <paramref name="inUse"/> keeps (a pod still running) is
+    /// left, and so is its block, affinity and all: if the node comes back under its name, its pods' routes come back
+    /// with it; once those pods go, releasing again frees the block. Idempotent; every write is one compare-and-swap.
     /// </summary>
     public async Task<NodeRelease> ReleaseNodeAsync(string node, Func<IpamHandle, CancellationToken, ValueTask<bool>> inUse, CancellationToken ct = default)
     {
@@ -476,39 +476,39 @@ public sealed class IpamService(IDatastore store)
             var block = Codec.Decode<AllocationBlock>(kv.Value, kv.Key);
             if (block.Affinity == node && await ReleaseBlockAsync(block.Network, node, ct).ConfigureAwait(false)) blocks++;
         }
-        // Affinities whose block never got written (a claim cut short), and the claim record itself.
-        foreach (var kv in (await store.ListAsync(Keys.NodeAffinities(node), ct).ConfigureAwait(false)).Items)
-            await store.DeleteAsync(kv.Key, kv.ModRevision, ct).ConfigureAwait(false);
-        if (await store.GetAsync(Keys.BlockClaim(node), ct).ConfigureAwait(false) is { } claim)
-            await store.DeleteAsync(claim.Key, claim.ModRevision, ct).ConfigureAwait(false);
+        if (kept.Count == 0)
+        {
+            // Affinities whose block never got written (a claim cut short), and the claim record itself.
+            foreach (var kv in (await store.ListAsync(Keys.NodeAffinities(node), ct).ConfigureAwait(false)).Items)
+                if (await store.GetAsync(Keys.Block(Cidr.FromKey(kv.Key[(kv.Key.LastIndexOf('/') + 1)..])), ct).ConfigureAwait(false) is null)
+                    await store.DeleteAsync(kv.Key, kv.ModRevision, ct).ConfigureAwait(false);
+            if (await store.GetAsync(Keys.BlockClaim(node), ct).ConfigureAwait(false) is { } claim)
+                await store.DeleteAsync(claim.Key, claim.ModRevision, ct).ConfigureAwait(false);
+        }
         return new NodeRelease(addresses, blocks, kept);
     }
 
-    /// <summary>A departed node's block: deleted when nothing is left in it, else kept without an affinity. True when deleted.</summary>
+    /// <summary>A departed node's block, deleted with its gateway and affinity when nothing else is left in it. True when deleted.</summary>
     private async Task<bool> ReleaseBlockAsync(Cidr cidr, string node, CancellationToken ct)
     {
-        await ReleaseAsync(GatewayHandleId(cidr), ct).ConfigureAwait(false);
-        var deleted = false;
+        var gateway = GatewayHandleId(cidr);
         for (var attempt = 0; attempt < MaxAttempts; attempt++)
         {
             var kv = await store.GetAsync(Keys.Block(cidr), ct).ConfigureAwait(false);
             if (kv is null) break;
             var block = Codec.Decode<AllocationBlock>(kv.Value, kv.Key);
-            if (block.Affinity != node) break;
-            block.Affinity = null;
-            var done = block.Allocations.Count == 0
-                ? await store.DeleteAsync(kv.Key, kv.ModRevision, ct).ConfigureAwait(false)
-                : await store.PutAsync(kv.Key, Codec.Encode(block), kv.ModRevision, ct).ConfigureAwait(false);
-            if (done.Succeeded)
+            if (block.Affinity != node || block.Allocations.Any(a => a.Handle != gateway)) return false;
+            if (block.Allocations.Count > 0)
             {
-                deleted = block.Allocations.Count == 0;
-                break;
+                await ReleaseAsync(gateway, ct).ConfigureAwait(false);
+                continue;
             }
+            if ((await store.DeleteAsync(kv.Key, kv.ModRevision, ct).ConfigureAwait(false)).Succeeded) break;
             await Task.Delay(Random.Shared.Next(1, 5 + attempt), ct).ConfigureAwait(false);
         }
         if (await store.GetAsync(Keys.Affinity(node, cidr), ct).ConfigureAwait(false) is { } affinity)
             await store.DeleteAsync(affinity.Key, affinity.ModRevision, ct).ConfigureAwait(false);
-        return deleted;
+        return true;
     }
 
     /// <summary>Handles of this node and network whose attachment the runtime no longer lists (CNI GC's candidates).</summary>

@@ -12,6 +12,10 @@ public static class NodeCleanup
 {
     public static readonly Func<IpamHandle, CancellationToken, ValueTask<bool>> NothingInUse = (_, _) => ValueTask.FromResult(false);
 
+    /// <summary>In use while the node's endpoint record for the handle exists (CNI DEL removes it): a pod Weft still runs.</summary>
+    public static Func<IpamHandle, CancellationToken, ValueTask<bool>> EndpointExists(IDatastore store, string node) =>
+        async (handle, ct) => await store.GetAsync(Keys.Endpoint(node, handle.Id), ct).ConfigureAwait(false) is not null;
+
     public static async Task<NodeRelease> RemoveAsync(IDatastore store, string node, Func<IpamHandle, CancellationToken, ValueTask<bool>> inUse, CancellationToken ct = default)
     {
         var release = await new IpamService(store).ReleaseNodeAsync(node, inUse, ct).ConfigureAwait(false);

@@ -149,8 +149,10 @@ public sealed class ResourceService(IDatastore store)
         var txn = await store.DeleteAsync(key, kv.ModRevision, ct).ConfigureAwait(false);
         if (!txn.Succeeded) throw new ResourceConflictException($"{kind} {name} changed while deleting; try again");
         LastRevision = txn.Revision;
-        // As calicoctl: a deleted node's pods went with it, so its addresses, blocks and endpoints go too.
-        if (NormaliseKind(kind) == "Node") LastNodeRelease = await NodeCleanup.RemoveAsync(store, name, NodeCleanup.NothingInUse, ct).ConfigureAwait(false);
+        // As calicoctl: a deleted node's addresses and blocks go too; those of pods that still have endpoints stay
+        // (with their blocks) until CNI DEL or GC removes the pods.
+        if (NormaliseKind(kind) == "Node")
+            LastNodeRelease = await NodeCleanup.RemoveAsync(store, name, NodeCleanup.EndpointExists(store, name), ct).ConfigureAwait(false);
         return true;
     }
 

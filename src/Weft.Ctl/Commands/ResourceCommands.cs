@@ -74,7 +74,8 @@ public static class ResourceCommands
             {
                 await ctx.Out.WriteLineAsync($"Successfully deleted 1 '{k}' resource(s): {n}").ConfigureAwait(false);
                 if (k == "Node" && service.LastNodeRelease is { } released)
-                    await ctx.Out.WriteLineAsync($"Released node {n}'s IPAM: {released.Addresses} address(es), {released.Blocks} block(s)").ConfigureAwait(false);
+                    await ctx.Out.WriteLineAsync($"Released node {n}'s IPAM: {released.Addresses} address(es), {released.Blocks} block(s)" +
+                        (released.Kept.Count == 0 ? "" : $"; kept {released.Kept.Count} address(es) of pods that still have endpoints (released when they are deleted)")).ConfigureAwait(false);
             }
             else
             {

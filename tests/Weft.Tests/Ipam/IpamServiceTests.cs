@@ -175,7 +175,7 @@ public abstract class IpamServiceContract : IDisposable
 
     /// <summary>
     /// A node gone for good (calico#8643): its tunnel address, pods' addresses, gateway, block, affinity and claim are
-    /// released; a pod still running keeps its address in a block nobody owns, which goes with that last address.
+    /// released; a pod still running keeps its address and its block (affinity included) until it goes.
     /// </summary>
     [Fact]
     public async Task A_departed_nodes_ipam_is_released_and_a_running_pod_keeps_its_address_until_it_goes()
@@ -194,18 +194,17 @@ public abstract class IpamServiceContract : IDisposable
         Assert.Equal(["net.p2.eth0"], first.Kept);
         Assert.Equal(0, first.Blocks);
         var kept = Codec.Decode((await ds.GetAsync(Keys.Block(goneBlock)))!.Value, ModelJson.Default.AllocationBlock, "block");
-        Assert.Null(kept.Affinity);
-        Assert.Equal(["net.p2.eth0"], kept.Allocations.Select(a => a.Handle)); // the gateway went too
-        Assert.Empty((await ds.ListAsync(Keys.NodeAffinities("gone"))).Items);
+        Assert.Equal("gone", kept.Affinity);
+        Assert.Equal(["net.p2.eth0"], kept.Allocations.Select(a => a.Handle));
         Assert.Equal(p2, Assert.Single(await ipam.GetByHandleAsync("net.p2.eth0")).Address);
-
-        // Another node borrows from the unowned block only once its own is full; it never claims it whole.
-        var other = Assert.Single(await ipam.AssignAsync(Req("net.o1.eth0", "n2", v6: false))).Address;
-        Assert.False(goneBlock.Contains(other));
+        // Another node claims a block of its own, never the departed node's.
+        Assert.False(goneBlock.Contains(Assert.Single(await ipam.AssignAsync(Req("net.o1.eth0", "n2", v6: false))).Address));
 
         var second = await ipam.ReleaseNodeAsync("gone", NodeCleanup.NothingInUse);
         Assert.Equal(1, second.Addresses);
+        Assert.Equal(1, second.Blocks);
         Assert.Null(await ds.GetAsync(Keys.Block(goneBlock)));
+        Assert.Empty((await ds.ListAsync(Keys.NodeAffinities("gone"))).Items);
         Assert.Equal(mine, Assert.Single(await ipam.GetByHandleAsync("net.m1.eth0")).Address);
         var report = await new IpamInspector(ds).CheckAsync(TimeSpan.MaxValue);
         Assert.True(report.Problems.Count == 0, string.Join("; ", report.Problems.Select(p => p.Detail)));
@@ -221,14 +220,20 @@ public abstract class IpamServiceContract : IDisposable
         await ds.PutAsync(Keys.Node("gone"), Codec.Encode(new NodeRecord { Name = "gone" }, ModelJson.Default.NodeRecord), 0);
         await Ipam(ds).AssignAsync(new AssignRequest(IpamService.TunnelHandleId("gone"), "gone") { IPv6 = false });
         await Ipam(ds).AssignAsync(Req("net.p1.eth0", "gone", v6: false));
+        await Ipam(ds).AssignAsync(Req("net.p2.eth0", "gone", v6: false)); // an ADD whose pod never got an endpoint
         var endpoint = new WorkloadEndpoint { Node = "gone", Network = "net", ContainerId = "p1", IfName = "eth0", HostInterface = "weft123" };
         await ds.PutAsync(Keys.Endpoint("gone", "net.p1.eth0"), Codec.Encode(endpoint, ModelJson.Default.WorkloadEndpoint), 0);
 
         var service = new ResourceService(ds);
         Assert.True(await service.DeleteAsync("node", "gone", force: false));
-        Assert.Equal(2, service.LastNodeRelease!.Addresses);
-        Assert.Equal(1, service.LastNodeRelease.Blocks);
-        Assert.Empty((await ds.ListAsync(Keys.NodeEndpoints("gone"))).Items);
+        Assert.Equal(2, service.LastNodeRelease!.Addresses); // the tunnel address and p2
+        Assert.Equal(["net.p1.eth0"], service.LastNodeRelease.Kept); // p1's pod still has its endpoint
+        Assert.Null(await ds.GetAsync(Keys.Node("gone")));
+        // CNI DEL of p1 (its endpoint and address), then the node's blocks go with the next release.
+        await ds.DeleteAsync(Keys.Endpoint("gone", "net.p1.eth0"), (await ds.GetAsync(Keys.Endpoint("gone", "net.p1.eth0")))!.ModRevision);
+        await Ipam(ds).ReleaseAsync("net.p1.eth0");
+        var after = await NodeCleanup.RemoveAsync(ds, "gone", NodeCleanup.EndpointExists(ds, "gone"));
+        Assert.Equal(1, after.Blocks);
         Assert.Empty((await ds.ListAsync(Keys.Blocks)).Items);
         Assert.Empty((await ds.ListAsync(Keys.Handles)).Items);
         Assert.False(await service.DeleteAsync("node", "gone", force: false));

@@ -63,8 +63,8 @@ public sealed class KubernetesLabTests
         Assert.True(check.ExitCode == 0 && check.Stdout.Contains("No problems", StringComparison.Ordinal), check.Stdout + check.Stderr);
 
         // node-2 leaves the cluster: its machine is gone (agent stopped) and its Node deleted. Its pods are still in
-        // the API (the pod garbage collector has not run yet), so their addresses stay; the node's tunnel address goes
-        // and its block loses its affinity. Once the pods are deleted too, nothing of node-2 is left (calico#8643).
+        // the API (the pod garbage collector has not run yet), so their addresses and block stay; the node's tunnel
+        // address goes. Once the pods are deleted too, nothing of node-2 is left (calico#8643).
         Assert.Equal(2, Kubectl("", "get", "nodes", "-o", "name").Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
         var node2Pods = status["pods"]!.AsArray().Where(p => p!["node"]!.GetValue<string>() == "node-2").Select(p => p!["name"]!.GetValue<string>()).ToArray();
         TestEnv.Ok(lab.Ctl("lab", "restart-agent", "--name", lab.Name, "--node", "node-2", "--stop"));
@@ -72,14 +72,16 @@ public sealed class KubernetesLabTests
         Assert.True(gone.ExitCode == 0, gone.Stdout + gone.Stderr);
         JsonArray Items(string plural) => JsonNode.Parse(TestEnv.Ok(Kubectl("", "get", plural, "-o", "json")).Stdout)!["items"]!.AsArray();
         bool Node2Holds(string plural, string field, string value) => Items(plural).Any(i => i!["spec"]?[field]?.GetValue<string>() == value);
-        WaitUntil(() => !Node2Holds("ipamhandles", "id", "weft-tunnel.node-2") && !Node2Holds("ipamblocks", "affinity", "node-2"), "node-2's tunnel address and block affinity released");
+        WaitUntil(() => !Node2Holds("ipamhandles", "id", "weft-tunnel.node-2"), "node-2's tunnel address released");
         Assert.Equal(2, Items("ipamhandles").Count(h => h!["spec"]!["node"]!.GetValue<string>() == "node-2")); // its two pods' addresses stay
+        Assert.True(Node2Holds("ipamblocks", "affinity", "node-2"));
         Assert.Single(Items("weftnodes"), n => n!["spec"]!["name"]!.GetValue<string>() == "node-2");
 
         var podsGone = Kubectl("", ["delete", "pod", "-n", "default", .. node2Pods]);
         Assert.True(podsGone.ExitCode == 0, podsGone.Stdout + podsGone.Stderr);
-        WaitUntil(() => !Items("ipamhandles").Any(h => h!["spec"]!["node"]!.GetValue<string>() == "node-2") && Items("weftnodes").Count == 1, "node-2's pod addresses and node record released");
-        // The emptied block is deleted, not left unowned; node-1's own block and pods are untouched.
+        WaitUntil(() => !Items("ipamhandles").Any(h => h!["spec"]!["node"]!.GetValue<string>() == "node-2") && Items("weftnodes").Count == 1 &&
+            !Node2Holds("ipamblocks", "affinity", "node-2"), "node-2's pod addresses, block and node record released");
+        // node-1's own block and pods are untouched.
         Assert.All(Items("ipamblocks"), b => Assert.Equal("node-1", b!["spec"]!["affinity"]?.GetValue<string>()));
         Assert.Contains("released", File.ReadAllText($"/var/lib/weft/labs/{lab.Name}/node-1.log"));
         var node1Pods = status["pods"]!.AsArray().Where(p => p!["node"]!.GetValue<string>() == "node-1").ToArray();
