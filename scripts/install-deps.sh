@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Weft's build, tests and lab need, only when missing. Idempotent.
 set -euo pipefail
-want=(containernetworking-plugins podman runc iptables iproute2 iputils-ping netcat-openbsd libsqlite3-0 sqlite3 nftables libnftables1 iperf3 tcpdump procps psmisc time python3 etcd-server etcd-client conntrack clang libbpf-dev libbpf1 "$@")
+want=(containernetworking-plugins podman runc containerd iptables iproute2 iputils-ping netcat-openbsd libsqlite3-0 sqlite3 nftables libnftables1 iperf3 tcpdump procps psmisc time python3 etcd-server etcd-client conntrack clang libbpf-dev libbpf1 "$@")
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
