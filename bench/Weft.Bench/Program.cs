@@ -10,6 +10,8 @@ using System.Runtime.InteropServices;
 // --via-ip-netns: the earlier harness, `/usr/bin/time -f %M ip netns exec NODE PLUGIN`, which adds two execs, a
 // mount namespace and a /sys remount to every call of every variant.
 // --baseline PATH: one more weft variant, another build of the plugin (its own datastore file), same rounds.
+// Weft runs on sqlite and on the kubernetes datastore (the lab's API server, in this process, serving inside the node
+// namespace as a cluster's API server is reachable from its nodes) in the same rounds.
 var pairs = 40;
 var viaIpNetns = false;
 string? baseline = null;
@@ -29,6 +31,7 @@ var tmp = Directory.CreateTempSubdirectory("weft-bench-").FullName;
 var created = new List<string>();
 using var rootNs = File.OpenHandle("/proc/thread-self/ns/net");
 var inNode = false;
+Weft.Lab.LabApiServer? api = null;
 try
 {
     Sh($"ip netns add {node}"); created.Add(node);
@@ -43,6 +46,12 @@ try
         variants.Add((weftVariants[w].Name, weftVariants[w].Plugin,
             $$$"""{"cniVersion":"1.0.0","name":"weftnet","type":"weft","datastore":"{{{uri}}}","nodename":"bench","ipam":{"type":"weft-ipam"}}"""));
     }
+    api = new Weft.Lab.LabApiServer(node).WithWeftCrds();
+    var kubeconfig = api.WriteKubeconfig(Path.Combine(tmp, "kubeconfig"));
+    Run(weftctl, ["apply", "-f", "-"], "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: bench}\nspec: {cidr: 10.244.0.0/16, blockSize: 26}\n",
+        new() { ["WEFT_DATASTORE"] = $"kubernetes://{kubeconfig}?netns=/var/run/netns/{node}" });
+    variants.Add(("weft (routed, weft-ipam, kubernetes: the lab's API server)", weft,
+        $$$"""{"cniVersion":"1.0.0","name":"weftnet","type":"weft","datastore":"kubernetes://{{{kubeconfig}}}","nodename":"bench","ipam":{"type":"weft-ipam"}}"""));
     var refOff = variants.Count;
     variants.Add(("reference bridge+host-local (ipMasq off)", Path.Combine(refDir, "bridge"),
         $$$"""{"cniVersion":"1.0.0","name":"refnet","type":"bridge","bridge":"refbr0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","dataDir":"{{{tmp}}}/hl","subnet":"10.88.0.0/16"}}"""));
@@ -117,6 +126,7 @@ try
 finally
 {
     LeaveNode();
+    api?.DisposeAsync().AsTask().GetAwaiter().GetResult();
     foreach (var n in created) TrySh($"ip netns delete {n}");
     Directory.Delete(tmp, true);
 }

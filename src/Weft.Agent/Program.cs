@@ -46,6 +46,8 @@ try
     using var startup = new CancellationTokenSource(TimeSpan.FromMinutes(5));
     if (options.NetConf is { } nc) await NodeRegistration.EnsureNetConfPoolAsync(store, nc, startup.Token);
     me = NodeRegistration.DiscoverUnderlay(options.NodeName, options.UnderlayInterface);
+    // Flannel users' model: the node's podCIDR is its block, claimed before the tunnel address takes one.
+    if (options.NetConf is not null && store is Weft.Kubernetes.KubeDatastore) await NodeRegistration.ClaimPodCidrsAsync(store, options.NodeName, log, startup.Token);
     await NodeRegistration.EnsureNameAvailableAsync(store, me, startup.Token);
     if (backend is VxlanBackend)
         me = me with { VtepMac = NodeRegistration.VtepMacFor(options.NodeName), VtepAddress = await NodeRegistration.TunnelAddressAsync(store, options.NodeName, log, startup.Token) };

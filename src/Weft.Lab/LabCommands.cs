@@ -499,12 +499,24 @@ public static class LabCommands
     /// <summary>The agent's socket speaks HTTP/2 only (it also carries the gRPC flow API).</summary>
     public static HttpClient AgentClient(string socket) => AgentEndpoint.UnixClient(socket);
 
-    /// <summary>What kubelet does when a node joins: a v1 Node with its hostname label and addresses.</summary>
+    /// <summary>
+    /// What kubelet does when a node joins: a v1 Node with its hostname label and addresses. With a net-conf.json, each
+    /// also gets a `spec.podCIDR` from its Network in SubnetLen pieces, as kube-controller-manager's
+    /// --allocate-node-cidrs gives them to clusters that run Flannel.
+    /// </summary>
     private static async Task RegisterKubeNodesAsync(LabState state, CancellationToken ct)
     {
         using var api = Weft.Datastore.DatastoreFactory.Open(state.CtlDatastore);
-        foreach (var node in state.Nodes)
+        Weft.Model.Cidr? network = null;
+        var subnetLen = 24;
+        if (state.NetConf is not null && JsonNode.Parse(File.ReadAllText(state.NetConf)) is JsonObject netConf)
         {
+            network = Weft.Model.Cidr.Parse(netConf["Network"]!.GetValue<string>());
+            if (netConf["SubnetLen"] is { } len) subnetLen = len.GetValue<int>();
+        }
+        for (var i = 0; i < state.Nodes.Count; i++)
+        {
+            var node = state.Nodes[i];
             var doc = new JsonObject
             {
                 ["apiVersion"] = "v1", ["kind"] = "Node",
@@ -514,6 +526,11 @@ public static class LabCommands
                     ["addresses"] = new JsonArray(new JsonObject { ["type"] = "InternalIP", ["address"] = node.UnderlayIp }, new JsonObject { ["type"] = "Hostname", ["address"] = node.Name }),
                 },
             };
+            if (network is { } net)
+            {
+                var podCidr = net.Subnet(subnetLen, (UInt128)i).ToString();
+                doc["spec"] = new JsonObject { ["podCIDR"] = podCidr, ["podCIDRs"] = new JsonArray(podCidr) };
+            }
             await Weft.Datastore.DatastoreExtensions.PutAsync(api, Weft.Model.Keys.K8sNode(node.Name), System.Text.Encoding.UTF8.GetBytes(doc.ToJsonString()), 0, ct).ConfigureAwait(false);
         }
     }

@@ -76,6 +76,39 @@ public static class NodeRegistration
         }
     }
 
+    /// <summary>
+    /// Flannel's kube subnet manager in Weft's terms: with a net-conf.json on the kubernetes datastore, the node's
+    /// Kubernetes `spec.podCIDRs` (given by kube-controller-manager's --allocate-node-cidrs) become the node's blocks
+    /// before its first address is asked for, so its pods get addresses from its podCIDR as they do under Flannel.
+    /// A Node without a podCIDR (the controller does not allocate them) leaves IPAM to claim blocks as usual.
+    /// </summary>
+    public static async Task ClaimPodCidrsAsync(IDatastore store, string node, ILogger log, CancellationToken ct)
+    {
+        var kv = await store.GetAsync(Keys.K8sNode(node), ct).ConfigureAwait(false);
+        if (kv is null)
+        {
+            log.LogWarning("node {Node}: no Kubernetes Node of this name; its pods' blocks are claimed as needed, not from a podCIDR", node);
+            return;
+        }
+        var spec = System.Text.Json.Nodes.JsonNode.Parse(kv.Value)?["spec"];
+        var cidrs = spec?["podCIDRs"] is System.Text.Json.Nodes.JsonArray list ? list.Select(c => c?.GetValue<string>()).OfType<string>().ToList()
+            : spec?["podCIDR"]?.GetValue<string>() is { } one ? [one] : [];
+        var ipam = new IpamService(store);
+        foreach (var text in cidrs)
+        {
+            if (!Cidr.TryParse(text, out var cidr)) throw new AgentStartupException($"node {node}: spec.podCIDR '{text}' is not a CIDR");
+            try
+            {
+                if (await ipam.ClaimBlockAsync(node, cidr, ct).ConfigureAwait(false)) log.LogInformation("node {Node}: pods get addresses from its podCIDR {Cidr}", node, cidr);
+                else log.LogWarning("node {Node}: its podCIDR {Cidr} is held by another node's block; pods get addresses from other blocks", node, cidr);
+            }
+            catch (IpamException e) when (e.CniCode == IpamCodes.AddressUnavailable)
+            {
+                log.LogWarning("node {Node}: podCIDR not used: {Error}", node, e.Message);
+            }
+        }
+    }
+
     /// <summary>The VXLAN endpoint address, held in IPAM under the node's tunnel handle (Calico's approach).</summary>
     public static async Task<IPAddress> TunnelAddressAsync(IDatastore store, string node, ILogger log, CancellationToken ct)
     {

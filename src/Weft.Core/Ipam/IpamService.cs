@@ -449,6 +449,33 @@ public sealed class IpamService(IDatastore store)
     }
 
     /// <summary>
+    /// Gives <paramref name="node"/> the block <paramref name="cidr"/> before any address is asked for: Flannel's
+    /// model, where a node's pods live in its Kubernetes `spec.podCIDR`. The block must be one of a pool's blocks (its
+    /// blockSize); the node's first ADDs then allocate from it. A block another node already holds is left to it
+    /// (false); the affinity is written first, then the empty block, each one compare-and-swap.
+    /// </summary>
+    public async Task<bool> ClaimBlockAsync(string node, Cidr cidr, CancellationToken ct = default)
+    {
+        var pools = await LoadPoolsAsync(ct).ConfigureAwait(false);
+        var pool = pools.FirstOrDefault(p => p.Network.Contains(cidr))
+            ?? throw new IpamException(IpamCodes.AddressUnavailable, $"{cidr} is in no IP pool; pools: {string.Join(", ", pools.Select(p => p.Cidr))}");
+        if (pool.BlockSize != cidr.PrefixLength)
+            throw new IpamException(IpamCodes.AddressUnavailable, $"{cidr} is not one of pool {pool.Name}'s blocks (blockSize {pool.BlockSize}); make the node CIDR mask size and the pool's block size agree");
+        for (var attempt = 0; attempt < MaxAttempts; attempt++)
+        {
+            if (await store.GetAsync(Keys.Block(cidr), ct).ConfigureAwait(false) is { } existing)
+                return Codec.Decode<AllocationBlock>(existing.Value, existing.Key).Affinity == node;
+            var affinityKey = Keys.Affinity(node, cidr);
+            if (await store.GetAsync(affinityKey, ct).ConfigureAwait(false) is null)
+                await store.PutAsync(affinityKey, "{}"u8.ToArray(), 0, ct).ConfigureAwait(false);
+            var block = new AllocationBlock { Cidr = cidr.ToString(), Affinity = node, Pool = pool.Name };
+            if ((await store.PutAsync(Keys.Block(cidr), Codec.Encode(block), 0, ct).ConfigureAwait(false)).Succeeded) return true;
+            await Task.Delay(Random.Shared.Next(1, 5 + attempt), ct).ConfigureAwait(false);
+        }
+        throw new IpamException(IpamCodes.Conflict, $"gave up claiming {cidr} for {node} after {MaxAttempts} conflicting concurrent updates; retry");
+    }
+
+    /// <summary>
     /// A node gone for good (`weftctl delete node`, or its Kubernetes Node deleted): what its pods held, its tunnel
     /// address, and its blocks with their gateways, affinities and its pending claim are released, so its addresses do
     /// not stay stranded (calico#8643, weave#2797). An address <paramref name="inUse"/> keeps (a pod still running) is

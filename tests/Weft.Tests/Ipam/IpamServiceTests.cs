@@ -211,6 +211,23 @@ public abstract class IpamServiceContract : IDisposable
         Assert.Equal(0, (await ipam.ReleaseNodeAsync("gone", NodeCleanup.NothingInUse)).Addresses);
     }
 
+    /// <summary>Flannel's model: a node's podCIDR claimed as its block before any ADD; its pods' addresses come from it.</summary>
+    [Fact]
+    public async Task A_claimed_pod_cidr_is_the_nodes_block_and_no_other_node_takes_it()
+    {
+        await Pools(Pool("v4", "10.17.0.0/16", 24));
+        using var ds = Open();
+        var ipam = Ipam(ds);
+        var podCidr = Cidr.Parse("10.17.5.0/24");
+        Assert.True(await ipam.ClaimBlockAsync("n1", podCidr));
+        Assert.True(await ipam.ClaimBlockAsync("n1", podCidr)); // a restarted agent claims it again: already its own
+        Assert.False(await ipam.ClaimBlockAsync("n2", podCidr));
+        Assert.True(podCidr.Contains(Assert.Single(await ipam.AssignAsync(Req("net.a.eth0", "n1", v6: false))).Address));
+        Assert.False(podCidr.Contains(Assert.Single(await ipam.AssignAsync(Req("net.b.eth0", "n2", v6: false))).Address));
+        Assert.Contains("blockSize 24", (await Assert.ThrowsAsync<IpamException>(() => ipam.ClaimBlockAsync("n3", Cidr.Parse("10.17.9.0/26")))).Message);
+        Assert.Contains("no IP pool", (await Assert.ThrowsAsync<IpamException>(() => ipam.ClaimBlockAsync("n3", Cidr.Parse("10.99.0.0/24")))).Message);
+    }
+
     /// <summary>`weftctl delete node`, as `calicoctl delete node`: the record, its endpoints and its IPAM go together.</summary>
     [Fact]
     public async Task Deleting_a_node_releases_its_addresses_and_endpoints()

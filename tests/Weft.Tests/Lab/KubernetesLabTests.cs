@@ -25,7 +25,11 @@ public sealed class KubernetesLabTests
         Assert.SkipUnless(TestEnv.IsRoot, "needs root for network namespaces");
         Assert.SkipUnless(File.Exists("/usr/bin/kubectl"), "kubectl is not installed");
         using var lab = new LabRun();
-        lab.Up("--datastore", "kubernetes", "--nodes", "2", "--pods-per-node", "2", "--node-release-grace", "2");
+        // Flannel's net-conf.json as its users write it: each node's pods get addresses from its Node's spec.podCIDR.
+        var netConf = Path.Combine(TestEnv.TempDir("kube-netconf"), "net-conf.json");
+        File.WriteAllText(netConf, """{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}""");
+        lab.Up("--datastore", "kubernetes", "--nodes", "2", "--pods-per-node", "2", "--node-release-grace", "2", "--net-conf", netConf);
+        Directory.Delete(Path.GetDirectoryName(netConf)!, true);
         var status = lab.Status();
         var kubeconfig = $"/var/lib/weft/labs/{lab.Name}/kubeconfig";
         Assert.Equal($"kubernetes:///var/lib/weft/labs/{lab.Name}/agent-kubeconfig", status["datastore"]!.GetValue<string>());
@@ -40,6 +44,11 @@ public sealed class KubernetesLabTests
         Assert.Equal(["pod/pod-1", "pod/pod-2", "pod/pod-3", "pod/pod-4"], pods.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Order());
         var nodes = Kubectl("", "get", "weftnodes", "-o", "name");
         Assert.Equal(2, nodes.Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+        var podCidrs = JsonNode.Parse(TestEnv.Ok(Kubectl("", "get", "nodes", "-o", "json")).Stdout)!["items"]!.AsArray()
+            .ToDictionary(n => n!["metadata"]!["name"]!.GetValue<string>(), n => Weft.Model.Cidr.Parse(n!["spec"]!["podCIDR"]!.GetValue<string>()));
+        foreach (var p in status["pods"]!.AsArray())
+            Assert.True(podCidrs[p!["node"]!.GetValue<string>()].Contains(System.Net.IPAddress.Parse(p["ip"]!.GetValue<string>())),
+                $"{p["pod"]} on {p["node"]} has {p["ip"]}, outside its node's podCIDR");
 
         var applied = Kubectl(OnlyFromPod3, "apply", "-f", "-");
         Assert.True(applied.ExitCode == 0, applied.Stdout + applied.Stderr);
