@@ -436,6 +436,7 @@ public sealed class KubeDatastore : IDatastore
                     : Encoding.UTF8.GetBytes((o["spec"] ?? new JsonObject()).ToJsonString()),
                 KubeForm.Pool => ReadPool(o),
                 KubeForm.Reservation => ReadReservation(o),
+                _ when r.Prefix == Keys.K8sPods => Encoding.UTF8.GetBytes(PodAsRead(o).ToJsonString()),
                 _ => Encoding.UTF8.GetBytes(AsApplied(o).ToJsonString()),
             };
         }
@@ -469,6 +470,50 @@ public sealed class KubeDatastore : IDatastore
         Codec.Encode(((IPReservationResource)ResourceReader.Read(AsApplied(o), new DocumentSource("kubernetes", 0))).Reservation, ModelJson.Default.IPReservation);
 
     /// <summary>The document without what the API server adds to every object (versions, uid, timestamps, field managers).</summary>
+    /// <summary>
+    /// A Pod as Weft reads it. Pods are the API's largest objects (volumes, env, resources, statuses: often 5-15 KB)
+    /// and every agent keeps every pod of the cluster, so only what Weft reads is kept: name, namespace, labels,
+    /// Calico's IPAM annotations and the deletion mark; the node, host networking and named ports; phase and IPs.
+    /// </summary>
+    internal static JsonObject PodAsRead(JsonObject o)
+    {
+        static JsonNode? Copy(JsonNode? n) => n?.DeepClone();
+        var meta = o["metadata"] as JsonObject;
+        var slimMeta = new JsonObject { ["name"] = Copy(meta?["name"]), ["namespace"] = Copy(meta?["namespace"]) };
+        if (meta?["labels"] is JsonObject labels) slimMeta["labels"] = labels.DeepClone();
+        if (meta?["deletionTimestamp"] is { } deleting) slimMeta["deletionTimestamp"] = deleting.DeepClone();
+        if (meta?["annotations"] is JsonObject annotations)
+        {
+            var kept = new JsonObject();
+            foreach (var (k, v) in annotations)
+                if (k.StartsWith("cni.projectcalico.org/", StringComparison.Ordinal)) kept[k] = Copy(v);
+            if (kept.Count > 0) slimMeta["annotations"] = kept;
+        }
+        var slim = new JsonObject { ["apiVersion"] = Copy(o["apiVersion"]) ?? "v1", ["kind"] = Copy(o["kind"]) ?? "Pod", ["metadata"] = slimMeta };
+        if (o["spec"] is JsonObject spec)
+        {
+            var slimSpec = new JsonObject();
+            foreach (var f in new[] { "nodeName", "hostNetwork" })
+                if (spec[f] is { } v) slimSpec[f] = v.DeepClone();
+            // Named ports (NetworkPolicy's port names) come from the containers.
+            if (spec["containers"] is JsonArray containers)
+                slimSpec["containers"] = new JsonArray([.. containers.Select(c => (JsonNode?)new JsonObject
+                {
+                    ["name"] = Copy(c?["name"]),
+                    ["ports"] = c?["ports"] is JsonArray ports ? ports.DeepClone() : new JsonArray(),
+                })]);
+            slim["spec"] = slimSpec;
+        }
+        if (o["status"] is JsonObject status)
+        {
+            var slimStatus = new JsonObject();
+            foreach (var f in new[] { "phase", "podIP", "podIPs" })
+                if (status[f] is { } v) slimStatus[f] = v.DeepClone();
+            slim["status"] = slimStatus;
+        }
+        return slim;
+    }
+
     private static JsonObject AsApplied(JsonObject o)
     {
         var doc = o.DeepClone().AsObject();

@@ -54,7 +54,9 @@ public sealed class RouteReconcilerTests : IDisposable
         await store.DeleteAsync(Keys.Node("n2"), -1);
         revision = await store.RevisionAsync();
         var failed = await run.UntilAsync(s => s.ReconcileErrors >= 1);
-        Assert.Equal("the kernel said no", failed.LastError);
+        // The retry may already have cleared LastError by the time this snapshot is taken; the count stays.
+        Assert.Equal(1, failed.ReconcileErrors);
+        Assert.True(failed.LastError is null or "the kernel said no", failed.LastError);
         await run.UntilAsync(s => s.RoutesRevision >= revision && s.LastError is null); // the retry
         Assert.False(Routed(), "a node that left has no route");
     }

@@ -30,4 +30,41 @@ public sealed class PodDocumentTests
         }, []);
         Assert.Equal("new", Assert.Single(world.Endpoints).Name);
     }
+
+    /// <summary>
+    /// What the kubernetes datastore keeps of a Pod (every agent holds every pod): a pod as the API serves it, volumes,
+    /// env, resources, statuses and all, reads exactly as before, in a fraction of the bytes.
+    /// </summary>
+    [Fact]
+    public void A_pod_as_the_datastore_keeps_it_reads_as_the_whole_pod_does()
+    {
+        var full = JsonNode.Parse("""
+            {"apiVersion":"v1","kind":"Pod","metadata":{"name":"web-7d4b9","namespace":"shop","uid":"0b4c","resourceVersion":"81234",
+              "labels":{"app":"web","pod-template-hash":"7d4b9"},
+              "annotations":{"cni.projectcalico.org/ipv4pools":"[\"blue\"]","kubectl.kubernetes.io/restartedAt":"2026-12-01T10:00:00Z","prometheus.io/scrape":"true"},
+              "ownerReferences":[{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"web-7d4b9","uid":"9f1e","controller":true}],
+              "managedFields":[{"manager":"kube-controller-manager","operation":"Update","fieldsV1":{"f:metadata":{"f:labels":{}}}}]},
+             "spec":{"nodeName":"worker-3","serviceAccountName":"web","volumes":[{"name":"kube-api-access","projected":{"sources":[{"serviceAccountToken":{"path":"token","expirationSeconds":3607}}]}}],
+              "containers":[{"name":"web","image":"registry.example.com/web:1.2.3","ports":[{"name":"http","containerPort":8080,"protocol":"TCP"},{"name":"metrics","containerPort":9090,"protocol":"TCP"}],
+                "env":[{"name":"MODE","value":"prod"},{"name":"POD_IP","valueFrom":{"fieldRef":{"fieldPath":"status.podIP"}}}],
+                "resources":{"requests":{"cpu":"100m","memory":"128Mi"},"limits":{"memory":"256Mi"}},
+                "readinessProbe":{"httpGet":{"path":"/ready","port":"http"},"periodSeconds":5},
+                "volumeMounts":[{"name":"kube-api-access","mountPath":"/var/run/secrets/kubernetes.io/serviceaccount","readOnly":true}]},
+               {"name":"sidecar","image":"registry.example.com/proxy:4.5","ports":[{"name":"admin","containerPort":15000}]}],
+              "tolerations":[{"key":"node.kubernetes.io/not-ready","operator":"Exists","effect":"NoExecute","tolerationSeconds":300}]},
+             "status":{"phase":"Running","hostIP":"192.168.1.13","podIP":"10.244.3.17","podIPs":[{"ip":"10.244.3.17"}],
+              "conditions":[{"type":"Ready","status":"True","lastTransitionTime":"2026-12-01T10:00:09Z"},{"type":"ContainersReady","status":"True"}],
+              "containerStatuses":[{"name":"web","ready":true,"restartCount":0,"image":"registry.example.com/web:1.2.3","imageID":"sha256:abc","containerID":"containerd://def","state":{"running":{"startedAt":"2026-12-01T10:00:05Z"}}}]}}
+            """)!.AsObject();
+        var kept = Weft.Kubernetes.KubeDatastore.PodAsRead(full);
+        var whole = PolicyDocuments.ReadPod(full, "full");
+        var slim = PolicyDocuments.ReadPod(kept, "kept");
+        Assert.Equal((whole.Namespace, whole.Name, whole.NodeName), (slim.Namespace, slim.Name, slim.NodeName));
+        Assert.Equal(whole.Labels, slim.Labels);
+        Assert.Equal(whole.Ports, slim.Ports);
+        Assert.Equal(whole.Addresses, slim.Addresses);
+        Assert.Equal("[\"blue\"]", kept["metadata"]!["annotations"]!["cni.projectcalico.org/ipv4pools"]!.GetValue<string>()); // the plugin reads these
+        Assert.Null(kept["metadata"]!["annotations"]!["prometheus.io/scrape"]);
+        Assert.True(kept.ToJsonString().Length * 3 < full.ToJsonString().Length, kept.ToJsonString());
+    }
 }
