@@ -15,7 +15,8 @@ public sealed class KubeListWatchTests
 
     private static async Task Until(Func<bool> condition, string what)
     {
-        var deadline = DateTime.UtcNow.AddSeconds(10);
+        // Correctness, not latency: generous for a 2-core machine running the whole suite at once.
+        var deadline = DateTime.UtcNow.AddSeconds(30);
         while (!condition())
         {
             Assert.True(DateTime.UtcNow < deadline, "timed out waiting for " + what);
