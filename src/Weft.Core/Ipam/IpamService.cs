@@ -23,10 +23,10 @@ public sealed record AssignRequest(string HandleId, string Node)
     public IReadOnlyList<string>? Pools { get; init; }
 }
 
-/// <summary>One address given to a handle, with the block and pool it came from.</summary>
 /// <summary>What releasing a departed node's IPAM did: addresses and blocks given back, handles kept for pods still running.</summary>
 public sealed record NodeRelease(int Addresses, int Blocks, IReadOnlyList<string> Kept);
 
+/// <summary>One address given to a handle, with the block and pool it came from.</summary>
 public sealed record AssignedAddress(IPAddress Address, Cidr Block, string PoolName, Cidr Pool)
 {
     public AddressFamily Family => Address.AddressFamily;
@@ -402,11 +402,7 @@ public sealed class IpamService(IDatastore store)
                 var removed = block.Allocations.RemoveAll(a => a.Handle == handleId);
                 if (removed > 0)
                 {
-                    // A block no node holds (its node was released) goes when its last address does.
-                    var written = block.Affinity is null && block.Allocations.Count == 0
-                        ? await store.DeleteAsync(bkv.Key, bkv.ModRevision, ct).ConfigureAwait(false)
-                        : await store.PutAsync(bkv.Key, Codec.Encode(block), bkv.ModRevision, ct).ConfigureAwait(false);
-                    if (!written.Succeeded)
+                    if (!(await store.PutAsync(bkv.Key, Codec.Encode(block), bkv.ModRevision, ct).ConfigureAwait(false)).Succeeded)
                     {
                         await Task.Delay(Random.Shared.Next(1, 5 + attempt), ct).ConfigureAwait(false);
                         continue;
@@ -519,6 +515,7 @@ public sealed class IpamService(IDatastore store)
     private async Task<bool> ReleaseBlockAsync(Cidr cidr, string node, CancellationToken ct)
     {
         var gateway = GatewayHandleId(cidr);
+        var deleted = false;
         for (var attempt = 0; attempt < MaxAttempts; attempt++)
         {
             var kv = await store.GetAsync(Keys.Block(cidr), ct).ConfigureAwait(false);
@@ -530,12 +527,12 @@ public sealed class IpamService(IDatastore store)
                 await ReleaseAsync(gateway, ct).ConfigureAwait(false);
                 continue;
             }
-            if ((await store.DeleteAsync(kv.Key, kv.ModRevision, ct).ConfigureAwait(false)).Succeeded) break;
+            if (deleted = (await store.DeleteAsync(kv.Key, kv.ModRevision, ct).ConfigureAwait(false)).Succeeded) break;
             await Task.Delay(Random.Shared.Next(1, 5 + attempt), ct).ConfigureAwait(false);
         }
         if (await store.GetAsync(Keys.Affinity(node, cidr), ct).ConfigureAwait(false) is { } affinity)
             await store.DeleteAsync(affinity.Key, affinity.ModRevision, ct).ConfigureAwait(false);
-        return true;
+        return deleted;
     }
 
     /// <summary>Handles of this node and network whose attachment the runtime no longer lists (CNI GC's candidates).</summary>
